@@ -1,0 +1,53 @@
+"""Reading a config file and hashing it; errors name the offending field in camelCase."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from pydantic import ValidationError
+
+from strata_runtime.config.runtime import RuntimeConfig
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid; the message says where."""
+
+
+def load_config(path: str | Path) -> RuntimeConfig:
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    return parse_config(raw if raw is not None else {}, source=str(path))
+
+
+def parse_config(raw: Any, *, source: str = "config") -> RuntimeConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        return RuntimeConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source} is invalid:\n{describe_validation_error(e)}") from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def canonical_json(data: Any) -> bytes:
+    """Stable JSON: sorted keys, no whitespace; equal configs hash equally on every pod."""
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+
+
+def config_hash(config: RuntimeConfig) -> str:
+    return hashlib.sha256(canonical_json(config.model_dump(mode="json", by_alias=True))).hexdigest()

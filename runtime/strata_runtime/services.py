@@ -1,0 +1,91 @@
+"""The components one runtime process owns, built from config in one place.
+
+Components with a lifecycle are started in order and closed in reverse, so a store is
+never closed while something that flushes into it is still running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from strata_runtime.auth import Authenticator
+from strata_runtime.config import RuntimeConfig, config_hash
+from strata_runtime.metrics import Metrics
+from strata_runtime.stores.health import BackendHealth
+from strata_runtime.stores.redis import RedisConnector
+from strata_runtime.stores.sql import SqlConnector
+from strata_runtime.stores.vectors import VectorConnector
+
+log = logging.getLogger("strata.runtime")
+
+
+class Lifecycle(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class BackendConnector(Protocol):
+    health: BackendHealth
+
+    async def ping(self) -> None: ...
+
+
+@dataclass
+class Services:
+    config: RuntimeConfig
+    env: Mapping[str, str]
+    config_hash: str
+    metrics: Metrics
+    auth: Authenticator
+    redis: RedisConnector
+    sql: SqlConnector
+    vectors: VectorConnector
+    draining: bool = False
+    lifecycle: list[Lifecycle] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def connectors(self) -> list[BackendConnector]:
+        return [self.redis, self.sql, self.vectors]
+
+    def backends(self) -> list[BackendHealth]:
+        return [c.health for c in self.connectors()]
+
+    async def start(self) -> None:
+        started: list[Lifecycle] = []
+        try:
+            for component in self.lifecycle:
+                await component.start()
+                started.append(component)
+        except BaseException:
+            for component in reversed(started):
+                with contextlib.suppress(Exception):
+                    await component.close()
+            raise
+
+    async def close(self) -> None:
+        for component in reversed(self.lifecycle):
+            try:
+                await component.close()
+            except Exception:
+                log.exception("error while closing a component", extra={"component": type(component).__name__})
+
+
+def build_services(config: RuntimeConfig, env: Mapping[str, str]) -> Services:
+    metrics = Metrics()
+    services = Services(
+        config=config,
+        env=env,
+        config_hash=config_hash(config),
+        metrics=metrics,
+        auth=Authenticator(config.auth, env),
+        redis=RedisConnector(config.stores.redis, env),
+        sql=SqlConnector(config.stores.sql, env),
+        vectors=VectorConnector(config.stores.vectors, env),
+    )
+    metrics.watch_backends(services.backends)
+    services.lifecycle.extend([services.redis, services.sql, services.vectors])
+    return services
