@@ -1,0 +1,1 @@
+"""The LLM response cache: exact and semantic, tenant-partitioned, single-flight."""

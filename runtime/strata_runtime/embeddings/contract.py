@@ -1,0 +1,24 @@
+"""What every embedder offers; callers treat EmbeddingUnavailable as "skip the semantic step"."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+
+class EmbeddingUnavailable(Exception):
+    """The embedder failed or missed its deadline; semantic features fail open."""
+
+
+class Embedder(Protocol):
+    name: str
+    dimension: int
+
+    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Return an (n, dimension) float32 array of L2-normalised vectors, in input order."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The LLM gateway: logical models → providers, retries, limits, cache, usage."""

@@ -1,0 +1,46 @@
+"""The gateway's in-process interface, used by the HTTP routes and by the agent engine.
+
+Requests and responses are OpenAI chat-completion bodies (plain dicts): the format every
+upstream and client already speaks, so nothing is translated twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+CacheResult = Literal["hit_exact", "hit_semantic", "miss", "bypass", "disabled"]
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who a call is for; the tenant always comes from authentication, never from a body."""
+
+    tenant: str
+    agent_id: str | None = None
+    channel_id: str | None = None
+    user: str | None = None
+    request_id: str | None = None
+    caching_disabled: bool = False
+
+
+@dataclass
+class ChatResult:
+    response: dict[str, Any]  # an OpenAI `chat.completion` object
+    provider: str
+    model_resolved: str
+    cache: CacheResult
+
+
+@dataclass
+class ChatStream:
+    chunks: AsyncIterator[dict[str, Any]]  # OpenAI `chat.completion.chunk` objects
+    provider: str
+    model_resolved: str
+    cache: CacheResult
+
+
+class ChatGateway(Protocol):
+    async def complete(self, body: dict[str, Any], ctx: CallContext) -> ChatResult: ...
+    async def stream(self, body: dict[str, Any], ctx: CallContext) -> ChatStream: ...
