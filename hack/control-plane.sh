@@ -1,0 +1,480 @@
+#!/usr/bin/env bash
+# hack/control-plane.sh — a real, local Kubernetes control plane without Docker.
+#
+#   hack/control-plane.sh up      build what is missing (cached), start etcd,
+#                                 kube-apiserver, kube-controller-manager,
+#                                 kube-scheduler and kwok (fake nodes), wait
+#                                 until everything is healthy
+#   hack/control-plane.sh down    stop exactly what `up` started (pid files)
+#   hack/control-plane.sh env     print `export KUBECONFIG=...` / `export PATH=...`
+#   hack/control-plane.sh status  show what is running
+#   hack/control-plane.sh build   only build/install the binaries
+#   hack/control-plane.sh clean   down, then remove all run-time state (etcd data, certs)
+#
+# Usage from a shell:   eval "$(hack/control-plane.sh env)"
+#
+# Heavy caches (Go module/build caches, binaries) live in
+# ${STRATA_CACHE:-$HOME/.cache/strata}; run-time state (certs, etcd data, logs,
+# pid files, kubeconfig) lives in <repo>/.cache/control-plane (gitignored).
+#
+# Binaries are built from the Go module proxy:
+#   - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and etcd
+#     from the wrapper module in hack/kube (requires k8s.io/kubernetes and
+#     replaces every k8s.io staging module with its published v0.Y.Z);
+#   - kwok and helm with `go install <pkg>@<version>`.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+KUBE_MOD_DIR="$ROOT/hack/kube"
+
+STRATA_CACHE="${STRATA_CACHE:-$HOME/.cache/strata}"
+STATE="${STRATA_CONTROL_PLANE_DIR:-$ROOT/.cache/control-plane}"
+PKI="$STATE/pki"
+LOGS="$STATE/logs"
+RUN="$STATE/run"
+BIN_DIR="$STATE/bin"
+KUBECONFIG_ADMIN="$STATE/admin.kubeconfig"
+
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# Versions of kube and etcd come from hack/kube/go.mod (single source of truth).
+K8S_VERSION="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$KUBE_MOD_DIR/go.mod")"
+ETCD_VERSION="$(awk '$1 == "go.etcd.io/etcd/server/v3" && $2 ~ /^v/ {print $2; exit}' "$KUBE_MOD_DIR/go.mod")"
+
+ETCD_CLIENT_PORT="${STRATA_ETCD_CLIENT_PORT:-12379}"
+ETCD_PEER_PORT="${STRATA_ETCD_PEER_PORT:-12380}"
+APISERVER_PORT="${STRATA_APISERVER_PORT:-16443}"
+KCM_PORT="${STRATA_KCM_PORT:-16444}"
+SCHEDULER_PORT="${STRATA_SCHEDULER_PORT:-16445}"
+KWOK_PORT="${STRATA_KWOK_PORT:-16446}"
+SERVICE_CIDR="10.0.0.0/24"   # => kubernetes.default service IP 10.0.0.1
+POD_CIDR="10.244.0.1/16"     # kwok hands out fake pod IPs from here
+FAKE_NODES="${STRATA_FAKE_NODES:-2}"
+WAIT_TIMEOUT="${STRATA_WAIT_TIMEOUT:-120}"
+
+KUBE_BIN_DIR="$STRATA_CACHE/kube/$K8S_VERSION/bin"
+KWOK_BIN_DIR="$STRATA_CACHE/kwok/$KWOK_VERSION/bin"
+HELM_BIN_DIR="$STRATA_CACHE/helm/$HELM_VERSION/bin"
+
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+
+log() { printf '[control-plane %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
+
+# ---------------------------------------------------------------------------
+# Build / install
+# ---------------------------------------------------------------------------
+
+find_go() {
+  local go
+  go="$(command -v go || true)"
+  [[ -z "$go" && -x /usr/local/go/bin/go ]] && go=/usr/local/go/bin/go
+  [[ -n "$go" ]] || die "no 'go' found (need Go >= 1.25 to build the control plane: PATH or /usr/local/go/bin)"
+  echo "$go"
+}
+
+go_env() {
+  export GOPATH="$STRATA_CACHE/go"
+  export GOMODCACHE="$STRATA_CACHE/go/pkg/mod"
+  export GOCACHE="$STRATA_CACHE/go/cache"
+  export GOFLAGS="-modcacherw -p=${STRATA_BUILD_JOBS:-2}"
+  export CGO_ENABLED=0
+  GO="$(find_go)"
+}
+
+kube_stamp() { cat "$KUBE_MOD_DIR/go.mod" "$KUBE_MOD_DIR/go.sum" | sha256sum | cut -c1-16; }
+
+build_kube() {
+  local dir="$STRATA_CACHE/kube/$K8S_VERSION" stamp ok=1 b
+  stamp="$(kube_stamp)"
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd; do
+    [[ -x "$dir/bin/$b" ]] || ok=0
+  done
+  [[ "$(cat "$dir/.stamp" 2>/dev/null)" == "$stamp" ]] || ok=0
+  ((ok)) && return 0
+  go_env
+  local t0 tmp; t0="$(now)"; tmp="$dir/bin.tmp.$$"
+  log "building Kubernetes $K8S_VERSION + etcd $ETCD_VERSION from the Go module proxy (cold: ~15-30 min on 2 cores; log: $dir/build.log)"
+  mkdir -p "$tmp"
+  (
+    cd "$KUBE_MOD_DIR"
+    "$GO" build -trimpath -ldflags='-s -w' -o "$tmp/etcd" go.etcd.io/etcd/server/v3
+    "$GO" build -trimpath -ldflags='-s -w' -o "$tmp/" \
+      k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler \
+      k8s.io/kubernetes/cmd/kubectl
+  ) >"$dir/build.log" 2>&1 || { tail -30 "$dir/build.log" >&2; rm -rf "$tmp"; die "kube build failed (see $dir/build.log)"; }
+  rm -rf "$dir/bin"; mv "$tmp" "$dir/bin"; echo "$stamp" >"$dir/.stamp"
+  log "built Kubernetes $K8S_VERSION in $(elapsed "$t0")"
+}
+
+# go_install_to <bin dir> <binary name> <pkg@version>
+go_install_to() {
+  local bindir="$1" name="$2" pkg="$3"
+  [[ -x "$bindir/$name" ]] && return 0
+  go_env
+  local t0; t0="$(now)"
+  log "installing $pkg"
+  mkdir -p "$bindir"
+  (cd "$STRATA_CACHE" && GOBIN="$bindir.tmp.$$" "$GO" install -trimpath -ldflags='-s -w' "$pkg") \
+    >"$bindir/../build.log" 2>&1 || { tail -30 "$bindir/../build.log" >&2; rm -rf "$bindir.tmp.$$"; die "go install $pkg failed"; }
+  mv "$bindir.tmp.$$/$name" "$bindir/$name"; rm -rf "$bindir.tmp.$$"
+  log "installed $name in $(elapsed "$t0")"
+}
+
+# kwok needs Stage objects describing the node/pod lifecycle. Take the
+# upstream "fast" stages (+ lease based node heartbeat) from kwok's own module
+# source, exactly as kwokctl does.
+kwok_stages() {
+  local out="$STRATA_CACHE/kwok/$KWOK_VERSION/stages.yaml"
+  [[ -s "$out" ]] && return 0
+  go_env
+  local src f
+  src="$(cd "$STRATA_CACHE" && "$GO" mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [[ -d "$src/kustomize/stage" ]] || die "kwok module source not found for $KWOK_VERSION"
+  : >"$out.tmp"
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    { echo "---"; cat "$src/kustomize/stage/$f"; } >>"$out.tmp"
+  done
+  mv "$out.tmp" "$out"
+}
+
+build_all() {
+  mkdir -p "$STRATA_CACHE/kube/$K8S_VERSION"
+  exec 8>"$STRATA_CACHE/.control-plane-build.lock"
+  flock 8
+  build_kube
+  go_install_to "$KWOK_BIN_DIR" kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  kwok_stages
+  go_install_to "$HELM_BIN_DIR" helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  flock -u 8
+  mkdir -p "$BIN_DIR"
+  local b
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd; do
+    ln -sfn "$KUBE_BIN_DIR/$b" "$BIN_DIR/$b"
+  done
+  ln -sfn "$KWOK_BIN_DIR/kwok" "$BIN_DIR/kwok"
+  ln -sfn "$HELM_BIN_DIR/helm" "$BIN_DIR/helm"
+}
+
+# ---------------------------------------------------------------------------
+# Certificates and kubeconfigs (openssl)
+# ---------------------------------------------------------------------------
+
+# gen_cert <name> <subject> <extensions>
+gen_cert() {
+  local name="$1" subj="$2" ext="$3"
+  [[ -s "$PKI/$name.crt" && -s "$PKI/$name.key" ]] && return 0
+  openssl genrsa -out "$PKI/$name.key" 2048 2>/dev/null
+  openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
+  printf '%s\n' "$ext" >"$PKI/$name.ext"
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
+  rm -f "$PKI/$name.csr" "$PKI/$name.ext"
+}
+
+# gen_kubeconfig <file> <cert name> <user>
+gen_kubeconfig() {
+  local file="$1" cert="$2" user="$3"
+  [[ -s "$file" ]] && return 0
+  cat >"$file.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: strata
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
+users:
+- name: $user
+  user:
+    client-certificate-data: $(base64 -w0 <"$PKI/$cert.crt")
+    client-key-data: $(base64 -w0 <"$PKI/$cert.key")
+contexts:
+- name: strata
+  context:
+    cluster: strata
+    user: $user
+    namespace: default
+current-context: strata
+EOF
+  chmod 600 "$file.tmp"; mv "$file.tmp" "$file"
+}
+
+gen_pki() {
+  mkdir -p "$PKI"; chmod 700 "$PKI"
+  if [[ ! -s "$PKI/ca.crt" || ! -s "$PKI/ca.key" ]]; then
+    log "generating certificates in $PKI"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/ca.key" -out "$PKI/ca.crt" \
+      -days 3650 -sha256 -subj "/CN=strata-local-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+    # Everything signed by an older CA is now invalid.
+    rm -f "$PKI"/{apiserver,admin,controller-manager,scheduler}.{crt,key} "$STATE"/*.kubeconfig
+  fi
+  local client="basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+  gen_cert apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1"
+  gen_cert admin "/O=system:masters/CN=strata-admin" "$client"
+  gen_cert controller-manager "/CN=system:kube-controller-manager" "$client"
+  gen_cert scheduler "/CN=system:kube-scheduler" "$client"
+  if [[ ! -s "$PKI/sa.key" ]]; then
+    openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  fi
+  gen_kubeconfig "$KUBECONFIG_ADMIN" admin strata-admin
+  gen_kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager system:kube-controller-manager
+  gen_kubeconfig "$STATE/scheduler.kubeconfig" scheduler system:kube-scheduler
+}
+
+# ---------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------
+
+# Prints the pid of a component if it is running and was started by us
+# (its command line mentions our state dir), else nothing.
+component_pid() {
+  local name="$1" pid
+  pid="$(cat "$RUN/$name.pid" 2>/dev/null || true)"
+  [[ -n "$pid" ]] || return 0
+  if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STATE"; then
+    echo "$pid"
+  fi
+}
+
+component_args() {
+  case "$1" in
+    etcd) echo \
+      --name=strata --data-dir="$STATE/etcd" \
+      --listen-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+      --advertise-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+      --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+      --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+      --initial-cluster="strata=http://127.0.0.1:$ETCD_PEER_PORT" \
+      --unsafe-no-fsync=true --log-level=warn ;;
+    kube-apiserver) echo \
+      --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+      --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+      --cert-dir="$PKI/apiserver-generated" \
+      --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+      --client-ca-file="$PKI/ca.crt" \
+      --service-account-key-file="$PKI/sa.pub" \
+      --service-account-signing-key-file="$PKI/sa.key" \
+      --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+      --service-cluster-ip-range="$SERVICE_CIDR" \
+      --authorization-mode=Node,RBAC \
+      --allow-privileged=true \
+      --endpoint-reconciler-type=none \
+      --profiling=false ;;
+    kube-controller-manager) echo \
+      --kubeconfig="$STATE/controller-manager.kubeconfig" \
+      --authentication-kubeconfig="$STATE/controller-manager.kubeconfig" \
+      --authorization-kubeconfig="$STATE/controller-manager.kubeconfig" \
+      --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --cert-dir="$PKI/kcm-generated" \
+      --service-account-private-key-file="$PKI/sa.key" \
+      --root-ca-file="$PKI/ca.crt" \
+      --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+      --use-service-account-credentials=true \
+      --service-cluster-ip-range="$SERVICE_CIDR" \
+      --cluster-name=strata --leader-elect=false --profiling=false ;;
+    kube-scheduler) echo \
+      --kubeconfig="$STATE/scheduler.kubeconfig" \
+      --authentication-kubeconfig="$STATE/scheduler.kubeconfig" \
+      --authorization-kubeconfig="$STATE/scheduler.kubeconfig" \
+      --bind-address=127.0.0.1 --secure-port="$SCHEDULER_PORT" --cert-dir="$PKI/scheduler-generated" \
+      --leader-elect=false --profiling=false ;;
+    kwok) echo \
+      --kubeconfig="$KUBECONFIG_ADMIN" \
+      --config="$STRATA_CACHE/kwok/$KWOK_VERSION/stages.yaml" \
+      --manage-all-nodes=false \
+      --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+      --node-lease-duration-seconds=40 \
+      --cidr="$POD_CIDR" --node-ip=127.0.0.1 \
+      --server-address="127.0.0.1:$KWOK_PORT" ;;
+  esac
+}
+
+start_component() {
+  local name="$1" pid
+  pid="$(component_pid "$name")"
+  if [[ -n "$pid" ]]; then return 0; fi
+  # shellcheck disable=SC2046
+  setsid "$BIN_DIR/$name" $(component_args "$name") >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
+  log "started $name (pid $!, log $LOGS/$name.log)"
+  STARTED+=("$name")
+}
+
+stop_component() {
+  local name="$1" pid i
+  pid="$(component_pid "$name")"
+  if [[ -z "$pid" ]]; then rm -f "$RUN/$name.pid"; return 0; fi
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name (pid $pid) did not stop in 10s, killing"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.2
+  fi
+  rm -f "$RUN/$name.pid"
+  log "stopped $name (pid $pid)"
+}
+
+# wait_for <description> <timeout seconds> <command...>
+wait_for() {
+  local what="$1" timeout="$2"; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      die "timed out after ${timeout}s waiting for $what (logs in $LOGS)"
+    fi
+    check_alive
+    sleep 0.3
+  done
+}
+
+# A component we started has died: fail fast with its log.
+check_alive() {
+  local name
+  for name in "${STARTED[@]}"; do
+    if [[ -z "$(component_pid "$name")" ]]; then
+      tail -25 "$LOGS/$name.log" >&2 || true
+      die "$name exited (log: $LOGS/$name.log)"
+    fi
+  done
+}
+
+kubectl_admin() { "$BIN_DIR/kubectl" --kubeconfig="$KUBECONFIG_ADMIN" "$@"; }
+
+etcd_healthy() { curl -fsS "http://127.0.0.1:$ETCD_CLIENT_PORT/health" | grep -q '"health":"true"'; }
+apiserver_ready() { kubectl_admin get --raw /readyz; }
+default_sa_exists() { kubectl_admin -n default get serviceaccount default; }
+https_healthz() { curl -fsSk "https://127.0.0.1:$1/healthz"; }
+
+fake_nodes_manifest() {
+  local i
+  for ((i = 0; i < FAKE_NODES; i++)); do
+    cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-$i
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    type: kwok
+    kubernetes.io/arch: amd64
+    kubernetes.io/os: linux
+    kubernetes.io/hostname: kwok-node-$i
+    node-role.kubernetes.io/agent: ""
+status:
+  allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
+  capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+EOF
+  done
+}
+
+fake_nodes_ready() {
+  local want="$FAKE_NODES" got
+  got="$(kubectl_admin get nodes -l type=kwok \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$')"
+  ((got >= want))
+}
+
+all_healthy() {
+  local name
+  for name in "${COMPONENTS[@]}"; do
+    [[ -n "$(component_pid "$name")" ]] || return 1
+  done
+  apiserver_ready >/dev/null 2>&1 && default_sa_exists >/dev/null 2>&1 && fake_nodes_ready 2>/dev/null
+}
+
+# ---------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------
+
+cmd_up() {
+  local t0; t0="$(now)"
+  build_all
+  mkdir -p "$STATE" "$LOGS" "$RUN"
+  exec 9>"$STATE/.lock"
+  flock 9
+  if all_healthy; then
+    log "already up and healthy ($(elapsed "$t0")); $(cmd_env | tr '\n' ' ')"
+    return 0
+  fi
+  gen_pki
+  STARTED=()
+
+  start_component etcd
+  wait_for etcd 60 etcd_healthy
+  start_component kube-apiserver
+  wait_for "kube-apiserver /readyz" "$WAIT_TIMEOUT" apiserver_ready
+  log "apiserver ready after $(elapsed "$t0")"
+  start_component kube-controller-manager
+  start_component kube-scheduler
+  start_component kwok
+  wait_for "kube-controller-manager /healthz" "$WAIT_TIMEOUT" https_healthz "$KCM_PORT"
+  wait_for "kube-scheduler /healthz" "$WAIT_TIMEOUT" https_healthz "$SCHEDULER_PORT"
+  fake_nodes_manifest | kubectl_admin apply -f - >/dev/null
+  wait_for "serviceaccount default/default" "$WAIT_TIMEOUT" default_sa_exists
+  wait_for "$FAKE_NODES Ready kwok node(s)" "$WAIT_TIMEOUT" fake_nodes_ready
+  log "control plane up in $(elapsed "$t0") (Kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION)"
+  log 'use it with: eval "$('"$0"' env)"'
+}
+
+cmd_down() {
+  mkdir -p "$RUN"
+  exec 9>"$STATE/.lock"
+  flock 9
+  local i
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+    stop_component "${COMPONENTS[$i]}"
+  done
+}
+
+cmd_env() {
+  printf 'export KUBECONFIG=%q\n' "$KUBECONFIG_ADMIN"
+  printf 'export PATH=%q:"$PATH"\n' "$BIN_DIR"
+}
+
+cmd_status() {
+  local name pid rc=0
+  for name in "${COMPONENTS[@]}"; do
+    pid="$(component_pid "$name")"
+    if [[ -n "$pid" ]]; then printf '%-24s running (pid %s)\n' "$name" "$pid"
+    else printf '%-24s stopped\n' "$name"; rc=1; fi
+  done
+  if ((rc == 0)) && [[ -x "$BIN_DIR/kubectl" ]]; then
+    kubectl_admin get nodes -o wide || rc=1
+  fi
+  return "$rc"
+}
+
+cmd_clean() {
+  cmd_down
+  rm -rf "$STATE"
+  log "removed $STATE"
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  env) cmd_env ;;
+  status) cmd_status ;;
+  build) build_all ;;
+  clean) cmd_clean ;;
+  *) echo "usage: $0 up|down|env|status|build|clean" >&2; exit 2 ;;
+esac
