@@ -6,7 +6,9 @@ and streams get up to `server.drainSeconds` to finish, state is flushed, exit co
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Generator
 from types import FrameType
 
 import uvicorn
@@ -22,6 +24,16 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, services: Services):
         super().__init__(config)
         self.services = services
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # uvicorn re-raises a captured SIGTERM after shutdown, turning a clean drain into
+        # exit status -15; a drained runtime exits 0 so Kubernetes sees a clean stop.
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.services.draining:

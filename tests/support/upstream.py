@@ -679,10 +679,7 @@ class UpstreamApp:
             finish = "tool_calls"
             self.stats.tool_call_responses += 1
         else:
-            if last_role == "tool":
-                content = "tool result: " + message_text(messages[-1])
-            else:
-                content = "echo: " + last_user
+            content = "tool result: " + message_text(messages[-1]) if last_role == "tool" else "echo: " + last_user
             limit = body.get("max_completion_tokens") or body.get("max_tokens")
             words = content.split()
             if isinstance(limit, int) and 0 < limit < len(words):

@@ -43,8 +43,8 @@ class PostgresDatabase:
         self._pool = pool
 
     @classmethod
-    async def connect(cls, dsn: str, timeout: float) -> PostgresDatabase:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10, timeout=timeout, command_timeout=30)
+    async def connect(cls, dsn: str, connect_timeout: float) -> PostgresDatabase:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10, timeout=connect_timeout, command_timeout=30)
         return cls(pool)
 
     async def execute(self, query: str, *args: Any) -> None:

@@ -179,7 +179,7 @@ class MemoryVectorIndex:
         for row in rows:
             vec = np.asarray(row.vector, dtype=np.float32)
             norm = float(np.linalg.norm(vec)) or 1.0
-            table[row.id] = VectorRow(row.id, vec / norm, dict(row.fields))
+            table[row.id] = VectorRow(row.id, (vec / norm).tolist(), dict(row.fields))
 
     def _matching(self, collection: str, where: Mapping[str, Scalar]) -> list[VectorRow]:
         return [

@@ -1,0 +1,21 @@
+"""Suite-wide wiring: the upstream fixture plugin, and a marker per test directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["tests.support.fixtures"]
+
+_MARKER_BY_DIRECTORY = {"unit": "unit", "integration": "integration", "operator": "operator",
+                        "e2e": "e2e", "chaos": "chaos"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests_root = Path(__file__).parent
+    for item in items:
+        relative = Path(str(item.fspath)).relative_to(tests_root)
+        marker = _MARKER_BY_DIRECTORY.get(relative.parts[0])
+        if marker and marker not in item.keywords:
+            item.add_marker(getattr(pytest.mark, marker))

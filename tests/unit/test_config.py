@@ -1,0 +1,106 @@
+"""The runtime config model: the sample loads, mistakes are named, hashes are stable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from strata_runtime.config import ConfigError, RuntimeConfig, config_hash, load_config, parse_config
+
+SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "runtime-local.yaml"
+
+
+def _minimal(**overrides: object) -> dict[str, object]:
+    raw: dict[str, object] = {
+        "auth": {"mode": "none"},
+        "models": [{"name": "m", "provider": "demo"}],
+        "agents": [{"id": "a", "tenant": "t", "model": "m"}],
+    }
+    raw.update(overrides)
+    return raw
+
+
+def test_the_sample_config_loads_with_its_agent_and_skills() -> None:
+    config = load_config(SAMPLE)
+    assert config.agents[0].id == "support"
+    assert [s.name for s in config.agents[0].skills] == ["card_arrival", "password_reset"]
+    assert config.stores.redis.backend == "auto"
+
+
+def test_spec_defaults_apply_when_sections_are_omitted() -> None:
+    config = parse_config(_minimal())
+    assert config.cache.exact.ttl_seconds == 3600
+    assert config.cache.semantic.ttl_seconds == 86400
+    assert config.memory.buffer_turns == 10
+    assert config.usage.ttl_days == 90
+    assert config.server.port == 8080
+
+
+def test_an_unknown_field_is_named_in_camel_case() -> None:
+    with pytest.raises(ConfigError, match=r"stores\.redis\.bakend"):
+        parse_config(_minimal(stores={"redis": {"bakend": "redis"}}))
+
+
+def test_a_wrong_enum_value_names_the_field_and_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"models\.0\.provider.*'openai'"):
+        parse_config(_minimal(models=[{"name": "m", "provider": "nope"}]))
+
+
+def test_an_agent_naming_an_unknown_model_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="unknown model 'gpt-9'"):
+        parse_config(_minimal(agents=[{"id": "a", "tenant": "t", "model": "gpt-9"}]))
+
+
+def test_a_fallback_to_an_unknown_model_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="fallbacks names unknown model 'x'"):
+        parse_config(_minimal(models=[{"name": "m", "provider": "demo", "fallbacks": ["x"]}]))
+
+
+def test_api_key_mode_without_keys_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="apiKeys is empty"):
+        parse_config(_minimal(auth={"mode": "apiKey"}))
+
+
+def test_an_api_key_needs_exactly_one_source() -> None:
+    with pytest.raises(ConfigError, match="exactly one of keyEnv or keyFile"):
+        parse_config(_minimal(auth={"apiKeys": [{"tenant": "t", "keyEnv": "A", "keyFile": "/k"}]}))
+
+
+def test_explicit_redis_without_an_address_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="neither url nor urlEnv"):
+        parse_config(_minimal(stores={"redis": {"backend": "redis"}}))
+
+
+def test_semantic_routing_low_may_not_exceed_high() -> None:
+    with pytest.raises(ConfigError, match=r"semantic\.low must not exceed"):
+        parse_config(_minimal(routing={"semantic": {"low": 0.9, "high": 0.8}}))
+
+
+def test_an_invalid_routing_regex_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="not a valid regular expression"):
+        parse_config(_minimal(routing={"rules": [{"pattern": "(unclosed"}]}))
+
+
+def test_a_missing_file_and_bad_yaml_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_the_hash_ignores_key_order_and_changes_with_content() -> None:
+    a = parse_config(_minimal())
+    reordered = dict(reversed(list(_minimal().items())))
+    b = parse_config(reordered)
+    assert config_hash(a) == config_hash(b)
+    c = parse_config(_minimal(server={"port": 9090}))
+    assert config_hash(a) != config_hash(c)
+
+
+def test_a_dumped_config_validates_back_to_the_same_model() -> None:
+    config = load_config(SAMPLE)
+    again = RuntimeConfig.model_validate(config.model_dump(mode="json", by_alias=True))
+    assert again == config
