@@ -1,0 +1,383 @@
+"""The conversation turn workflow: build the prompt → user turn durable → LLM via the gateway →
+stream progress checkpointed → assistant turn durable → (write-behind) archive to L3.
+
+Resumable streams. Each answer chunk is an event ``<assistant seq>:<chunk index>``. Chunks are
+group-committed to L2 *before* they are shown to any client: the producer appends what arrived
+while the previous write was in flight in one scripted round trip, then releases the batch to
+readers. So whatever a client has seen is in Redis, and any pod can continue from it:
+
+* the answer is complete → the remaining chunks come from the stored chunk list;
+* the producing pod is alive → the new pod tails the chunk list in Redis;
+* the producing pod died (no heartbeat for ``streamStaleSeconds``) → the new pod claims the
+  stream (compare-and-set on the owner) and regenerates with the stored prompt. If the
+  regenerated text starts with the already-delivered prefix (deterministic models,
+  temperature 0, a cache hit), only what follows the prefix is delivered. Otherwise the model
+  is asked to continue the delivered prefix, and its continuation is appended. Either way the
+  client sees the stored prefix once, then new chunks: no gap, no duplicate.
+
+A producer that lost its claim (a paused pod came back) stops writing: its flushes are
+refused by the owner check, and its own readers switch to tailing Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from strata_runtime.agents.manager import Agent, AgentManager
+from strata_runtime.errors import Conflict, Draining, NotFound, ServiceUnavailable, StrataError, UpstreamError
+from strata_runtime.gateway.contract import CallContext, ChatGateway
+from strata_runtime.memory.engine import MemoryEngine
+from strata_runtime.memory.retrieval import build_messages
+from strata_runtime.memory.state import SessionState, StreamInfo, Turn
+
+log = logging.getLogger("strata.agents")
+
+CONTINUE_INSTRUCTION = (
+    "Your previous answer was interrupted. Continue it exactly from where it stopped, without repeating "
+    "anything already written and without any preamble."
+)
+POLL_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # chunk | done | error
+    index: int
+    text: str = ""
+    error: StrataError | None = None
+
+
+def _deltas(chunk: dict[str, Any]) -> str:
+    choices = chunk.get("choices") or []
+    if not choices:
+        return ""
+    return str((choices[0].get("delta") or {}).get("content") or "")
+
+
+class Producer:
+    """Produces one assistant turn on this pod and publishes its durable chunks to readers."""
+
+    def __init__(self, conv: Conversations, state: SessionState, seq: int, *, body: dict[str, Any],
+                 ctx: CallContext, prefix: list[str]):
+        self.conv = conv
+        self.engine = conv.engine
+        self.state = state
+        self.seq = seq
+        self.body = body
+        self.ctx = ctx
+        self.durable: list[str] = list(prefix)
+        self._queue: list[str] = []
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._ending = False
+        self.finished = False
+        self.lost = False
+        self.turn: Turn | None = None
+        self.error: StrataError | None = None
+        self.first_chunk_at: float | None = None
+
+    # readers ---------------------------------------------------------------------------------
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(self, start: int) -> AsyncIterator[tuple[int, str]]:
+        i = start
+        while True:
+            while i < len(self.durable):
+                yield i, self.durable[i]
+                i += 1
+            if self.finished:
+                return
+            await self._changed.wait()
+
+    # production ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        gateway = self.conv.gateway()
+        heartbeat = asyncio.create_task(self._heartbeat())
+        flusher = asyncio.create_task(self._flusher())
+        try:
+            if gateway is None:
+                raise ServiceUnavailable("no LLM gateway is configured in this runtime")
+            async for piece in self._generate(gateway):
+                if self.lost:
+                    break
+                if piece:
+                    self._queue.append(piece)
+                    self._wake.set()
+            self._ending = True
+            self._wake.set()
+            await flusher
+            if self.lost:
+                return
+            self.turn = await self.engine.complete(self.state, self.seq, "".join(self.durable),
+                                                   owner=self.conv.pod_id)
+            if self.turn is None:
+                self.lost = True
+            elif self.engine.archive_due(self.state):
+                self.engine.spawn(self.conv.archive(self.state, self.ctx))
+        except StrataError as e:
+            self.error = e
+        except Exception as e:
+            log.warning("LLM call for a conversation turn failed", exc_info=True)
+            self.error = UpstreamError(f"the model call failed: {type(e).__name__}")
+        finally:
+            heartbeat.cancel()
+            flusher.cancel()
+            if self.error is not None and not self.lost:
+                with contextlib.suppress(Exception):
+                    await self.engine.fail(self.state, self.seq, owner=self.conv.pod_id, error=self.error.message)
+            self.finished = True
+            self._notify()
+            self.conv.producers.pop((self.state.tenant, self.state.session_id, self.seq), None)
+
+    async def _stream(self, gateway: ChatGateway, body: dict[str, Any]) -> AsyncIterator[str]:
+        stream = await gateway.stream(body, self.ctx)
+        iterator = stream.chunks
+        try:
+            async for chunk in iterator:
+                text = _deltas(chunk)
+                if text:
+                    yield text
+        finally:
+            closer = getattr(iterator, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+
+    async def _generate(self, gateway: ChatGateway) -> AsyncIterator[str]:
+        prefix = "".join(self.durable)
+        if not prefix:
+            async for text in self._stream(gateway, self.body):
+                yield text
+            return
+        # Takeover: regenerate; keep the delivered prefix, deliver only what follows it.
+        acc = ""
+        through = False
+        async for text in self._stream(gateway, self.body):
+            if through:
+                yield text
+                continue
+            acc += text
+            if len(acc) <= len(prefix):
+                if not prefix.startswith(acc):
+                    break
+                continue
+            if not acc.startswith(prefix):
+                break
+            through = True
+            yield acc[len(prefix):]
+        else:
+            if through or acc == prefix:
+                return
+        if through:
+            return
+        body = dict(self.body)
+        body["messages"] = [*self.body["messages"], {"role": "assistant", "content": prefix},
+                            {"role": "user", "content": CONTINUE_INSTRUCTION}]
+        async for text in self._stream(gateway, body):
+            yield text
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue, []
+                ok = await self.engine.flush_chunks(self.state, self.seq, owner=self.conv.pod_id,
+                                                    start=len(self.durable), chunks=batch)
+                if not ok:
+                    self.lost = True
+                    self._notify()
+                    return
+                if self.first_chunk_at is None:
+                    self.first_chunk_at = time.perf_counter()
+                self.durable.extend(batch)
+                self._notify()
+            if self._ending:
+                return
+
+    async def _heartbeat(self) -> None:
+        interval = self.conv.stale_seconds / 4
+        while True:
+            await asyncio.sleep(interval)
+            ok = await self.engine.flush_chunks(self.state, self.seq, owner=self.conv.pod_id,
+                                                start=len(self.durable), chunks=[])
+            if not ok:
+                self.lost = True
+                self._notify()
+                return
+
+
+@dataclass
+class TurnStart:
+    agent: Agent
+    state: SessionState
+    seq: int
+    producer: Producer
+
+
+class Conversations:
+    def __init__(self, engine: MemoryEngine, agents: AgentManager, gateway_source: Callable[[], ChatGateway | None],
+                 *, stale_seconds: float, drain_seconds: float, is_draining: Callable[[], bool],
+                 pod_id: str | None = None):
+        self.engine = engine
+        self.agents = agents
+        self._gateway_source = gateway_source
+        self.stale_seconds = stale_seconds
+        self.drain_seconds = drain_seconds
+        self._is_draining = is_draining
+        self.pod_id = pod_id or uuid.uuid4().hex
+        self.producers: dict[tuple[str, str, int], Producer] = {}
+
+    def gateway(self) -> ChatGateway | None:
+        return self._gateway_source()
+
+    # a new turn ------------------------------------------------------------------------------
+    async def start_turn(self, *, tenant: str, session_id: str, chatbot_id: str, message: str,
+                         md5_checksum: str | None, channel_id: str | None, request_id: str | None) -> TurnStart:
+        if self._is_draining():
+            raise Draining("this runtime is shutting down; retry on another pod")
+        agent = self.agents.get(tenant, chatbot_id, md5_checksum)
+        state = await self.engine.session(tenant, session_id, agent.id)
+        if state.agent_id != agent.id:
+            raise Conflict(f"session {session_id!r} belongs to agent {state.agent_id!r}", field="chatbot_id")
+        ctx = CallContext(tenant=tenant, agent_id=agent.id, channel_id=channel_id, request_id=request_id,
+                          caching_disabled=agent.config.caching_disabled)
+        turn_id = uuid.uuid4().hex
+        for _ in range(5):
+            recalled = await self.engine.recall(state, message, channel=channel_id)
+            messages = build_messages(system_prompt=agent.config.system_prompt, state=state, recalled=recalled,
+                                      message=message, max_recent=self.engine.config.buffer_turns * 2)
+            body = {"model": agent.config.model, "messages": messages}
+            turn = await self.engine.append_user(state, message, turn_id, prompt=orjson.dumps(body),
+                                                 model=agent.config.model, owner=self.pod_id)
+            if turn is not None:
+                break
+        else:
+            raise Conflict("the session is being written concurrently; retry")
+        self._recover_orphans(state)
+        seq = turn.seq + 1
+        producer = Producer(self, state, seq, body=body, ctx=ctx, prefix=[])
+        self.producers[(tenant, session_id, seq)] = producer
+        self.engine.spawn(producer.run())
+        return TurnStart(agent=agent, state=state, seq=seq, producer=producer)
+
+    def _recover_orphans(self, state: SessionState) -> None:
+        """Assistant turns left pending by a dead pod are finished in the background."""
+        for seq in sorted(state.pending):
+            if (state.tenant, state.session_id, seq) not in self.producers:
+                self.engine.spawn(self._drain(state.tenant, state.session_id, seq))
+
+    async def _drain(self, tenant: str, session_id: str, seq: int) -> None:
+        with contextlib.suppress(Exception):
+            async for _ in self.events(tenant, session_id, seq, 0):
+                pass
+
+    async def archive(self, state: SessionState, ctx: CallContext) -> None:
+        gateway = self.gateway()
+        if gateway is None:
+            return
+        try:
+            agent = self.agents.get(state.tenant, state.agent_id)
+            while self.engine.archive_due(state):
+                if not await self.engine.archive(state, gateway, agent.config.model, ctx):
+                    break
+        except Exception:
+            log.warning("archiving a session batch failed; retried after the next turn", exc_info=True)
+
+    # following / resuming a turn, on any pod --------------------------------------------------
+    async def exists(self, tenant: str, session_id: str, seq: int) -> bool:
+        if (tenant, session_id, seq) in self.producers:
+            return True
+        if await self.engine.l2(lambda s: s.get_turn(tenant, session_id, seq)) is not None:
+            return True
+        return await self.engine.l2(lambda s: s.stream_info(tenant, session_id, seq, from_index=0)) is not None
+
+    async def events(self, tenant: str, session_id: str, seq: int, start: int) -> AsyncIterator[Event]:
+        i = start
+        while True:
+            producer = self.producers.get((tenant, session_id, seq))
+            if producer is not None:
+                async for index, text in producer.follow(i):
+                    yield Event("chunk", index, text)
+                    i = index + 1
+                if producer.turn is not None:
+                    yield Event("done", len(producer.durable), producer.turn.content)
+                    return
+                if producer.error is not None:
+                    yield Event("error", i, error=producer.error)
+                    return
+                # The producer lost its claim: continue from Redis like any other pod.
+            turn = await self.engine.l2(lambda s: s.get_turn(tenant, session_id, seq))
+            info = await self._stream_info(tenant, session_id, seq, i)
+            if turn is not None:
+                for text in info.chunks if info else []:
+                    yield Event("chunk", i, text)
+                    i += 1
+                yield Event("done", i if info else -1, turn.content)
+                return
+            if info is None:
+                yield Event("error", i, error=NotFound("no such turn in this session (or it expired)"))
+                return
+            if info.state == "failed":
+                yield Event("error", i, error=UpstreamError(info.error or "the model call failed"))
+                return
+            for text in info.chunks:
+                yield Event("chunk", i, text)
+                i += 1
+            if info.state == "producing" and time.time() - info.heartbeat >= self.stale_seconds:
+                await self._take_over(tenant, session_id, seq)
+                continue
+            if info.state == "producing":
+                await asyncio.sleep(POLL_SECONDS)
+
+    async def _stream_info(self, tenant: str, session_id: str, seq: int, start: int) -> StreamInfo | None:
+        return await self.engine.l2(lambda s: s.stream_info(tenant, session_id, seq, from_index=start))
+
+    async def _take_over(self, tenant: str, session_id: str, seq: int) -> None:
+        if (tenant, session_id, seq) in self.producers:
+            return
+        claimed = await self.engine.l2(lambda s: s.claim(tenant, session_id, seq, owner=self.pod_id,
+                                                         stale_seconds=self.stale_seconds))
+        if claimed != "claimed" or (tenant, session_id, seq) in self.producers:
+            return
+        info = await self.engine.l2(lambda s: s.stream_info(tenant, session_id, seq, from_index=0))
+        if info is None or info.state != "producing" or not info.prompt:
+            return
+        body = orjson.loads(info.prompt)
+        state = self.engine.l1.get(tenant, session_id)
+        if state is None:
+            loaded = await self.engine.l2(lambda s: s.load(tenant, session_id))
+            if loaded is None:
+                return
+            state = loaded
+            self.engine.l1.put(state)
+        state.pending.add(seq)
+        ctx = CallContext(tenant=tenant, agent_id=state.agent_id)
+        log.info("taking over an interrupted stream", extra={"session_id": session_id, "seq": seq,
+                                                              "prefix_chunks": len(info.chunks)})
+        producer = Producer(self, state, seq, body=body, ctx=ctx, prefix=info.chunks)
+        self.producers[(tenant, session_id, seq)] = producer
+        self.engine.spawn(producer.run())
+
+    # lifecycle -------------------------------------------------------------------------------
+    def busy(self, state: SessionState) -> bool:
+        return any(k[0] == state.tenant and k[1] == state.session_id for k in self.producers)
+
+    async def start(self) -> None:
+        await self.agents.start()
+        self.engine.start_idle_loop(self.busy)
+
+    async def close(self) -> None:
+        await self.engine.shutdown(self.drain_seconds)
+        await self.agents.close()

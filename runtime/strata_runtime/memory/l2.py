@@ -1,0 +1,444 @@
+"""L2: the session checkpoint, turn buffer and stream progress in Redis (or in-process memory).
+
+Keys of one session share the hash tag ``{tenant:session}``, so every multi-key update is one
+atomic script on one Cluster slot::
+
+    {prefix}:sess:{t:s}:ckpt            hash   agent, next_seq, summary, archived_upto, archived_batches
+    {prefix}:sess:{t:s}:turns           hash   seq -> turn JSON (the unarchived buffer)
+    {prefix}:sess:{t:s}:pending         set    assistant seqs still being produced
+    {prefix}:sess:{t:s}:stream:{seq}    hash   state, owner, hb, prompt, model, error
+    {prefix}:sess:{t:s}:chunks:{seq}    list   the answer's chunks, in order
+
+Conditional multi-key updates (compare-and-set on the sequence number, on the stream owner,
+on the chunk count) are Lua scripts: as atomic as MULTI/EXEC and one round trip. Every key
+gets the checkpoint TTL on every write. ``MemorySessionStore`` implements the same operations
+for one process (the degraded fallback while Redis is unreachable).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from strata_runtime.memory.state import SessionState, StreamInfo, Turn
+
+DONE_STREAM_TTL_SECONDS = 3600
+
+
+def session_base(prefix: str, tenant: str, session_id: str) -> str:
+    return f"{prefix}:sess:{{{tenant}:{session_id}}}"
+
+
+class SessionStore(Protocol):
+    kind: str
+
+    async def load(self, tenant: str, session_id: str) -> SessionState | None: ...
+    async def restore(self, state: SessionState, *, ttl: int) -> bool: ...
+    async def append_user(self, state: SessionState, turn: Turn, *, prompt: bytes, model: str, owner: str,
+                          ttl: int) -> tuple[bool, int]: ...
+    async def flush_chunks(self, tenant: str, session_id: str, seq: int, *, owner: str, start: int,
+                           chunks: list[str], ttl: int) -> bool: ...
+    async def complete(self, tenant: str, session_id: str, turn: Turn, *, owner: str, ttl: int) -> Turn | None: ...
+    async def fail(self, tenant: str, session_id: str, seq: int, *, owner: str, error: str, ttl: int) -> None: ...
+    async def stream_info(self, tenant: str, session_id: str, seq: int, *, from_index: int) -> StreamInfo | None: ...
+    async def claim(self, tenant: str, session_id: str, seq: int, *, owner: str, stale_seconds: float) -> str: ...
+    async def get_turn(self, tenant: str, session_id: str, seq: int) -> Turn | None: ...
+    async def trim(self, tenant: str, session_id: str, *, last_seq: int, summary: str, ttl: int) -> bool: ...
+    async def release(self, tenant: str, session_id: str, *, next_seq: int) -> bool: ...
+    async def delete(self, tenant: str, session_id: str) -> bool: ...
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# ------------------------------------------------------------------------------------------ Redis
+
+_APPEND_USER = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'next_seq') or '0')
+local expected = tonumber(ARGV[1])
+if cur ~= expected then
+  if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then return {1, expected} end
+  return {0, cur}
+end
+local ttl = tonumber(ARGV[8])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], 'next_seq', expected + 2, 'agent', ARGV[3])
+if redis.call('HEXISTS', KEYS[1], 'archived_upto') == 0 then
+  redis.call('HSET', KEYS[1], 'archived_upto', '-1', 'archived_batches', '0', 'summary', '')
+end
+redis.call('SADD', KEYS[3], expected + 1)
+redis.call('DEL', KEYS[4], KEYS[5])
+redis.call('HSET', KEYS[4], 'state', 'producing', 'owner', ARGV[4], 'hb', ARGV[5], 'prompt', ARGV[6],
+           'model', ARGV[7])
+for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ttl) end
+return {1, expected}
+"""
+
+# KEYS: stream, chunks. ARGV: owner, start, now, ttl, chunks...
+_FLUSH = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') ~= 'producing' then
+  return -1
+end
+local n = redis.call('LLEN', KEYS[2])
+local start = tonumber(ARGV[2])
+local count = #ARGV - 4
+if count == 0 then redis.call('HSET', KEYS[1], 'hb', ARGV[3]); return n end
+if n == start + count then return n end
+if n ~= start then return -2 end
+if count > 0 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 5)) end
+redis.call('HSET', KEYS[1], 'hb', ARGV[3])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+return n + count
+"""
+
+# KEYS: ckpt, turns, pending, stream, chunks. ARGV: seq, turn json, owner, ttl, done ttl
+_COMPLETE = """
+local existing = redis.call('HGET', KEYS[2], ARGV[1])
+if existing then return existing end
+if redis.call('HGET', KEYS[4], 'owner') ~= ARGV[3] then return false end
+local ttl = tonumber(ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[4], 'state', 'done')
+redis.call('HDEL', KEYS[4], 'prompt')
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[5]))
+return ARGV[2]
+"""
+
+# KEYS: ckpt, turns, pending, stream. ARGV: seq, owner, error, ttl
+_FAIL = """
+if redis.call('HGET', KEYS[4], 'owner') ~= ARGV[2] or redis.call('HGET', KEYS[4], 'state') ~= 'producing' then
+  return 0
+end
+redis.call('HDEL', KEYS[2], tostring(tonumber(ARGV[1]) - 1))
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[4], 'state', 'failed', 'error', ARGV[3])
+redis.call('HDEL', KEYS[4], 'prompt')
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
+return 1
+"""
+
+# KEYS: stream. ARGV: owner, now, stale seconds
+_CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state ~= 'producing' then return state end
+local hb = tonumber(redis.call('HGET', KEYS[1], 'hb') or '0')
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then return 'claimed' end
+if tonumber(ARGV[2]) - hb < tonumber(ARGV[3]) then return 'alive' end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'hb', ARGV[2])
+return 'claimed'
+"""
+
+# KEYS: ckpt, turns. ARGV: last_seq, summary, ttl
+_TRIM = """
+local upto = tonumber(redis.call('HGET', KEYS[1], 'archived_upto') or '-1')
+local last = tonumber(ARGV[1])
+if upto >= last then return 0 end
+local fields = redis.call('HKEYS', KEYS[2])
+for _, f in ipairs(fields) do
+  if tonumber(f) <= last then redis.call('HDEL', KEYS[2], f) end
+end
+redis.call('HSET', KEYS[1], 'archived_upto', last, 'summary', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'archived_batches', 1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return 1
+"""
+
+# KEYS: ckpt, turns, pending. ARGV: ckpt fields..., then '--', then seq, json pairs; ttl first
+_RESTORE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local ttl = tonumber(ARGV[1])
+local i = 2
+while ARGV[i] ~= '--' do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2
+end
+i = i + 1
+while i <= #ARGV do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ttl) end
+return 1
+"""
+
+# KEYS: ckpt, turns, pending. ARGV: next_seq
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'next_seq') ~= ARGV[1] or redis.call('SCARD', KEYS[3]) > 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return 1
+"""
+
+
+class RedisSessionStore:
+    kind = "redis"
+
+    def __init__(self, client: Any, prefix: str):
+        self.client = client
+        self.prefix = prefix
+        self._append = client.register_script(_APPEND_USER)
+        self._flush = client.register_script(_FLUSH)
+        self._complete = client.register_script(_COMPLETE)
+        self._fail = client.register_script(_FAIL)
+        self._claim = client.register_script(_CLAIM)
+        self._trim = client.register_script(_TRIM)
+        self._restore = client.register_script(_RESTORE)
+        self._release = client.register_script(_RELEASE)
+
+    def _keys(self, tenant: str, session_id: str, seq: int | None = None) -> list[str]:
+        base = session_base(self.prefix, tenant, session_id)
+        keys = [f"{base}:ckpt", f"{base}:turns", f"{base}:pending"]
+        if seq is not None:
+            keys += [f"{base}:stream:{seq}", f"{base}:chunks:{seq}"]
+        return keys
+
+    async def load(self, tenant: str, session_id: str) -> SessionState | None:
+        ckpt_key, turns_key, pending_key = self._keys(tenant, session_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(ckpt_key)
+        pipe.hvals(turns_key)
+        pipe.smembers(pending_key)
+        ckpt, turns, pending = await pipe.execute()
+        if not ckpt:
+            return None
+        return SessionState.from_checkpoint(
+            tenant, session_id, {_s(k): _s(v) for k, v in ckpt.items()}, [Turn.from_json(t) for t in turns],
+            {int(p) for p in pending})
+
+    async def restore(self, state: SessionState, *, ttl: int) -> bool:
+        args: list[str | bytes] = [str(ttl)]
+        for k, v in state.checkpoint_fields().items():
+            args += [k, v]
+        args.append("--")
+        for turn in state.buffered():
+            args += [str(turn.seq), turn.to_json()]
+        return bool(await self._restore(keys=self._keys(state.tenant, state.session_id), args=args))
+
+    async def append_user(self, state: SessionState, turn: Turn, *, prompt: bytes, model: str, owner: str,
+                          ttl: int) -> tuple[bool, int]:
+        keys = self._keys(state.tenant, state.session_id, turn.seq + 1)
+        ok, cur = await self._append(keys=keys, args=[turn.seq, turn.to_json(), state.agent_id, owner,
+                                                      repr(time.time()), prompt, model, ttl])
+        return bool(ok), int(cur)
+
+    async def flush_chunks(self, tenant: str, session_id: str, seq: int, *, owner: str, start: int,
+                           chunks: list[str], ttl: int) -> bool:
+        keys = self._keys(tenant, session_id, seq)[3:]
+        result = int(await self._flush(keys=keys, args=[owner, start, repr(time.time()), ttl, *chunks]))
+        return result >= 0
+
+    async def complete(self, tenant: str, session_id: str, turn: Turn, *, owner: str, ttl: int) -> Turn | None:
+        keys = self._keys(tenant, session_id, turn.seq)
+        stored = await self._complete(keys=keys, args=[turn.seq, turn.to_json(), owner, ttl,
+                                                       min(ttl, DONE_STREAM_TTL_SECONDS)])
+        return Turn.from_json(stored) if stored else None
+
+    async def fail(self, tenant: str, session_id: str, seq: int, *, owner: str, error: str, ttl: int) -> None:
+        keys = self._keys(tenant, session_id, seq)[:4]
+        await self._fail(keys=keys, args=[seq, owner, error[:500], min(ttl, DONE_STREAM_TTL_SECONDS)])
+
+    async def stream_info(self, tenant: str, session_id: str, seq: int, *, from_index: int) -> StreamInfo | None:
+        stream_key, chunks_key = self._keys(tenant, session_id, seq)[3:]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(stream_key)
+        pipe.lrange(chunks_key, from_index, -1)
+        record, chunks = await pipe.execute()
+        if not record:
+            return None
+        rec = {_s(k): v for k, v in record.items()}
+        return StreamInfo(seq=seq, state=_s(rec.get("state", b"")), owner=_s(rec.get("owner", b"")),
+                          heartbeat=float(_s(rec.get("hb", b"0"))), prompt=rec.get("prompt", b""),
+                          model=_s(rec.get("model", b"")), chunks=[_s(c) for c in chunks],
+                          error=_s(rec.get("error", b"")))
+
+    async def claim(self, tenant: str, session_id: str, seq: int, *, owner: str, stale_seconds: float) -> str:
+        stream_key = self._keys(tenant, session_id, seq)[3]
+        return _s(await self._claim(keys=[stream_key], args=[owner, repr(time.time()), stale_seconds]))
+
+    async def get_turn(self, tenant: str, session_id: str, seq: int) -> Turn | None:
+        raw = await self.client.hget(self._keys(tenant, session_id)[1], str(seq))
+        return Turn.from_json(raw) if raw else None
+
+    async def trim(self, tenant: str, session_id: str, *, last_seq: int, summary: str, ttl: int) -> bool:
+        keys = self._keys(tenant, session_id)[:2]
+        return bool(await self._trim(keys=keys, args=[last_seq, summary, ttl]))
+
+    async def release(self, tenant: str, session_id: str, *, next_seq: int) -> bool:
+        return bool(await self._release(keys=self._keys(tenant, session_id), args=[next_seq]))
+
+    async def delete(self, tenant: str, session_id: str) -> bool:
+        base = session_base(self.prefix, tenant, session_id)
+        ckpt_key, turns_key, pending_key = self._keys(tenant, session_id)
+        existed = int(await self.client.exists(ckpt_key))
+        # Stream records live under numbered keys; SCAN within the hash-tagged pattern finds them.
+        extra = [k async for k in self.client.scan_iter(match=f"{base}:*", count=500)]
+        await self.client.delete(ckpt_key, turns_key, pending_key)
+        for key in extra:
+            await self.client.delete(key)
+        return existed > 0
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+
+@dataclass
+class _MemSession:
+    ckpt: dict[str, str] = field(default_factory=dict)
+    turns: dict[int, bytes] = field(default_factory=dict)
+    pending: set[int] = field(default_factory=set)
+    streams: dict[int, dict[str, Any]] = field(default_factory=dict)
+    chunks: dict[int, list[str]] = field(default_factory=dict)
+    expires: float = 0.0
+
+
+class MemorySessionStore:
+    """The same operations for one process; used while Redis is unreachable (or not configured)."""
+
+    kind = "memory"
+
+    def __init__(self, max_sessions: int = 100_000) -> None:
+        self._sessions: dict[tuple[str, str], _MemSession] = {}
+        self._max = max_sessions
+
+    def _get(self, tenant: str, session_id: str) -> _MemSession | None:
+        sess = self._sessions.get((tenant, session_id))
+        if sess is not None and sess.expires < time.time():
+            del self._sessions[(tenant, session_id)]
+            return None
+        return sess
+
+    def _touch(self, sess: _MemSession, ttl: int) -> None:
+        sess.expires = time.time() + ttl
+
+    async def load(self, tenant: str, session_id: str) -> SessionState | None:
+        sess = self._get(tenant, session_id)
+        if sess is None or not sess.ckpt:
+            return None
+        return SessionState.from_checkpoint(tenant, session_id, dict(sess.ckpt),
+                                            [Turn.from_json(t) for t in sess.turns.values()], set(sess.pending))
+
+    async def restore(self, state: SessionState, *, ttl: int) -> bool:
+        if self._get(state.tenant, state.session_id) is not None:
+            return False
+        sess = _MemSession(ckpt=state.checkpoint_fields(), turns={t.seq: t.to_json() for t in state.buffered()})
+        self._touch(sess, ttl)
+        self._sessions[(state.tenant, state.session_id)] = sess
+        return True
+
+    async def append_user(self, state: SessionState, turn: Turn, *, prompt: bytes, model: str, owner: str,
+                          ttl: int) -> tuple[bool, int]:
+        key = (state.tenant, state.session_id)
+        sess = self._get(*key)
+        if sess is None:
+            if len(self._sessions) >= self._max:
+                self._sessions.pop(next(iter(self._sessions)))
+            sess = self._sessions[key] = _MemSession()
+        cur = int(sess.ckpt.get("next_seq", "0"))
+        if cur != turn.seq:
+            return (sess.turns.get(turn.seq) == turn.to_json(), cur)
+        sess.turns[turn.seq] = turn.to_json()
+        sess.ckpt.setdefault("archived_upto", "-1")
+        sess.ckpt.setdefault("archived_batches", "0")
+        sess.ckpt.setdefault("summary", "")
+        sess.ckpt.update(next_seq=str(cur + 2), agent=state.agent_id)
+        sess.pending.add(turn.seq + 1)
+        sess.streams[turn.seq + 1] = {"state": "producing", "owner": owner, "hb": time.time(), "prompt": prompt,
+                                      "model": model, "error": ""}
+        sess.chunks[turn.seq + 1] = []
+        self._touch(sess, ttl)
+        return True, cur
+
+    async def flush_chunks(self, tenant: str, session_id: str, seq: int, *, owner: str, start: int,
+                           chunks: list[str], ttl: int) -> bool:
+        sess = self._get(tenant, session_id)
+        rec = sess.streams.get(seq) if sess else None
+        if sess is None or rec is None or rec["owner"] != owner or rec["state"] != "producing":
+            return False
+        stored = sess.chunks.setdefault(seq, [])
+        if not chunks:
+            rec["hb"] = time.time()
+            return True
+        if len(stored) == start + len(chunks):
+            return True
+        if len(stored) != start:
+            return False
+        stored.extend(chunks)
+        rec["hb"] = time.time()
+        return True
+
+    async def complete(self, tenant: str, session_id: str, turn: Turn, *, owner: str, ttl: int) -> Turn | None:
+        sess = self._get(tenant, session_id)
+        if sess is None:
+            return None
+        if turn.seq in sess.turns:
+            return Turn.from_json(sess.turns[turn.seq])
+        rec = sess.streams.get(turn.seq)
+        if rec is None or rec["owner"] != owner:
+            return None
+        sess.turns[turn.seq] = turn.to_json()
+        sess.pending.discard(turn.seq)
+        rec["state"] = "done"
+        rec["prompt"] = b""
+        self._touch(sess, ttl)
+        return turn
+
+    async def fail(self, tenant: str, session_id: str, seq: int, *, owner: str, error: str, ttl: int) -> None:
+        sess = self._get(tenant, session_id)
+        rec = sess.streams.get(seq) if sess else None
+        if sess is None or rec is None or rec["owner"] != owner or rec["state"] != "producing":
+            return
+        sess.turns.pop(seq - 1, None)
+        sess.pending.discard(seq)
+        rec.update(state="failed", error=error[:500], prompt=b"")
+
+    async def stream_info(self, tenant: str, session_id: str, seq: int, *, from_index: int) -> StreamInfo | None:
+        sess = self._get(tenant, session_id)
+        rec = sess.streams.get(seq) if sess else None
+        if sess is None or rec is None:
+            return None
+        return StreamInfo(seq=seq, state=rec["state"], owner=rec["owner"], heartbeat=rec["hb"],
+                          prompt=rec["prompt"], model=rec["model"],
+                          chunks=list(sess.chunks.get(seq, [])[from_index:]), error=rec["error"])
+
+    async def claim(self, tenant: str, session_id: str, seq: int, *, owner: str, stale_seconds: float) -> str:
+        sess = self._get(tenant, session_id)
+        rec = sess.streams.get(seq) if sess else None
+        if rec is None:
+            return "missing"
+        if rec["state"] != "producing":
+            return str(rec["state"])
+        if rec["owner"] != owner and time.time() - rec["hb"] < stale_seconds:
+            return "alive"
+        rec.update(owner=owner, hb=time.time())
+        return "claimed"
+
+    async def get_turn(self, tenant: str, session_id: str, seq: int) -> Turn | None:
+        sess = self._get(tenant, session_id)
+        raw = sess.turns.get(seq) if sess else None
+        return Turn.from_json(raw) if raw else None
+
+    async def trim(self, tenant: str, session_id: str, *, last_seq: int, summary: str, ttl: int) -> bool:
+        sess = self._get(tenant, session_id)
+        if sess is None or int(sess.ckpt.get("archived_upto", "-1")) >= last_seq:
+            return False
+        for seq in [s for s in sess.turns if s <= last_seq]:
+            del sess.turns[seq]
+        sess.ckpt.update(archived_upto=str(last_seq), summary=summary,
+                         archived_batches=str(int(sess.ckpt.get("archived_batches", "0")) + 1))
+        return True
+
+    async def release(self, tenant: str, session_id: str, *, next_seq: int) -> bool:
+        sess = self._get(tenant, session_id)
+        if sess is None or sess.ckpt.get("next_seq") != str(next_seq) or sess.pending:
+            return False
+        del self._sessions[(tenant, session_id)]
+        return True
+
+    async def delete(self, tenant: str, session_id: str) -> bool:
+        return self._sessions.pop((tenant, session_id), None) is not None
