@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from strata_runtime.api import health
+from strata_runtime.api import cache_admin, health
 from strata_runtime.config import RuntimeConfig
 from strata_runtime.errors import StrataError
 from strata_runtime.logs import request_context
@@ -46,6 +46,7 @@ def create_app(config: RuntimeConfig, env: Mapping[str, str] | None = None) -> F
     _install_error_handlers(app)
     app.add_middleware(RequestObserver, metrics=services.metrics)
     app.include_router(health.router)
+    app.include_router(cache_admin.router)
     return app
 
 

@@ -43,5 +43,18 @@ class Metrics:
             "strata_pending_requests", "Requests waiting for an upstream or a slot", registry=r
         )
 
+        # Response cache
+        self.cache_requests = Counter(
+            "strata_cache_requests", "Cache decisions (hit_exact, hit_semantic, hit_coalesced, miss, bypass, disabled)",
+            ["result"], registry=r,
+        )
+        self.cache_tokens_saved = Counter("strata_cache_tokens_saved", "Tokens answered from the cache",
+                                          registry=r)
+        self.cache_cost_saved = Counter("strata_cache_cost_saved_usd", "Upstream cost avoided by cache hits",
+                                        registry=r)
+        self.cache_guard_rejections = Counter(
+            "strata_cache_guard_rejections", "Semantic hits vetoed by the hit guard", ["reason"], registry=r
+        )
+
     def watch_backends(self, backends: Callable[[], Iterable[BackendHealth]]) -> None:
         self.registry.register(_BackendCollector(backends))

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from strata_runtime.auth import Authenticator
+from strata_runtime.cache.service import CacheService
 from strata_runtime.config import RuntimeConfig, config_hash
+from strata_runtime.embeddings.factory import EmbedderImpl, build_embedder
+from strata_runtime.gateway.gateway import Gateway
 from strata_runtime.metrics import Metrics
 from strata_runtime.stores.health import BackendHealth
 from strata_runtime.stores.redis import RedisConnector
@@ -45,6 +48,9 @@ class Services:
     sql: SqlConnector
     vectors: VectorConnector
     draining: bool = False
+    embedder: EmbedderImpl | None = None
+    cache: CacheService | None = None
+    gateway: Gateway = field(init=False)
     lifecycle: list[Lifecycle] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -88,4 +94,34 @@ def build_services(config: RuntimeConfig, env: Mapping[str, str]) -> Services:
     )
     metrics.watch_backends(services.backends)
     services.lifecycle.extend([services.redis, services.sql, services.vectors])
+    _add_cache(services)
+    _add_gateway(services)
+    _add_conversations(services)
     return services
+
+
+def _add_conversations(services: Services) -> None:
+    """Agents + memory: last, so in-flight turns drain before the gateway and stores close."""
+    from strata_runtime.agents.wiring import build_conversations
+
+    conversations = build_conversations(services)
+    services.extras["conversations"] = conversations
+    services.lifecycle.append(conversations)
+
+
+def _add_cache(services: Services) -> None:
+    """The embedder and the response cache (the gateway takes `services.cache`)."""
+    config = services.config
+    services.embedder = build_embedder(config.embedder, services.env)
+    prices = {m.name: (m.pricing.input_per_1m, m.pricing.output_per_1m) for m in config.models}
+    services.cache = CacheService(config.cache, redis=services.redis, embedder=services.embedder,
+                                  pricing=lambda model: prices.get(model, (0.0, 0.0)), metrics=services.metrics)
+    services.lifecycle.extend([services.embedder, services.cache])
+
+
+def _add_gateway(services: Services) -> None:
+    """The LLM gateway: after the cache and stores, so it is closed (usage flushed) before them."""
+    services.gateway = Gateway(services.config, services.env, services.redis, services.metrics,
+                               cache=services.cache, embedder=services.embedder,
+                               is_draining=lambda: services.draining)
+    services.lifecycle.append(services.gateway)

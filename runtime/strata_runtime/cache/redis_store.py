@@ -1,0 +1,219 @@
+"""The Redis entry store (standalone or Cluster) and its process-local semantic partitions.
+
+Keys (every command touches one key, so nothing needs a shared hash slot):
+
+    {prefix}:cache:{tenant-tag}:e:{exact-key}   the stored answer (bytes), with a TTL
+    {prefix}:cache:{tenant-tag}:s:{fingerprint} hash: exact-key -> expiry + vector + query text
+    {prefix}:cache:{tenant-tag}:l:{exact-key}   single-flight lock across pods (SET NX PX)
+
+Debian's Redis has no vector search, and milvus-lite is ~40 ms per search at 100k (numbers in
+bench/cache.py), so the vectors of a partition are loaded lazily from its hash into the same
+in-process numpy index the memory backend uses, and refreshed when the hash's length shows
+that another pod added entries (checked at most once per `refresh_seconds` per partition).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from strata_runtime.cache.index import F32, SemanticIndex
+from strata_runtime.stores.redis import RedisClient
+
+_SAFE_TAG = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def tenant_tag(tenant: str | None) -> str:
+    if tenant is None:
+        return "_shared"
+    if _SAFE_TAG.match(tenant):
+        return "t-" + tenant
+    return "h-" + hashlib.sha256(tenant.encode()).hexdigest()[:32]
+
+
+def pack_member(expires_at: float, vector: F32, query: str) -> bytes:
+    return struct.pack("<dI", expires_at, vector.shape[0]) + vector.astype("<f4").tobytes() + query.encode()
+
+
+def unpack_member(raw: bytes) -> tuple[float, F32, str]:
+    expires_at, dim = struct.unpack_from("<dI", raw)
+    start = struct.calcsize("<dI")
+    vector = np.frombuffer(raw, dtype="<f4", count=dim, offset=start).astype(np.float32)
+    return expires_at, vector, raw[start + 4 * dim:].decode()
+
+
+@dataclass
+class _LoadedPartition:
+    checked_at: float
+    remote_size: int
+
+
+class RedisStore:
+    kind = "redis"
+
+    def __init__(self, prefix: str, *, refresh_seconds: float = 1.0, max_local_vectors: int = 1_000_000):
+        self.prefix = prefix
+        self.refresh_seconds = refresh_seconds
+        self.max_local_vectors = max_local_vectors
+        self.index = SemanticIndex()
+        self.queries: dict[str, str] = {}
+        self._loaded: dict[str, _LoadedPartition] = {}
+
+    def entry_key(self, tenant: str | None, key: str) -> str:
+        return f"{self.prefix}:cache:{tenant_tag(tenant)}:e:{key}"
+
+    def partition_key(self, tenant: str | None, fingerprint: str) -> str:
+        return f"{self.prefix}:cache:{tenant_tag(tenant)}:s:{fingerprint}"
+
+    def lock_key(self, tenant: str | None, key: str) -> str:
+        return f"{self.prefix}:cache:{tenant_tag(tenant)}:l:{key}"
+
+    async def get(self, client: RedisClient, tenant: str | None, key: str) -> bytes | None:
+        value = await client.get(self.entry_key(tenant, key))
+        return value if isinstance(value, bytes) else None
+
+    async def set(  # noqa: PLR0917
+        self, client: RedisClient, tenant: str | None, key: str, value: bytes, ttl_seconds: float,
+        semantic: tuple[str, F32, str, float] | None,
+    ) -> None:
+        pipe = client.pipeline(transaction=False)
+        pipe.set(self.entry_key(tenant, key), value, px=max(1, int(ttl_seconds * 1000)))
+        if semantic is not None:
+            fingerprint, vector, query, semantic_ttl = semantic
+            hkey = self.partition_key(tenant, fingerprint)
+            pipe.hset(hkey, key, pack_member(time.time() + semantic_ttl, vector, query))
+            pipe.pexpire(hkey, max(1, int(semantic_ttl * 1000)))
+        await pipe.execute()
+        if semantic is not None:
+            fingerprint, vector, query, _ = semantic
+            if fingerprint in self._loaded:
+                self.index.add(fingerprint, key, vector)
+                self.queries[key] = query
+                self._loaded[fingerprint].remote_size += 1
+
+    async def ensure_partition(self, client: RedisClient, tenant: str | None, fingerprint: str) -> None:
+        """Load (or refresh) one partition's vectors from Redis into the local index."""
+        now = time.monotonic()
+        loaded = self._loaded.get(fingerprint)
+        hkey = self.partition_key(tenant, fingerprint)
+        if loaded is not None and now - loaded.checked_at < self.refresh_seconds:
+            return
+        if loaded is not None:
+            remote = int(await client.hlen(hkey))
+            loaded.checked_at = now
+            if remote == loaded.remote_size == self.index.partition_size(fingerprint):
+                return
+        members: dict[Any, Any] = await client.hgetall(hkey)
+        self.index.drop_partition(fingerprint)
+        expired: list[bytes] = []
+        wall = time.time()
+        for field, raw in members.items():
+            try:
+                expires_at, vector, query = unpack_member(raw)
+            except (struct.error, ValueError, UnicodeDecodeError):
+                expired.append(field)
+                continue
+            if expires_at <= wall:
+                expired.append(field)
+                continue
+            key = field.decode() if isinstance(field, bytes) else str(field)
+            self.index.add(fingerprint, key, vector)
+            self.queries[key] = query
+        if expired:
+            await client.hdel(hkey, *expired)
+        self._loaded[fingerprint] = _LoadedPartition(now, len(members) - len(expired))
+        self._bound_local()
+
+    def _bound_local(self) -> None:
+        while len(self.index) > self.max_local_vectors and self._loaded:
+            oldest = next(iter(self._loaded))
+            self.forget_partition(oldest)
+
+    def forget_partition(self, fingerprint: str) -> None:
+        part = self.index.partitions.get(fingerprint)
+        if part is not None:
+            for key in part.ids:
+                self.queries.pop(key, None)
+        self.index.drop_partition(fingerprint)
+        self._loaded.pop(fingerprint, None)
+
+    async def forget_member(self, client: RedisClient, tenant: str | None, fingerprint: str, key: str) -> None:
+        """The answer behind an index row is gone (expired or invalidated): drop the row everywhere."""
+        self.index.remove(key)
+        self.queries.pop(key, None)
+        loaded = self._loaded.get(fingerprint)
+        if loaded is not None:
+            loaded.remote_size = max(0, loaded.remote_size - 1)
+        await client.hdel(self.partition_key(tenant, fingerprint), key)
+
+    async def try_lock(self, client: RedisClient, tenant: str | None, key: str, token: str, ttl_ms: int) -> bool:
+        return bool(await client.set(self.lock_key(tenant, key), token, nx=True, px=ttl_ms))
+
+    async def unlock(self, client: RedisClient, tenant: str | None, key: str, token: str) -> None:
+        await client.eval(_RELEASE_LOCK, 1, self.lock_key(tenant, key), token)
+
+    async def invalidate(self, client: RedisClient, *, tenant: str | None, pattern: str | None) -> int:
+        tag = tenant_tag(tenant) if tenant is not None else "*"
+        removed = 0
+        batch: list[bytes] = []
+
+        async def flush(keys: list[bytes]) -> int:
+            if pattern is not None:
+                values = await _get_many(client, keys)
+                keys = [k for k, v in zip(keys, values, strict=True) if v is not None and
+                        fnmatch.fnmatchcase(_model_of(v), pattern)]
+            if not keys:
+                return 0
+            pipe = client.pipeline(transaction=False)
+            for k in keys:
+                pipe.unlink(k)
+            results = await pipe.execute()
+            return sum(int(r) for r in results)
+
+        async for raw in client.scan_iter(match=f"{self.prefix}:cache:{tag}:e:*", count=500):
+            batch.append(raw)
+            if len(batch) >= 500:
+                removed += await flush(batch)
+                batch = []
+        if batch:
+            removed += await flush(batch)
+        if pattern is None:  # whole tenants: drop their semantic partitions too
+            pipe = client.pipeline(transaction=False)
+            async for raw in client.scan_iter(match=f"{self.prefix}:cache:{tag}:s:*", count=500):
+                pipe.unlink(raw)
+            await pipe.execute()
+        self.index.clear()
+        self.queries.clear()
+        self._loaded.clear()
+        return removed
+
+    async def count(self, client: RedisClient, limit: int = 100_000) -> int:
+        n = 0
+        async for _ in client.scan_iter(match=f"{self.prefix}:cache:*:e:*", count=1000):
+            n += 1
+            if n >= limit:
+                break
+        return n
+
+
+async def _get_many(client: RedisClient, keys: list[bytes]) -> list[bytes | None]:
+    pipe = client.pipeline(transaction=False)
+    for k in keys:
+        pipe.get(k)
+    return list(await pipe.execute())
+
+
+def _model_of(value: bytes) -> str:
+    try:
+        return str(orjson.loads(value).get("model", ""))
+    except orjson.JSONDecodeError:
+        return ""
