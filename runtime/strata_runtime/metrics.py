@@ -42,6 +42,33 @@ class Metrics:
         self.pending_requests = Gauge(
             "strata_pending_requests", "Requests waiting for an upstream or a slot", registry=r
         )
+        # LLM gateway
+        self.llm_latency = Histogram(
+            "strata_llm_request_duration_seconds", "Gateway LLM call latency (to the last byte)",
+            ["model", "provider", "stream"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.llm_ttft = Histogram(
+            "strata_llm_time_to_first_token_seconds", "Time to the first streamed content chunk",
+            ["model", "provider"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.llm_requests = Counter(
+            "strata_llm_requests", "Gateway LLM calls by outcome", ["model", "provider", "cache", "outcome"],
+            registry=r,
+        )
+        self.llm_tokens = Counter(
+            "strata_llm_tokens", "Tokens through the gateway (in = prompt, out = completion)",
+            ["model", "direction"], registry=r,
+        )
+        self.llm_cost = Counter("strata_llm_cost_usd", "Upstream cost in USD from the price table", ["model"],
+                                registry=r)
+        self.llm_upstream_errors = Counter(
+            "strata_llm_upstream_errors", "Failed upstream attempts by provider and status/timeout/connect",
+            ["provider", "status"], registry=r,
+        )
+        self.llm_in_flight = Gauge("strata_llm_in_flight_requests", "LLM calls (incl. open streams) in progress",
+                                   registry=r)
+        self.rate_limited = Counter("strata_rate_limited_requests", "Requests refused by a rate limit",
+                                    ["scope"], registry=r)
 
         # Response cache
         self.cache_requests = Counter(

@@ -27,6 +27,16 @@ class ModelConfig(ConfigModel):
     timeout_seconds: float = Field(60.0, gt=0, le=3600, description="Whole-request deadline.")
     connect_timeout_seconds: float = Field(5.0, gt=0, le=120)
     max_retries: int = Field(2, ge=0, le=10, description="Retries on 429/5xx/timeouts, jittered backoff.")
+    read_timeout_seconds: float | None = Field(
+        None, gt=0, le=3600, description="Longest silence between two upstream bytes; default timeoutSeconds."
+    )
+    max_connections: int = Field(256, ge=1, le=10000, description="Pooled keep-alive connections upstream.")
+    circuit_failure_threshold: int = Field(
+        5, ge=1, le=1000, description="Consecutive retryable failures that open the circuit breaker."
+    )
+    circuit_open_seconds: float = Field(
+        30.0, gt=0, le=3600, description="How long an open circuit rejects calls before one probe is let through."
+    )
     pricing: Pricing = Pricing()
 
 

@@ -1,0 +1,322 @@
+"""The LLM gateway: limits, cache, upstream call, usage and metrics around every chat call.
+
+    complete/stream(body, ctx)
+      validate -> resolve logical model -> reserve rate-limit budget
+      -> cache.complete/stream(body, ctx, compute)   (compute = upstream chain; no cache: compute)
+      -> reconcile the reservation with the real usage, record usage (write-behind),
+         metrics and one JSON log line per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from strata_runtime.cache.contract import ResponseCache
+from strata_runtime.config import RuntimeConfig
+from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable
+from strata_runtime.errors import BadRequest, Draining, NotFound, ServiceUnavailable, UpstreamError
+from strata_runtime.gateway.contract import CacheResult, CallContext, ChatResult, ChatStream
+from strata_runtime.gateway.tokens import (
+    estimate_embedding_tokens,
+    estimate_prompt_tokens,
+    estimate_request_tokens,
+)
+from strata_runtime.gateway.upstreams import ModelRoute, UpstreamCaller, build_routes, map_provider_error
+from strata_runtime.gateway.validation import validate_chat_body, validate_embeddings_body
+from strata_runtime.metrics import Metrics
+from strata_runtime.providers import ProviderError
+from strata_runtime.ratelimit import RateLimiter, Reservation
+from strata_runtime.stores.redis import RedisConnector
+from strata_runtime.usage import UsageEvent, UsageRecorder
+
+log = logging.getLogger("strata.gateway")
+
+_HITS = ("hit_exact", "hit_semantic")
+
+
+@dataclass
+class _Call:
+    """One gateway call's bookkeeping, from admission to the usage record."""
+
+    route: ModelRoute  # the model asked for
+    ctx: CallContext
+    reservation: Reservation
+    stream: bool
+    started: float = field(default_factory=time.perf_counter)
+    used: ModelRoute | None = None  # the model that answered (a fallback, or None on a cache hit)
+    cache: CacheResult = "disabled"
+
+    @property
+    def provider(self) -> str:
+        return self.used.provider.name if self.used is not None else "cache"
+
+    @property
+    def served(self) -> ModelRoute:
+        return self.used or self.route
+
+
+class Gateway:
+    def __init__(self, config: RuntimeConfig, env: Mapping[str, str], redis: RedisConnector, metrics: Metrics,
+                 *, cache: ResponseCache | None = None, embedder: Embedder | None = None,
+                 is_draining: Callable[[], bool] = lambda: False):
+        self.config = config
+        self.metrics = metrics
+        self.routes: dict[str, ModelRoute] = build_routes(list(config.models), env)
+        self.upstreams = UpstreamCaller(self.routes, metrics)
+        self.limiter = RateLimiter(config.rate_limits, redis,
+                                   on_limited=lambda scope: metrics.rate_limited.labels(scope).inc())
+        self.usage = UsageRecorder(redis, config.usage.ttl_days)
+        self.cache = cache
+        self.embedder = embedder
+        self.is_draining = is_draining
+        self._agents = {(a.tenant, a.id): a for a in config.agents}
+
+    # lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.usage.start()
+
+    async def close(self) -> None:
+        await self.usage.close()
+        for route in self.routes.values():
+            await route.provider.close()
+
+    # lookups ----------------------------------------------------------------------------------
+    def resolve(self, model: Any) -> ModelRoute:
+        route = self.routes.get(model) if isinstance(model, str) else None
+        if route is None:
+            raise NotFound(f"model {model!r} is not configured on this gateway", field="model")
+        return route
+
+    def caching_disabled(self, tenant: str, agent_id: str | None) -> bool:
+        agent = self._agents.get((tenant, agent_id)) if agent_id else None
+        return bool(agent and agent.caching_disabled)
+
+    def model_list(self) -> list[dict[str, Any]]:
+        models = [{"id": r.name, "object": "model", "created": 0, "owned_by": r.provider.name}
+                  for r in self.routes.values()]
+        if self.embedder is not None and self.config.embedder.model not in self.routes:
+            models.append({"id": self.config.embedder.model, "object": "model", "created": 0,
+                           "owned_by": f"embedder:{self.config.embedder.provider}"})
+        return models
+
+    def _admit(self) -> None:
+        if self.is_draining():
+            raise Draining("this runtime is shutting down; retry on another replica")
+
+    # chat -------------------------------------------------------------------------------------
+    async def complete(self, body: dict[str, Any], ctx: CallContext) -> ChatResult:
+        self._admit()
+        validate_chat_body(body)
+        route = self.resolve(body["model"])
+        reservation = await self.limiter.acquire(ctx.tenant, ctx.agent_id, estimate_request_tokens(body))
+        call = _Call(route, ctx, reservation, stream=False)
+
+        async def compute() -> dict[str, Any]:
+            response, call.used = await self.upstreams.call(route, "chat", body)
+            return response  # type: ignore[no-any-return]
+
+        self.metrics.llm_in_flight.inc()
+        try:
+            if self.cache is not None:
+                response, call.cache = await self.cache.complete(body, ctx, compute)
+            else:
+                response = await compute()
+        except BaseException as e:
+            await self._failed(call, e)
+            raise
+        finally:
+            self.metrics.llm_in_flight.dec()
+        if not isinstance(response, dict):
+            raise UpstreamError("upstream returned a malformed completion")
+        response["model"] = call.served.name
+        await self._finished(call, response.get("usage"))
+        return ChatResult(response=response, provider=call.provider, model_resolved=call.served.name,
+                          cache=call.cache)
+
+    async def stream(self, body: dict[str, Any], ctx: CallContext) -> ChatStream:
+        self._admit()
+        validate_chat_body(body)
+        route = self.resolve(body["model"])
+        reservation = await self.limiter.acquire(ctx.tenant, ctx.agent_id, estimate_request_tokens(body))
+        call = _Call(route, ctx, reservation, stream=True)
+
+        async def compute() -> AsyncIterator[dict[str, Any]]:
+            chunks, call.used = await self.upstreams.call(route, "stream", body)
+            return chunks  # type: ignore[no-any-return]
+
+        self.metrics.llm_in_flight.inc()
+        try:
+            if self.cache is not None:
+                chunks, call.cache = await self.cache.stream(body, ctx, compute)
+            else:
+                chunks = await compute()
+        except BaseException as e:
+            self.metrics.llm_in_flight.dec()
+            await self._failed(call, e)
+            raise
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        observed = self._observe(chunks, call, include_usage, estimate_prompt_tokens(body))
+        return ChatStream(chunks=observed, provider=call.provider, model_resolved=call.served.name,
+                          cache=call.cache)
+
+    async def _observe(self, chunks: AsyncIterator[dict[str, Any]], call: _Call, include_usage: bool,
+                       prompt_estimate: int) -> AsyncIterator[dict[str, Any]]:
+        """Pass chunks through; time the first one, keep the usage chunk, account at the end."""
+        usage: dict[str, Any] | None = None
+        first = True
+        completed = False
+        error: BaseException | None = None
+        chars = 0
+        name = call.served.name
+        try:
+            async for chunk in chunks:
+                chunk["model"] = name
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                choices = chunk.get("choices")
+                if not choices:
+                    if include_usage:
+                        yield chunk
+                    continue
+                if first:
+                    first = False
+                    self.metrics.llm_ttft.labels(name, call.provider).observe(time.perf_counter() - call.started)
+                if not include_usage and "usage" in chunk:
+                    del chunk["usage"]
+                content = (choices[0].get("delta") or {}).get("content")
+                if content:
+                    chars += len(content)
+                yield chunk
+            completed = True
+        except ProviderError as e:
+            error = e
+            raise map_provider_error(e, call.served) from None
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    log.debug("closing an upstream stream failed", exc_info=True)
+            self.metrics.llm_in_flight.dec()
+            if usage is None and (completed or chars):
+                # No usage chunk (an upstream without include_usage support): estimate, and say so.
+                usage = {"prompt_tokens": prompt_estimate, "completion_tokens": chars // 4 + 1, "estimated": True}
+            if usage is not None:
+                await self._finished(call, usage, outcome="ok" if completed else "aborted")
+            else:
+                await self._failed(call, error or GeneratorExit())
+
+    # embeddings -------------------------------------------------------------------------------
+    async def embeddings(self, body: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        self._admit()
+        inputs = validate_embeddings_body(body)
+        model = body["model"]
+        route = self.routes.get(model)
+        local = route is None and self.embedder is not None and model == self.config.embedder.model
+        if route is None and not local:
+            raise NotFound(f"embedding model {model!r} is not configured on this gateway", field="model")
+        reservation = await self.limiter.acquire(ctx.tenant, ctx.agent_id, estimate_embedding_tokens(inputs))
+        started = time.perf_counter()
+        try:
+            if route is not None:
+                response, used = await self.upstreams.call(route, "embeddings", body)
+                provider = used.provider.name
+            else:
+                response, used, provider = await self._local_embeddings(model, inputs, body), None, "local"
+        except BaseException:
+            await reservation.settle(0)
+            self.usage.record(UsageEvent(tenant=ctx.tenant, agent=ctx.agent_id, model=model, error=True,
+                                         latency_ms=(time.perf_counter() - started) * 1000))
+            self.metrics.llm_requests.labels(model, route.provider.name if route else "local", "disabled",
+                                             "error").inc()
+            raise
+        usage = response.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        cost = used.cost(prompt, 0) if used is not None else 0.0
+        await reservation.settle(prompt)
+        latency = time.perf_counter() - started
+        self.usage.record(UsageEvent(tenant=ctx.tenant, agent=ctx.agent_id, model=model, prompt_tokens=prompt,
+                                     cost=cost, latency_ms=latency * 1000))
+        self.metrics.llm_requests.labels(model, provider, "disabled", "ok").inc()
+        self.metrics.llm_tokens.labels(model, "in").inc(prompt)
+        if cost:
+            self.metrics.llm_cost.labels(model).inc(cost)
+        self.metrics.llm_latency.labels(model, provider, "false").observe(latency)
+        response["model"] = model
+        return response  # type: ignore[no-any-return]
+
+    async def _local_embeddings(self, model: str, inputs: list[str], body: dict[str, Any]) -> dict[str, Any]:
+        assert self.embedder is not None
+        if body.get("dimensions") not in (None, self.embedder.dimension):
+            raise BadRequest(f"model {model!r} has {self.embedder.dimension} dimensions", field="dimensions")
+        try:
+            vectors = await self.embedder.embed(inputs)
+        except EmbeddingUnavailable as e:
+            raise ServiceUnavailable(f"local embedder unavailable: {e}") from None
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for i, vector in enumerate(vectors):
+            if as_base64:
+                import base64
+
+                embedding: Any = base64.b64encode(vector.astype("<f4").tobytes()).decode()
+            else:
+                embedding = vector.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": embedding})
+        tokens = sum(len(t.split()) for t in inputs)  # approximate: the local model is free
+        return {"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    # accounting -------------------------------------------------------------------------------
+    async def _finished(self, call: _Call, usage: Any, *, outcome: str = "ok") -> None:
+        usage = usage if isinstance(usage, dict) else {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        latency = time.perf_counter() - call.started
+        ctx, route, served, provider = call.ctx, call.route, call.served, call.provider
+        if call.cache in _HITS:
+            await call.reservation.settle(0)
+            event = UsageEvent(tenant=ctx.tenant, agent=ctx.agent_id, model=route.name, latency_ms=latency * 1000,
+                               cache_hit=True, saved_prompt_tokens=prompt, saved_completion_tokens=completion,
+                               saved_cost=route.cost(prompt, completion))
+        else:
+            await call.reservation.settle(prompt + completion)
+            cost = served.cost(prompt, completion)
+            event = UsageEvent(tenant=ctx.tenant, agent=ctx.agent_id, model=served.name, prompt_tokens=prompt,
+                               completion_tokens=completion, cost=cost, latency_ms=latency * 1000)
+            m = self.metrics
+            m.llm_tokens.labels(served.name, "in").inc(prompt)
+            m.llm_tokens.labels(served.name, "out").inc(completion)
+            if cost:
+                m.llm_cost.labels(served.name).inc(cost)
+        self.usage.record(event)
+        self.metrics.llm_requests.labels(event.model, provider, call.cache, outcome).inc()
+        self.metrics.llm_latency.labels(event.model, provider, "true" if call.stream else "false").observe(latency)
+        if log.isEnabledFor(logging.INFO):
+            log.info("llm call", extra={
+                "request_id": ctx.request_id, "tenant": ctx.tenant, "agent_id": ctx.agent_id,
+                "model": route.name, "model_resolved": served.name, "provider": provider, "stream": call.stream,
+                "latency_ms": round(latency * 1000, 2), "usage": {"prompt": prompt, "completion": completion},
+                "cache": call.cache, "outcome": outcome, "usage_estimated": bool(usage.get("estimated"))})
+
+    async def _failed(self, call: _Call, error: BaseException) -> None:
+        await call.reservation.settle(0)
+        latency = time.perf_counter() - call.started
+        route, ctx = call.route, call.ctx
+        self.usage.record(UsageEvent(tenant=ctx.tenant, agent=ctx.agent_id, model=route.name, error=True,
+                                     latency_ms=latency * 1000))
+        code = getattr(error, "code", type(error).__name__)
+        self.metrics.llm_requests.labels(route.name, route.provider.name, call.cache, "error").inc()
+        log.warning("llm call failed", extra={
+            "request_id": ctx.request_id, "tenant": ctx.tenant, "agent_id": ctx.agent_id, "model": route.name,
+            "provider": route.provider.name, "stream": call.stream, "latency_ms": round(latency * 1000, 2),
+            "error": code})

@@ -1,0 +1,197 @@
+"""Usage recording: `{prefix}:usage:{YYYY-MM-DD}` hashes, fields `{tenant}:{agent}:{model}:{metric}`.
+
+Recording never delays a response: `record` only adds to an in-process table of pending
+increments; a background task flushes that table every `FLUSH_SECONDS` as ONE pipeline
+of HINCRBY / HINCRBYFLOAT (+ EXPIRE per day key), and `close` flushes what is left.
+A day is one key, so Redis Cluster needs no hash tag. While Redis is degraded the
+increments go to an in-memory table, which reads merge with Redis' numbers.
+
+Tenant and agent ids cannot contain ':' (callers validate them), and the metric is the
+last segment, so a field splits unambiguously even when a model name has ':' in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from strata_runtime.stores.redis import RedisConnector
+
+log = logging.getLogger("strata.usage")
+
+FLUSH_SECONDS = 1.0
+NO_AGENT = "-"
+INT_METRICS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cache_hits",
+               "saved_prompt_tokens", "saved_completion_tokens")
+FLOAT_METRICS = ("cost", "saved_cost", "latency_ms_sum")
+MAX_RANGE_DAYS = 366
+
+
+@dataclass
+class UsageEvent:
+    tenant: str
+    agent: str | None
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    latency_ms: float = 0.0
+    cache_hit: bool = False
+    saved_prompt_tokens: int = 0
+    saved_completion_tokens: int = 0
+    saved_cost: float = 0.0
+    error: bool = False
+    day: str | None = None  # UTC date; now when None
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    start: dt.date
+    end: dt.date
+    tenant: str | None = None
+    agent: str | None = None
+    model: str | None = None
+    group_by: tuple[str, ...] = ("tenant", "agent", "model")
+
+
+def today() -> str:
+    return dt.datetime.now(dt.UTC).date().isoformat()
+
+
+class UsageRecorder:
+    def __init__(self, redis: RedisConnector, ttl_days: int):
+        self.redis = redis
+        self.ttl_seconds = ttl_days * 86400
+        self._pending: dict[tuple[str, str], float] = defaultdict(float)
+        self._memory: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def record(self, event: UsageEvent) -> None:
+        day = event.day or today()
+        base = f"{event.tenant}:{event.agent or NO_AGENT}:{event.model}:"
+        pending = self._pending
+        pending[(day, base + "requests")] += 1
+        if event.error:
+            pending[(day, base + "errors")] += 1
+        if event.prompt_tokens:
+            pending[(day, base + "prompt_tokens")] += event.prompt_tokens
+        if event.completion_tokens:
+            pending[(day, base + "completion_tokens")] += event.completion_tokens
+        if event.cost:
+            pending[(day, base + "cost")] += event.cost
+        pending[(day, base + "latency_ms_sum")] += event.latency_ms
+        if event.cache_hit:
+            pending[(day, base + "cache_hits")] += 1
+            pending[(day, base + "saved_prompt_tokens")] += event.saved_prompt_tokens
+            pending[(day, base + "saved_completion_tokens")] += event.saved_completion_tokens
+            pending[(day, base + "saved_cost")] += event.saved_cost
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._flush_forever(), name="usage-flush")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("usage flush failed")
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, defaultdict(float)
+            client = self.redis.client
+            if client is not None:
+                try:
+                    pipe = client.pipeline(transaction=False)
+                    days = set()
+                    for (day, fld), value in batch.items():
+                        key = self.redis.key("usage", day)
+                        days.add(key)
+                        if fld.rsplit(":", 1)[1] in FLOAT_METRICS:
+                            pipe.hincrbyfloat(key, fld, value)
+                        else:
+                            pipe.hincrby(key, fld, int(value))
+                    for key in days:
+                        pipe.expire(key, self.ttl_seconds)
+                    await pipe.execute()
+                    return
+                except (RedisError, OSError) as e:
+                    log.warning("usage: Redis write failed, keeping usage in memory", extra={"error": str(e)})
+                    self.redis.report_failure(e)
+            for (day, fld), value in batch.items():
+                self._memory[day][fld] += value
+
+    async def query(self, q: UsageQuery) -> dict[str, Any]:
+        await self.flush()
+        days = [(q.start + dt.timedelta(days=i)).isoformat() for i in range((q.end - q.start).days + 1)]
+        raw: dict[str, dict[str, float]] = {}
+        client = self.redis.client
+        if client is not None:
+            try:
+                pipe = client.pipeline(transaction=False)
+                for day in days:
+                    pipe.hgetall(self.redis.key("usage", day))
+                for day, fields in zip(days, await pipe.execute(), strict=True):
+                    raw[day] = {k.decode(): float(v) for k, v in fields.items()}
+            except (RedisError, OSError) as e:
+                self.redis.report_failure(e)
+                raw = {}
+        for day in days:
+            for fld, value in self._memory.get(day, {}).items():
+                bucket = raw.setdefault(day, {})
+                bucket[fld] = bucket.get(fld, 0.0) + value
+        return _aggregate(raw, q)
+
+
+def _aggregate(raw: dict[str, dict[str, float]], q: UsageQuery) -> dict[str, Any]:
+    groups: dict[tuple[str, ...], dict[str, float]] = {}
+    totals: dict[str, float] = dict.fromkeys((*INT_METRICS, *FLOAT_METRICS), 0.0)
+    for day, fields in sorted(raw.items()):
+        for fld, value in fields.items():
+            head, _, metric = fld.rpartition(":")
+            tenant, _, rest = head.partition(":")
+            agent, _, model = rest.partition(":")
+            if metric not in totals or not model:
+                continue
+            if (q.tenant and tenant != q.tenant) or (q.agent and agent != q.agent) or (q.model and model != q.model):
+                continue
+            values = {"date": day, "tenant": tenant, "agent": agent, "model": model}
+            key = tuple(values[g] for g in q.group_by)
+            group = groups.setdefault(key, dict.fromkeys(totals, 0.0))
+            group[metric] += value
+            totals[metric] += value
+    items = []
+    for key, metrics in sorted(groups.items()):
+        item: dict[str, Any] = dict(zip(q.group_by, key, strict=True))
+        item.update(_shape(metrics))
+        items.append(item)
+    return {"start": q.start.isoformat(), "end": q.end.isoformat(), "groupBy": list(q.group_by),
+            "totals": _shape(totals), "items": items}
+
+
+def _shape(m: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: int(m[k]) for k in INT_METRICS}
+    out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
+    out["cost"] = round(m["cost"], 9)
+    out["saved_cost"] = round(m["saved_cost"], 9)
+    out["avg_latency_ms"] = round(m["latency_ms_sum"] / m["requests"], 3) if m["requests"] else 0.0
+    return out
