@@ -46,6 +46,12 @@ def create_app(config: RuntimeConfig, env: Mapping[str, str] | None = None) -> F
     _install_error_handlers(app)
     app.add_middleware(RequestObserver, metrics=services.metrics)
     app.include_router(health.router)
+    from strata_runtime.api import internal_llm, openai_compat
+    from strata_runtime.api import usage as usage_api
+
+    app.include_router(openai_compat.router)
+    app.include_router(internal_llm.router)
+    app.include_router(usage_api.router)
     app.include_router(cache_admin.router)
     return app
 
