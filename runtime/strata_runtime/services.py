@@ -14,9 +14,7 @@ from typing import Any, Protocol
 
 from strata_runtime.auth import Authenticator
 from strata_runtime.cache.service import CacheService
-from strata_runtime.cache.service import CacheService
 from strata_runtime.config import RuntimeConfig, config_hash
-from strata_runtime.embeddings.factory import EmbedderImpl, build_embedder
 from strata_runtime.embeddings.factory import EmbedderImpl, build_embedder
 from strata_runtime.gateway.gateway import Gateway
 from strata_runtime.metrics import Metrics
@@ -50,8 +48,6 @@ class Services:
     sql: SqlConnector
     vectors: VectorConnector
     draining: bool = False
-    embedder: EmbedderImpl | None = None
-    cache: CacheService | None = None
     embedder: EmbedderImpl | None = None
     cache: CacheService | None = None
     gateway: Gateway = field(init=False)
@@ -99,7 +95,6 @@ def build_services(config: RuntimeConfig, env: Mapping[str, str]) -> Services:
     metrics.watch_backends(services.backends)
     services.lifecycle.extend([services.redis, services.sql, services.vectors])
     _add_cache(services)
-    _add_cache(services)
     _add_gateway(services)
     _add_conversations(services)
     return services
@@ -130,13 +125,3 @@ def _add_gateway(services: Services) -> None:
                                cache=services.cache, embedder=services.embedder,
                                is_draining=lambda: services.draining)
     services.lifecycle.append(services.gateway)
-
-
-def _add_cache(services: Services) -> None:
-    """The embedder and the response cache (the gateway takes `services.cache`)."""
-    config = services.config
-    services.embedder = build_embedder(config.embedder, services.env)
-    prices = {m.name: (m.pricing.input_per_1m, m.pricing.output_per_1m) for m in config.models}
-    services.cache = CacheService(config.cache, redis=services.redis, embedder=services.embedder,
-                                  pricing=lambda model: prices.get(model, (0.0, 0.0)), metrics=services.metrics)
-    services.lifecycle.extend([services.embedder, services.cache])
