@@ -195,7 +195,8 @@ def check(query: str, cached_query: str) -> GuardVerdict:
         return GuardVerdict(False, "polarity")
     if _quoted(a) != _quoted(b):
         return GuardVerdict(False, "quoted")
-    if _entities(a) != _entities(b):
+    # An entity of one query must appear in the other, in any case ("France" vs "france" is fine).
+    if _entities(a) - set(_tokens(b)) or _entities(b) - set(_tokens(a)):
         return GuardVerdict(False, "entities")
     if _one_word_swap(a, b) or _han_swap(a, b):
         return GuardVerdict(False, "substitution")
