@@ -149,12 +149,12 @@ class DrainSpec(ConfigModel):
 
 class NetworkPolicySpec(ConfigModel):
     enabled: bool = Field(True, description="Render a NetworkPolicy for the runtime pods.")
-    public_from_all: bool = Field(
-        True, description="Let any source reach the public API (ingress controllers, other namespaces)."
+    allow_all_namespaces: bool = Field(
+        True,
+        description="true: any pod in the cluster may connect (traffic from outside only through an "
+        "ingress controller); false: only this namespace and peerNamespaces.",
     )
-    internal_peer_namespaces: list[str] = Field(
-        [], description="Namespaces (by name) that may also call /internal endpoints' port; own namespace always."
-    )
+    peer_namespaces: list[str] = Field([], description="Extra namespaces allowed when allowAllNamespaces is false.")
 
 
 class AgentDeploymentSpec(ConfigModel):
@@ -168,6 +168,9 @@ class AgentDeploymentSpec(ConfigModel):
         None,
         description="Secret whose keys are tenant names and values their API keys; without it the "
         "runtime runs with auth mode none (development only).",
+    )
+    internal_token_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret key with the service token for /internal endpoints; unset: they refuse calls."
     )
     secret_env: list[SecretEnvVar] = Field(
         [], description="Environment variables from Secrets, e.g. the apiKeyEnv of runtime.models."

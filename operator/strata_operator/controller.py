@@ -1,0 +1,220 @@
+"""One reconciliation: gather inputs (k8s), render (pure), apply, write status only when it changed.
+
+Called by the kopf handlers for the AgentDeployment itself and for everything it depends
+on (policies, Secrets, children deleted by hand). A lock per AgentDeployment keeps two
+triggers from interleaving; every step is idempotent, so a retry is always safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from strata_operator import status as st
+from strata_operator.k8s import ApiError, Kube
+from strata_operator.models import API_VERSION, AgentDeploymentSpec, CachePolicySpec, RoutingPolicySpec
+from strata_operator.reconcile import (
+    Desired,
+    Inputs,
+    Owner,
+    RenderError,
+    referenced_secret_names,
+    render,
+    secret_refs,
+)
+
+Obj = dict[str, Any]
+Key = tuple[str, str]  # (namespace, name)
+PolicyLookup = Callable[[Key], Obj | None]
+
+PolicyT = TypeVar("PolicyT", bound=BaseModel)
+
+log = logging.getLogger("strata.operator")
+
+
+@dataclass
+class Rendered:
+    generation: int
+    desired: Desired
+    uses: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    """What the render read: ("CachePolicy"|"RoutingPolicy"|"Secret", name) -> generation/resourceVersion."""
+
+
+@dataclass
+class Outcome:
+    error: RenderError | None = None
+    new_error: bool = False
+    """The error's reason differs from the one already reported (post an event only then)."""
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _validation_message(e: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}"
+        for err in e.errors(include_url=False, include_input=False)
+    )
+
+
+class Controller:
+    def __init__(self, kube: Kube):
+        self.kube = kube
+        self.locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.rendered: dict[Key, Rendered] = {}
+        self.written: dict[Key, Obj] = {}
+        self.failed_uses: dict[Key, dict[tuple[str, str], str | None]] = {}
+
+    def forget(self, key: Key) -> None:
+        self.rendered.pop(key, None)
+        self.written.pop(key, None)
+        self.failed_uses.pop(key, None)
+        self.locks.pop(key, None)
+
+    async def reconcile_agent(self, body: Obj, cache_policy: PolicyLookup, routing_policy: PolicyLookup) -> Outcome:
+        meta = body["metadata"]
+        key: Key = (meta["namespace"], meta["name"])
+        async with self.locks[key]:
+            return await self._reconcile(key, body, cache_policy, routing_policy)
+
+    async def _reconcile(self, key: Key, body: Obj, cache_policy: PolicyLookup,
+                         routing_policy: PolicyLookup) -> Outcome:
+        meta = body["metadata"]
+        generation = int(meta.get("generation") or 0)
+        previous = self.written.get(key) or dict(body.get("status") or {})
+        owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+        uses: dict[tuple[str, str], str | None] = {}
+        try:
+            inputs = await self._inputs(owner, body.get("spec") or {}, cache_policy, routing_policy, uses)
+            desired = render(inputs)
+        except RenderError as error:
+            # Remember what a failed render looked for, so that its appearance triggers a new one.
+            self.failed_uses[key] = uses
+            return await self._report(key, owner, previous, generation, error)
+        try:
+            deployment = await self._apply(owner, desired)
+        except ApiError as e:
+            await self._report(key, owner, previous, generation, RenderError("ApplyFailed", str(e)))
+            raise
+        self.rendered[key] = Rendered(generation=generation, desired=desired, uses=uses)
+        self.failed_uses.pop(key, None)
+        new = st.agent_status(generation=generation, previous=previous, now=now(), desired=desired,
+                              deployment=deployment)
+        await self._write(key, owner, previous, new)
+        return Outcome()
+
+    def depends_on(self, key: Key, what: tuple[str, str], version: str | None) -> bool:
+        """Whether the last render of `key` (good or failed) read `what` at another version."""
+        rendered = self.rendered.get(key)
+        uses = rendered.uses if rendered else self.failed_uses.get(key, {})
+        return what in uses and uses[what] != version
+
+    async def _report(self, key: Key, owner: Owner, previous: Obj, generation: int,
+                      error: RenderError) -> Outcome:
+        old_reason = next((c.get("reason") for c in previous.get("conditions") or []
+                           if c.get("type") == st.DEGRADED and c.get("status") == "True"), None)
+        new = st.agent_status(generation=generation, previous=previous, now=now(), error=error)
+        await self._write(key, owner, previous, new)
+        return Outcome(error=error, new_error=old_reason != error.reason)
+
+    async def _write(self, key: Key, owner: Owner, previous: Obj, new: Obj) -> None:
+        if not st.changed(previous, new):
+            return
+        await self.kube.patch_status(API_VERSION, "AgentDeployment", owner.namespace, owner.name, new)
+        self.written[key] = new
+
+    async def _inputs(self, owner: Owner, raw_spec: Obj, cache_policy: PolicyLookup,
+                      routing_policy: PolicyLookup, uses: dict[tuple[str, str], str | None]) -> Inputs:
+        try:
+            spec = AgentDeploymentSpec.model_validate(raw_spec)
+        except ValidationError as e:
+            raise RenderError("InvalidSpec", f"spec is invalid: {_validation_message(e)}") from None
+        cache_name = spec.cache_policy_ref.name if spec.cache_policy_ref else None
+        routing_name = spec.routing_policy_ref.name if spec.routing_policy_ref else None
+        cache = self._policy(owner, "CachePolicy", cache_name, cache_policy, CachePolicySpec, uses=uses)
+        routing = self._policy(owner, "RoutingPolicy", routing_name, routing_policy, RoutingPolicySpec, uses=uses)
+        secret_data: dict[str, dict[str, str]] = {}
+        names = sorted(referenced_secret_names(spec))
+        results = await asyncio.gather(*(self.kube.secret_data(owner.namespace, n) for n in names))
+        for name, result in zip(names, results, strict=True):
+            uses[("Secret", name)] = result[0] if result else None
+            if result is None:
+                raise RenderError("SecretNotFound", f"Secret {name!r} not found in namespace {owner.namespace}")
+            secret_data[name] = result[1]
+        for env, ref in secret_refs(spec):
+            if ref.key not in secret_data[ref.name]:
+                raise RenderError("SecretKeyNotFound", f"Secret {ref.name!r} has no key {ref.key!r} (for {env})")
+        tenants: tuple[str, ...] = ()
+        if spec.api_keys_secret_ref:
+            tenants = tuple(sorted(secret_data[spec.api_keys_secret_ref.name]))
+            if not tenants:
+                raise RenderError("SecretKeyNotFound",
+                                  f"Secret {spec.api_keys_secret_ref.name!r} holds no tenant API keys")
+        keda = False
+        if spec.scaling.keda.enabled:
+            keda = await self.kube.has_resource("keda.sh/v1alpha1", "scaledobjects")
+        return Inputs(owner=owner, spec=spec, cache_policy=cache, routing_policy=routing,
+                      api_key_tenants=tenants, secret_data=secret_data, keda_available=keda)
+
+    def _policy(self, owner: Owner, kind: str, name: str | None, lookup: PolicyLookup,
+                model: type[PolicyT], *, uses: dict[tuple[str, str], str | None]) -> PolicyT | None:
+        if not name:
+            return None
+        found = lookup((owner.namespace, name))
+        uses[(kind, name)] = str(found.get("generation")) if found else None
+        if found is None:
+            raise RenderError("PolicyNotFound", f"{kind} {name!r} not found in namespace {owner.namespace}")
+        try:
+            return model.model_validate(found.get("spec") or {})
+        except ValidationError as e:
+            raise RenderError("InvalidPolicy", f"{kind} {name!r} is invalid: {_validation_message(e)}") from None
+
+    async def _apply(self, owner: Owner, desired: Desired) -> Obj | None:
+        config_map, *rest = desired.objects
+        await self.kube.apply(config_map)  # first, so new pods never start without their config
+        results = await asyncio.gather(*(self.kube.apply(obj) for obj in rest))
+        await asyncio.gather(*(self._delete_stale(owner, ref.api_version, ref.kind, ref.name)
+                               for ref in desired.stale))
+        return next((r for r, o in zip(results, rest, strict=True) if o["kind"] == "Deployment"), None)
+
+    async def _delete_stale(self, owner: Owner, api_version: str, kind: str, name: str) -> None:
+        group_version, plural = api_version, {"ScaledObject": "scaledobjects"}.get(kind)
+        if plural and not await self.kube.has_resource(group_version, plural):
+            return  # that API is not installed, so no such object can exist
+        current = await self.kube.get(api_version, kind, owner.namespace, name)
+        if current and any(ref.get("uid") == owner.uid for ref in current["metadata"].get("ownerReferences", [])):
+            await self.kube.delete(api_version, kind, owner.namespace, name)
+
+    async def observe_deployment(self, key: Key, deployment: Obj, previous_status: Obj) -> None:
+        """A Deployment we own changed: refresh replicas and conditions (no re-render)."""
+        async with self.locks[key]:
+            rendered = self.rendered.get(key)
+            if rendered is None:
+                return  # not rendered by this process yet; the create/resume handler will
+            previous = self.written.get(key) or dict(previous_status)
+            owner_name = key[1]
+            new = st.agent_status(generation=rendered.generation, previous=previous, now=now(),
+                                  desired=rendered.desired, deployment=deployment)
+            await self._write(key, Owner(name=owner_name, namespace=key[0], uid=""), previous, new)
+
+
+def index_lookup(index: Mapping[Key, Any]) -> PolicyLookup:
+    """Adapt a kopf index (key -> store of values) to a single-value lookup."""
+
+    def lookup(key: Key) -> Obj | None:
+        store = index.get(key)
+        if not store:
+            return None
+        for value in store:
+            return dict(value)
+        return None
+
+    return lookup

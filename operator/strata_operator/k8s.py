@@ -1,0 +1,163 @@
+"""Kubernetes API I/O (kr8s): server-side apply with one field manager, reads, status patches.
+
+Errors at this edge are typed by HTTP status and carry a truncated body, so a Secret's
+value can never reach a log line through an error message.
+
+    ApiError
+    ├── NotFound (404)
+    ├── Conflict (409)
+    └── Forbidden (403)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import httpx
+import kr8s.asyncio
+import orjson
+
+Obj = dict[str, Any]
+
+FIELD_MANAGER = "strata-operator"
+
+PLURALS = {
+    "ConfigMap": "configmaps",
+    "Secret": "secrets",
+    "Service": "services",
+    "Deployment": "deployments",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "NetworkPolicy": "networkpolicies",
+    "ScaledObject": "scaledobjects",
+    "AgentDeployment": "agentdeployments",
+    "CachePolicy": "cachepolicies",
+    "RoutingPolicy": "routingpolicies",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, method: str, url: str, body: str):
+        self.status = status
+        self.body = body[:300]
+        super().__init__(f"{method} {url}: HTTP {status}: {self.body}")
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Conflict(ApiError):
+    pass
+
+
+class Forbidden(ApiError):
+    pass
+
+
+def _error(status: int, method: str, url: str, body: str) -> ApiError:
+    cls = {404: NotFound, 409: Conflict, 403: Forbidden}.get(status, ApiError)
+    return cls(status, method, url, body)
+
+
+def object_url(api_version: str, kind: str, namespace: str | None, name: str = "") -> tuple[str, str]:
+    """(version, path below the version) in kr8s's call_api terms."""
+    plural = PLURALS[kind]
+    return api_version, f"{plural}/{name}" if name else plural
+
+
+class Kube:
+    """One connection to the API server; every method is a single idempotent request (plus retries)."""
+
+    RETRIES = 5
+
+    def __init__(self, api: Any, *, discovery_ttl: float = 10.0):
+        self._api = api
+        self._discovery_ttl = discovery_ttl
+        self._discovery: dict[str, tuple[float, bool]] = {}
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None = None, *, discovery_ttl: float = 10.0) -> Kube:
+        api = await kr8s.asyncio.api(kubeconfig=kubeconfig) if kubeconfig else await kr8s.asyncio.api()
+        return cls(api, discovery_ttl=discovery_ttl)
+
+    async def _call(self, method: str, version: str, namespace: str | None, url: str, *,
+                    params: dict[str, str] | None = None, body: Obj | None = None,
+                    content_type: str = "application/json", base: str = "") -> Obj:
+        content = orjson.dumps(body) if body is not None else None
+        headers = {"Content-Type": content_type} if content is not None else {}
+        delay = 0.2
+        for attempt in range(self.RETRIES):
+            try:
+                async with self._api.call_api(method, version=version, base=base, namespace=namespace, url=url,
+                                              params=params, content=content, headers=headers,
+                                              raise_for_status=False) as response:
+                    if response.status_code < 400:
+                        return orjson.loads(response.content) if response.content else {}
+                    error = _error(response.status_code, method, f"{version}/{url}", response.text)
+            except httpx.TransportError as e:
+                error = ApiError(0, method, f"{version}/{url}", f"transport error: {type(e).__name__}")
+                error.__cause__ = e
+            retriable = error.status in (0, 409, 429, 500, 502, 503, 504)
+            if not retriable or attempt == self.RETRIES - 1:
+                raise error
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 3.0)
+        raise AssertionError("unreachable")
+
+    async def apply(self, obj: Obj) -> Obj:
+        """Server-side apply, forcing ownership of exactly the fields we render."""
+        meta = obj["metadata"]
+        version, url = object_url(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        return await self._call("PATCH", version, meta.get("namespace"), url,
+                                params={"fieldManager": FIELD_MANAGER, "force": "true"}, body=obj,
+                                content_type="application/apply-patch+yaml")
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        version, url = object_url(api_version, kind, namespace, name)
+        try:
+            return await self._call("GET", version, namespace, url)
+        except NotFound:
+            return None
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete if present; False when it was already gone (or its API is not installed)."""
+        version, url = object_url(api_version, kind, namespace, name)
+        try:
+            await self._call("DELETE", version, namespace, url, body={"propagationPolicy": "Background"})
+        except NotFound:
+            return False
+        return True
+
+    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: Obj) -> None:
+        version, url = object_url(api_version, kind, namespace, name)
+        await self._call("PATCH", version, namespace, f"{url}/status", body={"status": status},
+                         content_type="application/merge-patch+json")
+
+    async def secret_data(self, namespace: str, name: str) -> tuple[str, dict[str, str]] | None:
+        """(resourceVersion, decoded values) of a Secret, or None when it does not exist."""
+        secret = await self.get("v1", "Secret", namespace, name)
+        if secret is None:
+            return None
+        data = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (secret.get("data") or {}).items()}
+        return str(secret["metadata"].get("resourceVersion", "")), data
+
+    async def has_resource(self, group_version: str, plural: str) -> bool:
+        """Whether the API server serves `plural` in `group_version` (cached discovery)."""
+        key = f"{group_version}/{plural}"
+        cached = self._discovery.get(key)
+        if cached and time.monotonic() - cached[0] < self._discovery_ttl:
+            return cached[1]
+        try:
+            doc = await self._call("GET", group_version, None, "")
+            found = any(r.get("name") == plural for r in doc.get("resources", []))
+        except NotFound:
+            found = False
+        self._discovery[key] = (time.monotonic(), found)
+        return found
+
+    def forget_discovery(self) -> None:
+        self._discovery.clear()

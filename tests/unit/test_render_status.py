@@ -1,0 +1,98 @@
+"""Status conditions computed from what was observed (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from strata_operator import status as st
+from strata_operator.reconcile import Desired, Inputs, Owner, RenderError, render
+
+pytestmark = pytest.mark.unit
+
+T0, T1 = "2025-01-01T00:00:00Z", "2025-01-01T00:05:00Z"
+
+
+def desired() -> Desired:
+    from strata_operator.models import AgentDeploymentSpec
+
+    return render(Inputs(owner=Owner("a", "ns", "u"), spec=AgentDeploymentSpec(), keda_available=False))
+
+
+def deployment(d: Desired, *, replicas: int = 2, ready: int = 2, updated: int = 2, generation: int = 1,
+               observed: int = 1, config_hash: str | None = None, stuck: bool = False) -> dict[str, Any]:
+    conditions = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                   "message": "ReplicaSet a-1 has timed out progressing."}] if stuck else []
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": 2, "template": {"metadata": {"annotations": {
+            "strata.dev/config-hash": config_hash or d.config_hash}}}},
+        "status": {"observedGeneration": observed, "replicas": replicas, "readyReplicas": ready,
+                   "updatedReplicas": updated, "availableReplicas": ready, "conditions": conditions},
+    }
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    [c] = [c for c in status["conditions"] if c["type"] == type_]
+    return c
+
+
+def test_a_complete_rollout_is_ready_with_the_current_generation() -> None:
+    d = desired()
+    status = st.agent_status(generation=4, previous={}, now=T0, desired=d, deployment=deployment(d))
+    ready = condition(status, "Ready")
+    assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("True", "RolloutComplete", 4)
+    assert status["observedGeneration"] == 4 and status["configHash"] == d.config_hash
+    assert condition(status, "Progressing")["status"] == "False"
+    assert condition(status, "Degraded")["status"] == "False"
+    assert condition(status, "KedaScaling")["reason"] == "KedaNotInstalled"
+    assert status["scaler"] == "hpa"
+
+
+def test_old_pods_still_running_means_progressing_not_ready() -> None:
+    d = desired()
+    status = st.agent_status(generation=1, previous={}, now=T0, desired=d,
+                             deployment=deployment(d, replicas=3, updated=2))
+    assert condition(status, "Ready")["status"] == "False"
+    assert condition(status, "Progressing")["reason"] == "RollingOut"
+
+
+def test_a_deployment_with_an_older_config_is_not_ready() -> None:
+    d = desired()
+    status = st.agent_status(generation=1, previous={}, now=T0, desired=d,
+                             deployment=deployment(d, config_hash="old"))
+    assert condition(status, "Ready")["status"] == "False"
+
+
+def test_a_stuck_rollout_is_degraded() -> None:
+    d = desired()
+    status = st.agent_status(generation=1, previous={}, now=T0, desired=d, deployment=deployment(d, stuck=True))
+    assert condition(status, "Degraded")["reason"] == "ProgressDeadlineExceeded"
+    assert condition(status, "Ready")["status"] == "False"
+
+
+def test_a_render_error_is_degraded_with_its_reason() -> None:
+    error = RenderError("PolicyNotFound", "CachePolicy 'default' not found in namespace ns")
+    status = st.agent_status(generation=2, previous={}, now=T0, error=error)
+    degraded = condition(status, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "PolicyNotFound")
+    assert condition(status, "Ready")["reason"] == "PolicyNotFound"
+
+
+def test_transition_time_moves_only_when_the_status_flips() -> None:
+    d = desired()
+    first = st.agent_status(generation=1, previous={}, now=T0, desired=d, deployment=deployment(d))
+    again = st.agent_status(generation=1, previous=first, now=T1, desired=d, deployment=deployment(d))
+    assert condition(again, "Ready")["lastTransitionTime"] == T0
+    assert not st.changed(first, again)
+    broken = st.agent_status(generation=1, previous=again, now=T1, error=RenderError("InvalidSpec", "x"))
+    assert condition(broken, "Ready")["lastTransitionTime"] == T1
+    assert st.changed(again, broken)
+
+
+def test_policy_status_reports_validity() -> None:
+    ok = st.policy_status(generation=3, previous={}, now=T0, error=None)
+    assert condition(ok, "Ready")["reason"] == "Valid" and ok["observedGeneration"] == 3
+    bad = st.policy_status(generation=4, previous=ok, now=T1, error="semantic.low must not exceed high")
+    assert condition(bad, "Ready")["reason"] == "InvalidSpec"
