@@ -265,11 +265,11 @@ class Conversations:
                 break
         else:
             raise Conflict("the session is being written concurrently; retry")
-        self._recover_orphans(state)
         seq = turn.seq + 1
         producer = Producer(self, state, seq, body=body, ctx=ctx, prefix=[])
         self.producers[(tenant, session_id, seq)] = producer
         self.engine.spawn(producer.run())
+        self._recover_orphans(state)
         return TurnStart(agent=agent, state=state, seq=seq, producer=producer)
 
     def _recover_orphans(self, state: SessionState) -> None:
