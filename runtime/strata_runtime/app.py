@@ -53,6 +53,13 @@ def create_app(config: RuntimeConfig, env: Mapping[str, str] | None = None) -> F
     app.include_router(internal_llm.router)
     app.include_router(usage_api.router)
     app.include_router(cache_admin.router)
+    from strata_runtime.api import memory as memory_api
+    from strata_runtime.api import query as query_api
+    from strata_runtime.api import sessions as sessions_api
+
+    app.include_router(query_api.router)
+    app.include_router(sessions_api.router)
+    app.include_router(memory_api.router)
     return app
 
 

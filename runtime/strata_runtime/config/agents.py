@@ -76,4 +76,9 @@ class MemoryConfig(ConfigModel):
     buffer_turns: int = Field(10, ge=2, le=1000, description="Turns buffered before archiving to L3.")
     checkpoint_ttl_seconds: int = Field(86400, ge=60)
     session_idle_seconds: int = Field(300, ge=1, description="Idle time before a session is released.")
+    stream_stale_seconds: float = Field(
+        5.0, gt=0.2, le=300,
+        description="A streaming answer whose producer sent no heartbeat for this long is taken over by "
+        "the pod a client resumes on (heartbeats every quarter of it).",
+    )
     long_term: LongTermMemoryConfig = LongTermMemoryConfig()
