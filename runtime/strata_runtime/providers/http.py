@@ -80,6 +80,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.paused = False
+        self.server_keep_alive = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -120,6 +121,8 @@ class _Connection(asyncio.Protocol):
         if ex is not None:
             ex.status = self.parser.get_status_code()
             ex.headers_done = True
+            # Only meaningful inside a parser callback, so it is captured here.
+            self.server_keep_alive = self.parser.should_keep_alive()
             if ex.streaming:
                 ex.event.set()
 
@@ -153,7 +156,7 @@ class _Connection(asyncio.Protocol):
 
     @property
     def keep_alive(self) -> bool:
-        return not self.closed and self.parser.should_keep_alive()
+        return not self.closed and self.server_keep_alive
 
 
 class HttpResponse:
@@ -272,7 +275,7 @@ class HttpPool:
         conn.exchange = None
         if reusable and conn.keep_alive:
             conn.reused = True
-            conn.parser = httptools.HttpResponseParser(conn)
+            conn.server_keep_alive = False
             self._idle.append((conn, time.monotonic()))
         else:
             conn.close()
