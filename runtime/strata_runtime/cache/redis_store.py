@@ -14,6 +14,7 @@ that another pod added entries (checked at most once per `refresh_seconds` per p
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import re
@@ -173,11 +174,7 @@ class RedisStore:
                         fnmatch.fnmatchcase(_model_of(v), pattern)]
             if not keys:
                 return 0
-            pipe = client.pipeline(transaction=False)
-            for k in keys:
-                pipe.unlink(k)
-            results = await pipe.execute()
-            return sum(int(r) for r in results)
+            return await _unlink_many(client, keys)
 
         async for raw in client.scan_iter(match=f"{self.prefix}:cache:{tag}:e:*", count=500):
             batch.append(raw)
@@ -187,10 +184,8 @@ class RedisStore:
         if batch:
             removed += await flush(batch)
         if pattern is None:  # whole tenants: drop their semantic partitions too
-            pipe = client.pipeline(transaction=False)
-            async for raw in client.scan_iter(match=f"{self.prefix}:cache:{tag}:s:*", count=500):
-                pipe.unlink(raw)
-            await pipe.execute()
+            partitions = [raw async for raw in client.scan_iter(match=f"{self.prefix}:cache:{tag}:s:*", count=500)]
+            await _unlink_many(client, partitions)
         self.index.clear()
         self.queries.clear()
         self._loaded.clear()
@@ -203,6 +198,13 @@ class RedisStore:
             if n >= limit:
                 break
         return n
+
+
+async def _unlink_many(client: RedisClient, keys: list[bytes]) -> int:
+    # One key per command: keys of different slots cannot share a multi-key UNLINK in a Cluster,
+    # and redis-py's cluster pipeline does not queue UNLINK.
+    results = await asyncio.gather(*(client.unlink(k) for k in keys))
+    return sum(int(r) for r in results)
 
 
 async def _get_many(client: RedisClient, keys: list[bytes]) -> list[bytes | None]:

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 SENTENCES = [
     "How do I reset my password?", "I forgot my password, how can I reset it?", "cancel my subscription",
-    "stop my monthly plan", "What is 2+3?", "我的银行卡还没有收到，怎么办？",
+    "stop my monthly plan", "What is 2+3?", "我的银行卡还没有收到，怎么办？",  # noqa: RUF001
     "The quick brown fox jumps over the lazy dog near the riverbank on a sunny afternoon while children play.",
     "hi",
 ]
