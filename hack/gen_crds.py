@@ -13,7 +13,7 @@ from pathlib import Path
 from strata_operator.crdgen import rendered_files
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = [ROOT / "crds", ROOT / "charts" / "strata" / "crds"]
+TARGETS = [ROOT / "crds", ROOT / "charts" / "strata" / "crds", ROOT / "manifests" / "base" / "crds"]
 
 
 def main() -> int:

@@ -1,0 +1,69 @@
+"""The Argo CD health checks (Lua) read our conditions the way Argo CD would run them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+HEALTH = Path(__file__).resolve().parents[2] / "manifests" / "argocd" / "health"
+
+
+def lua_literal(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"[{lua_literal(k)}] = {lua_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "{" + ", ".join(lua_literal(v) for v in value) + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def health(script: str, obj: dict[str, Any]) -> tuple[str, str]:
+    lua = shutil.which("lua5.4") or shutil.which("lua")
+    if lua is None:
+        pytest.fail("no Lua interpreter: apt-get install lua5.4", pytrace=False)
+    program = (f"obj = {lua_literal(obj)}\nlocal hs = (function()\n{(HEALTH / script).read_text()}\nend)()\n"
+               "io.write(hs.status, '\\n', hs.message)")
+    out = subprocess.run([lua, "-"], input=program, capture_output=True, text=True, check=True).stdout
+    status, _, message = out.partition("\n")
+    return status, message
+
+
+def agent(generation: int, *conditions: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"generation": generation}, "status": {"conditions": list(conditions)}}
+
+
+def cond(type_: str, status: str, reason: str, generation: int = 1) -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason, "message": "m", "observedGeneration": generation}
+
+
+def test_ready_agent_deployment_is_healthy() -> None:
+    obj = agent(1, cond("Ready", "True", "RolloutComplete"), cond("Degraded", "False", "AsExpected"))
+    assert health("agentdeployment.lua", obj)[0] == "Healthy"
+
+
+def test_degraded_agent_deployment_is_degraded_with_its_reason() -> None:
+    obj = agent(1, cond("Ready", "False", "PolicyNotFound"), cond("Degraded", "True", "PolicyNotFound"))
+    assert health("agentdeployment.lua", obj) == ("Degraded", "PolicyNotFound: m")
+
+
+def test_ready_for_an_older_generation_is_still_progressing() -> None:
+    obj = agent(2, cond("Ready", "True", "RolloutComplete", generation=1))
+    assert health("agentdeployment.lua", obj)[0] == "Progressing"
+
+
+def test_no_status_yet_is_progressing() -> None:
+    assert health("agentdeployment.lua", {"metadata": {"generation": 1}})[0] == "Progressing"
+
+
+def test_invalid_policy_is_degraded_and_valid_policy_healthy() -> None:
+    assert health("policy.lua", agent(1, cond("Ready", "False", "InvalidSpec")))[0] == "Degraded"
+    assert health("policy.lua", agent(1, cond("Ready", "True", "Valid")))[0] == "Healthy"
