@@ -50,6 +50,7 @@ __all__ = [
     "SecretEnvVar",
     "SecretKeyRef",
     "StoresRefSpec",
+    "Toleration",
 ]
 
 
@@ -157,6 +158,16 @@ class NetworkPolicySpec(ConfigModel):
     peer_namespaces: list[str] = Field([], description="Extra namespaces allowed when allowAllNamespaces is false.")
 
 
+class Toleration(ConfigModel):
+    """A pod toleration (the Kubernetes shape)."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
 class AgentDeploymentSpec(ConfigModel):
     image: str = Field("strata-runtime:0.1.0", min_length=1, description="Runtime container image.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
@@ -183,6 +194,8 @@ class AgentDeploymentSpec(ConfigModel):
     network_policy: NetworkPolicySpec = NetworkPolicySpec()
     service_account_name: str | None = Field(None, description="Pod service account; default: the namespace's.")
     node_selector: dict[str, str] = Field({}, description="Pod nodeSelector.")
+    tolerations: list[Toleration] = Field([], description="Pod tolerations.")
+    priority_class_name: str | None = Field(None, description="Pod priorityClassName.")
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

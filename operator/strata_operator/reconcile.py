@@ -303,6 +303,11 @@ def render_deployment(inputs: Inputs, digest: str, secrets_digest: str, scaler: 
         pod_spec["serviceAccountName"] = spec.service_account_name
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True)
+                                   for t in spec.tolerations]
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
     deployment_spec: Obj = {
         "selector": {"matchLabels": selector(owner)},
         "revisionHistoryLimit": 5,

@@ -1,0 +1,198 @@
+"""The operator, installed by the chart's RBAC and running with its ServiceAccount, against the
+real control plane (apiserver + controller-manager + scheduler + kwok pods)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.operator.fixtures_operator import (  # noqa: F401
+    OPERATOR_NAMESPACE,
+    SERVICE_ACCOUNT,
+    Kubectl,
+    agent,
+    agent_deployment,
+    apply_yaml,
+    cache_policy,
+    condition,
+    crds,
+    get_json,
+    helm_release,
+    operator,
+    routing_policy,
+    secrets,
+    wait_ready,
+    wait_until,
+)
+
+pytestmark = pytest.mark.operator
+
+CHILDREN = [
+    "configmap/support-config",
+    "deployment/support",
+    "service/support",
+    "poddisruptionbudget/support",
+    "networkpolicy/support",
+    "horizontalpodautoscaler/support",
+]
+
+
+def setup_sample(kubectl: Kubectl, namespace: str, **extra: Any) -> None:
+    apply_yaml(
+        kubectl,
+        namespace,
+        *secrets(namespace),
+        cache_policy(namespace),
+        routing_policy(namespace),
+        agent_deployment(namespace, **extra),
+    )
+
+
+def pod_template_hash(kubectl: Kubectl, namespace: str) -> str:
+    deployment = get_json(kubectl, "-n", namespace, "deployment", "support")
+    return str(deployment["spec"]["template"]["metadata"]["annotations"]["strata.dev/config-hash"])
+
+
+@pytest.mark.usefixtures("operator")
+def test_sample_reaches_ready_with_every_child_owned(kubectl: Kubectl, namespace: str) -> None:
+    setup_sample(kubectl, namespace)
+    ready = wait_ready(kubectl, namespace, "support")
+    uid = ready["metadata"]["uid"]
+    for child in CHILDREN:
+        obj = get_json(kubectl, "-n", namespace, child)
+        assert obj is not None, f"{child} was not rendered"
+        [ref] = obj["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["uid"], ref["controller"]) == ("AgentDeployment", uid, True), child
+    assert ready["status"]["readyReplicas"] >= 1
+    assert ready["status"]["scaler"] == "hpa"
+    keda = condition(ready, "KedaScaling")
+    assert keda and (keda["status"], keda["reason"]) == ("False", "KedaNotInstalled")
+    config = get_json(kubectl, "-n", namespace, "configmap", "support-config")["data"]["config.yaml"]
+    assert "sk-test" not in config and "key-acme" not in config and "STRATA_API_KEY_ACME" in config
+    assert ready["status"]["configHash"] == pod_template_hash(kubectl, namespace)
+
+
+@pytest.mark.usefixtures("operator")
+def test_editing_the_cache_policy_rolls_the_pods(kubectl: Kubectl, namespace: str) -> None:
+    setup_sample(kubectl, namespace)
+    before = wait_ready(kubectl, namespace, "support")
+    old_hash = pod_template_hash(kubectl, namespace)
+    old_config = get_json(kubectl, "-n", namespace, "configmap", "support-config")["data"]["config.yaml"]
+
+    apply_yaml(kubectl, namespace, cache_policy(namespace, threshold=0.97))
+
+    wait_until(lambda: pod_template_hash(kubectl, namespace) != old_hash, 60, "a new pod template hash")
+    new_config = get_json(kubectl, "-n", namespace, "configmap", "support-config")["data"]["config.yaml"]
+    assert new_config != old_config and "0.97" in new_config
+    replica_sets = get_json(kubectl, "-n", namespace, "replicasets", "-l", "app.kubernetes.io/instance=support")
+    assert len(replica_sets["items"]) == 2, "no rollout: the Deployment kept a single ReplicaSet"
+
+    def rolled_out() -> bool:
+        obj = agent(kubectl, namespace, "support")
+        c = condition(obj, "Ready")
+        return bool(
+            obj and c and c["status"] == "True" and obj["status"]["configHash"] != before["status"]["configHash"]
+        )
+
+    wait_until(rolled_out, 120, "Ready=True with the new config hash")
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_service_deleted_by_hand_is_restored(kubectl: Kubectl, namespace: str) -> None:
+    setup_sample(kubectl, namespace)
+    wait_ready(kubectl, namespace, "support")
+    old_uid = get_json(kubectl, "-n", namespace, "service", "support")["metadata"]["uid"]
+    kubectl("-n", namespace, "delete", "service", "support", "--wait=true")
+
+    def restored() -> bool:
+        svc = get_json(kubectl, "-n", namespace, "service", "support")
+        return bool(svc and svc["metadata"]["uid"] != old_uid)
+
+    wait_until(restored, 60, "the Service to be re-created")
+    svc = get_json(kubectl, "-n", namespace, "service", "support")
+    assert svc["spec"]["sessionAffinity"] == "ClientIP"
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_missing_cache_policy_degrades_then_recovers(kubectl: Kubectl, namespace: str) -> None:
+    apply_yaml(
+        kubectl, namespace, *secrets(namespace), routing_policy(namespace), agent_deployment(namespace, cache="later")
+    )
+
+    def degraded() -> dict[str, Any] | None:
+        c = condition(agent(kubectl, namespace, "support"), "Degraded")
+        return c if c and c["status"] == "True" else None
+
+    c = wait_until(degraded, 60, "Degraded=True")
+    assert c["reason"] == "PolicyNotFound" and "later" in c["message"]
+    events = kubectl("-n", namespace, "get", "events", "--field-selector", "reason=PolicyNotFound", "-o", "json")
+    assert json.loads(events.stdout)["items"], "no Kubernetes event was posted for the failure"
+
+    apply_yaml(kubectl, namespace, cache_policy(namespace, name="later"))
+    ready = wait_ready(kubectl, namespace, "support")
+    assert condition(ready, "Degraded")["status"] == "False"  # type: ignore[index]
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_runtime_config_the_runtime_would_refuse_is_degraded_invalid_spec(kubectl: Kubectl, namespace: str) -> None:
+    bad_runtime = {
+        "models": [{"name": "m", "provider": "demo"}],
+        "agents": [{"id": "support", "tenant": "acme", "model": "unknown-model"}],
+    }
+    apply_yaml(
+        kubectl,
+        namespace,
+        *secrets(namespace),
+        cache_policy(namespace),
+        routing_policy(namespace),
+        agent_deployment(namespace, runtime=bad_runtime, secretEnv=[], routingPolicyRef=None),
+    )
+
+    def invalid() -> dict[str, Any] | None:
+        c = condition(agent(kubectl, namespace, "support"), "Degraded")
+        return c if c and c["reason"] == "InvalidSpec" else None
+
+    c = wait_until(invalid, 60, "Degraded=True reason InvalidSpec")
+    assert "unknown-model" in c["message"]
+    assert get_json(kubectl, "-n", namespace, "deployment", "support") is None
+
+
+@pytest.mark.usefixtures("operator")
+def test_deleting_the_agent_deployment_garbage_collects_its_children(kubectl: Kubectl, namespace: str) -> None:
+    setup_sample(kubectl, namespace)
+    wait_ready(kubectl, namespace, "support")
+    kubectl("-n", namespace, "delete", "agentdeployment", "support", "--wait=true")
+    for child in CHILDREN:
+        wait_until(
+            lambda child=child: get_json(kubectl, "-n", namespace, child) is None,
+            60,
+            f"{child} to be garbage collected",
+        )
+    wait_until(
+        lambda: not get_json(kubectl, "-n", namespace, "pods", "-l", "app.kubernetes.io/instance=support")["items"],
+        90,
+        "pods to be gone",
+    )
+
+
+@pytest.mark.usefixtures("helm_release")
+def test_operator_rbac_is_least_privilege(kubectl: Kubectl, namespace: str) -> None:
+    sa = f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}"
+
+    def can(*args: str) -> str:
+        return kubectl("auth", "can-i", *args, "-n", namespace, sa, check=False).stdout.strip()
+
+    assert can("patch", "deployments.apps") == "yes"
+    assert can("create", "configmaps") == "yes"
+    assert can("patch", "agentdeployments.strata.dev/status") == "yes"
+    assert can("delete", "horizontalpodautoscalers.autoscaling") == "yes"
+    assert can("get", "secrets") == "yes"  # read only, to hash referenced Secrets
+    assert can("create", "secrets") == "no"
+    assert can("update", "secrets") == "no"
+    assert can("delete", "deployments.apps") == "no"
+    assert can("delete", "configmaps") == "no"
+    assert can("create", "pods") == "no"
+    assert can("create", "rolebindings.rbac.authorization.k8s.io") == "no"
+    assert can("delete", "agentdeployments.strata.dev") == "no"
