@@ -3,7 +3,7 @@
 #   bench/setup_litellm.sh          -> prints the venv's python path on success
 # Pinned so that figures are comparable between runs; ~740 MB, kept out of the project venv.
 set -euo pipefail
-LITELLM_VERSION="${LITELLM_VERSION:-1.109.1}"
+LITELLM_VERSION="${LITELLM_VERSION:-1.100.0}"
 VENV="${STRATA_LITELLM_VENV:-$HOME/.cache/strata/litellm-venv}"
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3

@@ -68,7 +68,8 @@ async def test_a_hung_upstream_times_out_as_a_504(openai_upstream: UpstreamServe
         with pytest.raises(UpstreamTimeout):
             await gateway.complete(chat(), CTX)
         # The pool dropped the hung connection; the next call works on a fresh one.
-        assert (await gateway.complete(chat("after"), CTX)).response["choices"][0]["message"]["content"] == "echo: after"
+        after = await gateway.complete(chat("after"), CTX)
+        assert after.response["choices"][0]["message"]["content"] == "echo: after"
     finally:
         await close_gateway(gateway)
 

@@ -32,9 +32,9 @@ def _date(value: str | None, field: str, default: dt.date) -> dt.date:
 
 
 @router.get("/api/v1/usage")
-async def usage(request: Request, services: ServicesDep, tenant: str | None = None, agent: str | None = None,
+async def usage(request: Request, services: ServicesDep, *, tenant: str | None = None, agent: str | None = None,
                 model: str | None = None, start: str | None = None, end: str | None = None,
-                groupBy: str | None = None) -> Response:  # noqa: N803 - the query parameter's public name
+                groupBy: str | None = None) -> Response:
     internal = request.headers.get("x-strata-internal-token") is not None
     if internal:
         services.auth.internal_caller(request)
