@@ -160,3 +160,47 @@ def test_the_upstream_sees_its_own_model_name_and_key_but_no_tenant_fields(clien
     assert seen["headers"]["authorization"] == "Bearer sk-upstream-secret"
     assert seen["body"]["model"] == "gpt-4o-mini"
     assert "tenant_id" not in seen["body"] and "metadata" not in seen["body"]
+
+
+INTERNAL = {"x-strata-internal-token": GATEWAY_ENV["STRATA_INTERNAL_TOKEN"]}
+
+
+def test_internal_proxy_answers_in_the_seed_shape_for_the_metadata_tenant(runtime: RuntimeProcess,
+                                                                          openai_upstream: UpstreamServer) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "seed call"}],
+            "metadata": {"agent_id": "support", "tenant_id": "acme", "channel_id": "web"}}
+    status, result = runtime.request("POST", "/internal/llm/proxy", body, headers=INTERNAL)
+    assert status == 200
+    assert result["content"] == "echo: seed call"
+    assert result["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert (result["provider"], result["model_resolved"], result["cache"]) == ("openai", "gpt-4o-mini", "disabled")
+    status, _ = runtime.request("POST", "/internal/llm/proxy", body, headers={"x-strata-internal-token": "nope"})
+    assert status == 403
+
+
+def test_internal_batch_keeps_order_and_reports_each_failure_alone(runtime: RuntimeProcess,
+                                                                    openai_upstream: UpstreamServer) -> None:
+    meta = {"tenant_id": "acme"}
+    requests = [{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"item {i}"}], "metadata": meta}
+                for i in range(3)]
+    requests.insert(1, {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}], "metadata": meta})
+    status, result = runtime.request("POST", "/internal/llm/batch", {"requests": requests}, headers=INTERNAL)
+    assert status == 200
+    assert [r["ok"] for r in result["results"]] == [True, False, True, True]
+    assert result["results"][1]["error"]["code"] == "not_found"
+    assert result["results"][3]["content"] == "echo: item 2"
+
+
+def test_usage_api_shows_a_tenant_only_its_own_usage(runtime: RuntimeProcess,
+                                                     openai_upstream: UpstreamServer) -> None:
+    globex = openai.OpenAI(base_url=runtime.base_url + "/v1", api_key=GATEWAY_ENV["STRATA_KEY_GLOBEX"],
+                           max_retries=0)
+    globex.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "globex only"}])
+    status, mine = runtime.get("/api/v1/usage", headers={"authorization": "Bearer " + GATEWAY_ENV["STRATA_KEY_GLOBEX"]})
+    assert status == 200
+    assert {item["tenant"] for item in mine["items"]} == {"globex"}
+    status, _ = runtime.get("/api/v1/usage?tenant=acme",
+                            headers={"authorization": "Bearer " + GATEWAY_ENV["STRATA_KEY_GLOBEX"]})
+    assert status == 403
+    status, everything = runtime.get("/api/v1/usage", headers=INTERNAL)
+    assert {"acme", "globex"} <= {item["tenant"] for item in everything["items"]}
