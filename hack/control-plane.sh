@@ -48,7 +48,7 @@ KCM_PORT="${STRATA_KCM_PORT:-16444}"
 SCHEDULER_PORT="${STRATA_SCHEDULER_PORT:-16445}"
 KWOK_PORT="${STRATA_KWOK_PORT:-16446}"
 SERVICE_CIDR="10.0.0.0/24"   # => kubernetes.default service IP 10.0.0.1
-POD_CIDR="10.244.0.1/16"     # kwok hands out fake pod IPs from here
+POD_CIDR="10.244.0.0/16"     # kwok hands out fake pod IPs from here
 FAKE_NODES="${STRATA_FAKE_NODES:-2}"
 WAIT_TIMEOUT="${STRATA_WAIT_TIMEOUT:-120}"
 
@@ -84,7 +84,19 @@ go_env() {
   GO="$(find_go)"
 }
 
-kube_stamp() { cat "$KUBE_MOD_DIR/go.mod" "$KUBE_MOD_DIR/go.sum" | sha256sum | cut -c1-16; }
+# What `kubectl version`, /version (and so helm's .Capabilities.KubeVersion)
+# report; upstream's hack/lib/version.sh sets the same variables.
+kube_ldflags() {
+  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  local pkg x=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    x+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    x+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "-s -w$x"
+}
+
+kube_stamp() { { cat "$KUBE_MOD_DIR/go.mod" "$KUBE_MOD_DIR/go.sum"; kube_ldflags; } | sha256sum | cut -c1-16; }
 
 build_kube() {
   local dir="$STRATA_CACHE/kube/$K8S_VERSION" stamp ok=1 b
@@ -96,31 +108,31 @@ build_kube() {
   ((ok)) && return 0
   go_env
   local t0 tmp; t0="$(now)"; tmp="$dir/bin.tmp.$$"
-  log "building Kubernetes $K8S_VERSION + etcd $ETCD_VERSION from the Go module proxy (cold: ~15-30 min on 2 cores; log: $dir/build.log)"
+  log "building Kubernetes $K8S_VERSION + etcd $ETCD_VERSION from the Go module proxy (cold: ~10 min on 2 idle cores; log: $dir/build.log)"
   mkdir -p "$tmp"
   (
     cd "$KUBE_MOD_DIR"
     "$GO" build -trimpath -ldflags='-s -w' -o "$tmp/etcd" go.etcd.io/etcd/server/v3
-    "$GO" build -trimpath -ldflags='-s -w' -o "$tmp/" \
+    "$GO" build -trimpath -ldflags="$(kube_ldflags)" -o "$tmp/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler \
       k8s.io/kubernetes/cmd/kubectl
-  ) >"$dir/build.log" 2>&1 || { tail -30 "$dir/build.log" >&2; rm -rf "$tmp"; die "kube build failed (see $dir/build.log)"; }
+  ) >"$dir/build.log" 2>&1 8>&- || { tail -30 "$dir/build.log" >&2; rm -rf "$tmp"; die "kube build failed (see $dir/build.log)"; }
   rm -rf "$dir/bin"; mv "$tmp" "$dir/bin"; echo "$stamp" >"$dir/.stamp"
   log "built Kubernetes $K8S_VERSION in $(elapsed "$t0")"
 }
 
-# go_install_to <bin dir> <binary name> <pkg@version>
+# go_install_to <bin dir> <binary name> <pkg@version> [extra ldflags]
 go_install_to() {
-  local bindir="$1" name="$2" pkg="$3"
+  local bindir="$1" name="$2" pkg="$3" ldflags="-s -w ${4:-}"
   [[ -x "$bindir/$name" ]] && return 0
   go_env
   local t0; t0="$(now)"
   log "installing $pkg"
   mkdir -p "$bindir"
-  (cd "$STRATA_CACHE" && GOBIN="$bindir.tmp.$$" "$GO" install -trimpath -ldflags='-s -w' "$pkg") \
-    >"$bindir/../build.log" 2>&1 || { tail -30 "$bindir/../build.log" >&2; rm -rf "$bindir.tmp.$$"; die "go install $pkg failed"; }
+  (cd "$STRATA_CACHE" && GOBIN="$bindir.tmp.$$" "$GO" install -trimpath -ldflags="$ldflags" "$pkg") \
+    >"$bindir/../build.log" 2>&1 8>&- || { tail -30 "$bindir/../build.log" >&2; rm -rf "$bindir.tmp.$$"; die "go install $pkg failed"; }
   mv "$bindir.tmp.$$/$name" "$bindir/$name"; rm -rf "$bindir.tmp.$$"
   log "installed $name in $(elapsed "$t0")"
 }
@@ -150,7 +162,8 @@ build_all() {
   build_kube
   go_install_to "$KWOK_BIN_DIR" kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   kwok_stages
-  go_install_to "$HELM_BIN_DIR" helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  go_install_to "$HELM_BIN_DIR" helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
   flock -u 8
   mkdir -p "$BIN_DIR"
   local b
@@ -306,7 +319,8 @@ start_component() {
   pid="$(component_pid "$name")"
   if [[ -n "$pid" ]]; then return 0; fi
   # shellcheck disable=SC2046
-  setsid "$BIN_DIR/$name" $(component_args "$name") >>"$LOGS/$name.log" 2>&1 </dev/null &
+  # (fd 8/9 are our lock files: the daemons must not inherit them)
+  setsid "$BIN_DIR/$name" $(component_args "$name") >>"$LOGS/$name.log" 2>&1 </dev/null 8>&- 9>&- &
   echo $! >"$RUN/$name.pid"
   log "started $name (pid $!, log $LOGS/$name.log)"
   STARTED+=("$name")
