@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from strata_runtime.config import VectorStoreConfig
 from strata_runtime.stores.health import BackendHealth, recover_forever
@@ -161,55 +162,141 @@ class MilvusIndex:
             self._client = None
 
 
+class _MemoryCollection:
+    """One collection: a pre-normalised float32 matrix grown by doubling, plus postings
+    `(field, value) -> row positions` so a filtered search never scans rows in Python."""
+
+    def __init__(self, dimension: int):
+        self.dimension = dimension
+        self.matrix = np.zeros((64, dimension), dtype=np.float32)
+        self.size = 0
+        self.alive = np.zeros(64, dtype=bool)
+        self.ids: list[str] = []
+        self.fields: list[Mapping[str, Scalar]] = []
+        self.position: dict[str, int] = {}
+        self.postings: dict[tuple[str, Scalar], set[int]] = {}
+        # Filters repeat (one tenant/agent scope per caller): reuse their row arrays until a write.
+        self._version = 0
+        self._matches: dict[frozenset[tuple[str, Scalar]], tuple[int, npt.NDArray[np.intp]]] = {}
+
+    def upsert(self, row: VectorRow) -> None:
+        vector = np.asarray(row.vector, dtype=np.float32)
+        if vector.shape != (self.dimension,):
+            raise ValueError(f"vector has dimension {vector.shape}, collection has {self.dimension}")
+        vector = vector / (float(np.linalg.norm(vector)) or 1.0)
+        self._version += 1
+        pos = self.position.get(row.id)
+        if pos is None:
+            pos = self._append_slot(row.id)
+        else:
+            self._unpost(pos)
+        self.matrix[pos] = vector
+        self.alive[pos] = True
+        self.fields[pos] = dict(row.fields)
+        for item in self.fields[pos].items():
+            self.postings.setdefault(item, set()).add(pos)
+
+    def _append_slot(self, row_id: str) -> int:
+        if self.size == len(self.matrix):
+            self.matrix = np.concatenate([self.matrix, np.zeros_like(self.matrix)])
+            self.alive = np.concatenate([self.alive, np.zeros_like(self.alive)])
+        pos = self.size
+        self.size += 1
+        self.ids.append(row_id)
+        self.fields.append({})
+        self.position[row_id] = pos
+        return pos
+
+    def _unpost(self, pos: int) -> None:
+        for item in self.fields[pos].items():
+            self.postings.get(item, set()).discard(pos)
+
+    def matching(self, where: Mapping[str, Scalar]) -> npt.NDArray[np.intp]:
+        key = frozenset(where.items())
+        cached = self._matches.get(key)
+        if cached is not None and cached[0] == self._version:
+            return cached[1]
+        if not where:
+            rows = np.flatnonzero(self.alive[: self.size])
+        else:
+            lists = sorted((self.postings.get(item, set()) for item in where.items()), key=len)
+            found = set(lists[0]).intersection(*lists[1:])
+            rows = np.fromiter(sorted(found), dtype=np.intp, count=len(found))
+        if len(self._matches) > 1024:
+            self._matches.clear()
+        self._matches[key] = (self._version, rows)
+        return rows
+
+    def search(self, query: npt.NDArray[np.float32], where: Mapping[str, Scalar], limit: int) -> list[VectorHit]:
+        candidates = self.matching(where)
+        if candidates.size == 0:
+            return []
+        if candidates.size * 4 >= self.size:
+            # Scoring every row and picking the candidates beats copying most of the matrix.
+            scores = (self.matrix[: self.size] @ query)[candidates]
+        else:
+            scores = self.matrix[candidates] @ query
+        k = min(limit, scores.size)
+        top = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+        top = top[np.argsort(-scores[top])]
+        return [VectorHit(self.ids[candidates[i]], float(scores[i]), self.fields[candidates[i]]) for i in top]
+
+    def delete(self, where: Mapping[str, Scalar]) -> None:
+        self._version += 1
+        for pos in self.matching(where).tolist():
+            self._unpost(pos)
+            self.alive[pos] = False
+            self.fields[pos] = {}
+            del self.position[self.ids[pos]]
+
+
 class MemoryVectorIndex:
     """Exact cosine search with numpy; the embedded default and the fallback."""
 
     kind = "memory"
 
     def __init__(self) -> None:
-        self._rows: dict[str, dict[str, VectorRow]] = {}
-        self._dimensions: dict[str, int] = {}
+        self._collections: dict[str, _MemoryCollection] = {}
 
     async def ensure_collection(self, name: str, dimension: int) -> None:
-        self._rows.setdefault(name, {})
-        self._dimensions.setdefault(name, dimension)
+        self._collections.setdefault(name, _MemoryCollection(dimension))
+
+    def _collection(self, name: str, dimension: int | None = None) -> _MemoryCollection | None:
+        if name not in self._collections and dimension is not None:
+            self._collections[name] = _MemoryCollection(dimension)
+        return self._collections.get(name)
 
     async def upsert(self, collection: str, rows: Sequence[VectorRow]) -> None:
-        table = self._rows.setdefault(collection, {})
+        if not rows:
+            return
+        table = self._collection(collection, len(rows[0].vector))
+        assert table is not None
         for row in rows:
-            vec = np.asarray(row.vector, dtype=np.float32)
-            norm = float(np.linalg.norm(vec)) or 1.0
-            table[row.id] = VectorRow(row.id, (vec / norm).tolist(), dict(row.fields))
-
-    def _matching(self, collection: str, where: Mapping[str, Scalar]) -> list[VectorRow]:
-        return [
-            r for r in self._rows.get(collection, {}).values() if all(r.fields.get(k) == v for k, v in where.items())
-        ]
+            table.upsert(row)
 
     async def search(
         self, collection: str, vector: Sequence[float], *, where: Mapping[str, Scalar], limit: int
     ) -> list[VectorHit]:
-        rows = self._matching(collection, where)
-        if not rows:
+        table = self._collection(collection)
+        if table is None or limit < 1:
             return []
         query = np.asarray(vector, dtype=np.float32)
-        query = query / (float(np.linalg.norm(query)) or 1.0)
-        scores = np.stack([np.asarray(r.vector) for r in rows]) @ query
-        order = np.argsort(-scores)[:limit]
-        return [VectorHit(rows[i].id, float(scores[i]), rows[i].fields) for i in order]
+        return table.search(query / (float(np.linalg.norm(query)) or 1.0), where, limit)
 
     async def count(self, collection: str, *, where: Mapping[str, Scalar]) -> int:
-        return len(self._matching(collection, where))
+        table = self._collection(collection)
+        return 0 if table is None else int(table.matching(where).size)
 
     async def delete(self, collection: str, *, where: Mapping[str, Scalar]) -> None:
-        for row in self._matching(collection, where):
-            del self._rows[collection][row.id]
+        table = self._collection(collection)
+        if table is not None:
+            table.delete(where)
 
     async def ping(self) -> None:
         return None
 
     async def close(self) -> None:
-        self._rows.clear()
+        self._collections.clear()
 
 
 class VectorConnector:
