@@ -172,7 +172,7 @@ def bench_calibrate(pairs: int = 3000) -> None:
                    "hard_negative_wrong_hit_rate": rate(hard, t, guarded)}
             rec["cache_like_right_hit_rate"], rec["cache_like_wrong_hit_rate"] = cache_like(t, guarded)
             emit(rec)
-            print(f"{t:>9.2f} {str(guarded):>5} {rec['same_intent_hit_rate']:>16.3f} "
+            print(f"{t:>9.2f} {guarded!s:>5} {rec['same_intent_hit_rate']:>16.3f} "
                   f"{rec['cross_intent_wrong_hit_rate']:>22.4f} {rec['hard_negative_wrong_hit_rate']:>24.4f} "
                   f"{rec['cache_like_right_hit_rate']:>14.3f} {rec['cache_like_wrong_hit_rate']:>16.4f}",
                   file=sys.stderr)
