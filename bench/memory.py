@@ -17,12 +17,12 @@ import uuid
 from typing import Any
 
 import numpy as np
+from _hashing_embedder import HashingEmbedder
 from threadpoolctl import threadpool_limits
 
 from strata_runtime.config import MemoryConfig, RedisStoreConfig, SqlStoreConfig, VectorStoreConfig
 from strata_runtime.gateway.contract import CallContext, ChatResult
 from strata_runtime.memory.engine import MemoryEngine
-from strata_runtime.memory.hashing import HashingEmbedder
 from strata_runtime.memory.l3 import LongTermMemory
 from strata_runtime.memory.retrieval import build_messages
 from strata_runtime.memory.spill import SpillStore

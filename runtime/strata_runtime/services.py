@@ -10,8 +10,10 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
+from strata_runtime.agents.conversation import Conversations
+from strata_runtime.agents.wiring import build_conversations
 from strata_runtime.auth import Authenticator
 from strata_runtime.cache.service import CacheService
 from strata_runtime.config import RuntimeConfig, config_hash
@@ -51,8 +53,8 @@ class Services:
     embedder: EmbedderImpl | None = None
     cache: CacheService | None = None
     gateway: Gateway = field(init=False)
+    conversations: Conversations = field(init=False)
     lifecycle: list[Lifecycle] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def connectors(self) -> list[BackendConnector]:
         return [self.redis, self.sql, self.vectors]
@@ -102,11 +104,8 @@ def build_services(config: RuntimeConfig, env: Mapping[str, str]) -> Services:
 
 def _add_conversations(services: Services) -> None:
     """Agents + memory: last, so in-flight turns drain before the gateway and stores close."""
-    from strata_runtime.agents.wiring import build_conversations
-
-    conversations = build_conversations(services)
-    services.extras["conversations"] = conversations
-    services.lifecycle.append(conversations)
+    services.conversations = build_conversations(services)
+    services.lifecycle.append(services.conversations)
 
 
 def _add_cache(services: Services) -> None:

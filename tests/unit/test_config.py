@@ -104,3 +104,13 @@ def test_a_dumped_config_validates_back_to_the_same_model() -> None:
     config = load_config(SAMPLE)
     again = RuntimeConfig.model_validate(config.model_dump(mode="json", by_alias=True))
     assert again == config
+
+
+def test_the_local_embedder_only_accepts_the_model_it_ships() -> None:
+    with pytest.raises(ConfigError, match=r"embedder: .*only ships all-MiniLM-L6-v2"):
+        parse_config(_minimal(embedder={"provider": "local", "model": "bge-large"}))
+
+
+def test_an_openai_embedder_needs_a_base_url() -> None:
+    with pytest.raises(ConfigError, match="needs baseUrl"):
+        parse_config(_minimal(embedder={"provider": "openai", "model": "text-embedding-3-small"}))

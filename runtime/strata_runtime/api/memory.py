@@ -19,6 +19,7 @@ from strata_runtime.errors import ServiceUnavailable, StrataError, ValidationFai
 from strata_runtime.gateway.contract import CallContext
 from strata_runtime.memory.l3 import LongTermMemory, item_id
 from strata_runtime.memory.retrieval import summary_request
+from strata_runtime.services import Services
 
 router = APIRouter()
 
@@ -61,7 +62,7 @@ def _parse(model: type[M], raw: bytes) -> M:
         raise ValidationFailed(f"{field or 'body'}: {first['msg']}", field=field) from None
 
 
-def _long_term(services: object) -> LongTermMemory:
+def _long_term(services: Services) -> LongTermMemory:
     long_term = conversations(services).engine.long_term
     if long_term is None:
         raise ServiceUnavailable("long-term memory is disabled (memory.longTerm.enabled: false)")

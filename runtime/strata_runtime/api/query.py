@@ -21,6 +21,7 @@ from strata_runtime.agents.conversation import Conversations, Event
 from strata_runtime.api.deps import ServicesDep
 from strata_runtime.errors import BadRequest, NotFound, ServiceUnavailable, StrataError
 from strata_runtime.memory.state import SESSION_ID_RE
+from strata_runtime.services import Services
 
 router = APIRouter()
 
@@ -40,11 +41,8 @@ class QueryRequest(BaseModel):
     channel_id: str | None = Field(None, max_length=128)
 
 
-def conversations(services: Any) -> Conversations:
-    conv: Conversations | None = services.extras.get("conversations")
-    if conv is None:
-        raise ServiceUnavailable("the agent engine is not available in this runtime")
-    return conv
+def conversations(services: Services) -> Conversations:
+    return services.conversations
 
 
 def _sse(event: str, data: Any, event_id: str | None = None) -> bytes:

@@ -39,6 +39,9 @@ class AuthConfig(ConfigModel):
     internal_token_env: str | None = "STRATA_INTERNAL_TOKEN"
 
 
+LOCAL_EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
 class EmbedderConfig(ConfigModel):
     provider: Literal["local", "openai"] = "local"
     model: str = "all-MiniLM-L6-v2"
@@ -46,6 +49,14 @@ class EmbedderConfig(ConfigModel):
     api_key_env: str | None = None
     timeout_seconds: float = Field(2.0, gt=0, le=60, description="Deadline per embedding call.")
     dimensions: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _provider_can_serve_the_model(self) -> EmbedderConfig:
+        if self.provider == "local" and self.model not in LOCAL_EMBEDDING_MODELS:
+            raise ValueError(f"the local provider only ships {LOCAL_EMBEDDING_MODELS[0]}, not {self.model!r}")
+        if self.provider == "openai" and not self.base_url:
+            raise ValueError("provider openai needs baseUrl")
+        return self
 
 
 class AgentRuntimeSpec(ConfigModel):

@@ -12,12 +12,10 @@ EmbedderImpl = LocalMiniLMEmbedder | OpenAIEmbedder
 
 
 def build_embedder(config: EmbedderConfig, env: Mapping[str, str]) -> EmbedderImpl:
+    """The config model has already checked that the provider can serve the model."""
     if config.provider == "local":
-        if config.model not in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
-            raise ValueError(f"embedder.model {config.model!r}: the local provider only ships all-MiniLM-L6-v2")
         return LocalMiniLMEmbedder(timeout_seconds=config.timeout_seconds)
-    if not config.base_url:
-        raise ValueError("embedder.provider is openai but embedder.baseUrl is not set")
+    assert config.base_url is not None
     api_key = env.get(config.api_key_env) if config.api_key_env else None
     return OpenAIEmbedder(base_url=config.base_url, model=config.model, api_key=api_key,
                           timeout_seconds=config.timeout_seconds, dimensions=config.dimensions)
