@@ -9,7 +9,8 @@
     POST /internal/llm/batch  {requests:[proxy bodies]} -> {results:[{ok:true,...} | {ok:false,error}]}
 
 The caller is authenticated by the internal service token; the tenant comes from
-`metadata.tenant_id` (required).
+`metadata.tenant_id` (required), the ACL scope from `metadata.acl_scope` (or the
+`X-Strata-ACL-Scope` header), and a `Cache-Control` header applies to every request of the call.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from strata_runtime.api.deps import InternalCaller, ServicesDep
-from strata_runtime.api.openai_compat import SSE_HEADERS, checked_id, read_json
+from strata_runtime.api.openai_compat import SSE_HEADERS, acl_scope, checked_id, read_json, with_cache_control
 from strata_runtime.errors import BadRequest, PayloadTooLarge, StrataError
 from strata_runtime.gateway.contract import CallContext, ChatResult, ChatStream
 from strata_runtime.services import Services
@@ -46,7 +47,8 @@ def internal_context(services: Services, request: Request, body: dict[str, Any],
                        channel_id=checked_id(metadata.get("channel_id"), f"{where}metadata.channel_id"),
                        user=body.get("user") if isinstance(body.get("user"), str) else None,
                        request_id=request.headers.get("x-request-id"),
-                       caching_disabled=services.gateway.caching_disabled(tenant, agent))
+                       caching_disabled=services.gateway.caching_disabled(tenant, agent),
+                       acl_scope=acl_scope(request, metadata, where))
 
 
 def proxy_result(result: ChatResult) -> dict[str, Any]:
@@ -71,7 +73,7 @@ def proxy_result(result: ChatResult) -> dict[str, Any]:
 
 @router.post("/internal/llm/proxy")
 async def proxy(request: Request, services: ServicesDep, caller: InternalCaller) -> Response:
-    body = await read_json(request)
+    body = with_cache_control(request, await read_json(request))
     body.pop("stream", None)
     result = await services.gateway.complete(body, internal_context(services, request, body))
     return Response(orjson.dumps(proxy_result(result)), media_type="application/json")
@@ -104,7 +106,7 @@ async def _events(stream: ChatStream) -> AsyncIterator[bytes]:
 
 @router.post("/internal/llm/stream")
 async def stream(request: Request, services: ServicesDep, caller: InternalCaller) -> Response:
-    body = await read_json(request)
+    body = with_cache_control(request, await read_json(request))
     body["stream"] = True
     options = body.get("stream_options")
     body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
@@ -126,6 +128,7 @@ async def batch(request: Request, services: ServicesDep, caller: InternalCaller)
         if not isinstance(item, dict):
             raise BadRequest("each request must be an object", field=f"requests.{i}")
         item.pop("stream", None)
+        with_cache_control(request, item)
         contexts.append(internal_context(services, request, item, where=f"requests.{i}."))
     slots = asyncio.Semaphore(BATCH_CONCURRENCY)
 

@@ -3,6 +3,15 @@
 The tenant comes from the API key; a `tenant_id` in the body (or `metadata.tenant_id`) that
 disagrees is a 403. The agent is named by the `X-Strata-Agent-Id` header or
 `metadata.agent_id`. Bodies are parsed with orjson and answered with pre-serialised bytes.
+
+Response cache, over HTTP (the body shape never changes when the cache is on):
+
+* `x-strata-cache: hit_exact | hit_semantic | miss | bypass | disabled` on every chat answer;
+  usage records a hit with cost 0 and counts the saved tokens and cost separately.
+* `Cache-Control: no-cache | no-store | max-age=N` request header = the body's `cache` controls
+  (`{"no-cache": true, "no-store": true, "ttl": N}`); the stricter of the two wins.
+* `X-Strata-ACL-Scope` header (or `metadata.acl_scope`): a sharing boundary inside the tenant;
+  calls with different scopes (or with and without one) never share a cached answer.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from strata_runtime.api.deps import ServicesDep
+from strata_runtime.cache.keys import merge_cache_control_header
 from strata_runtime.errors import BadRequest, NotFound, PayloadTooLarge, StrataError
 from strata_runtime.gateway.contract import CallContext, ChatStream
 from strata_runtime.services import Services
@@ -24,6 +34,7 @@ router = APIRouter()
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ACL_SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/=@+-]{0,255}$")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
 
@@ -58,6 +69,27 @@ def _metadata(body: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
+def acl_scope(request: Request, metadata: dict[str, Any], where: str = "") -> str | None:
+    """The caller's ACL scope: `X-Strata-ACL-Scope` or `metadata.acl_scope` (they must agree)."""
+    header = request.headers.get("x-strata-acl-scope")
+    claimed = metadata.get("acl_scope")
+    if header is not None and claimed is not None and header != claimed:
+        raise BadRequest("the X-Strata-ACL-Scope header and metadata.acl_scope disagree",
+                         field=f"{where}metadata.acl_scope")
+    value = header if header is not None else claimed
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ACL_SCOPE.match(value):
+        raise BadRequest(f"acl_scope must match {_ACL_SCOPE.pattern}", field=f"{where}metadata.acl_scope")
+    return value
+
+
+def with_cache_control(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """Fold the request's `Cache-Control` header into the body's `cache` controls."""
+    merge_cache_control_header(body, request.headers.get("cache-control"))
+    return body
+
+
 def public_context(services: Services, request: Request, body: dict[str, Any]) -> CallContext:
     """Authenticate, then check any tenant the body claims against the key's tenant."""
     auth = services.auth
@@ -74,7 +106,8 @@ def public_context(services: Services, request: Request, body: dict[str, Any]) -
     user = body.get("user") if isinstance(body.get("user"), str) else None
     return CallContext(tenant=tenant, agent_id=agent, channel_id=checked_id(metadata.get("channel_id"), "channel_id"),
                        user=user, request_id=request.headers.get("x-request-id"),
-                       caching_disabled=gateway.caching_disabled(tenant, agent))
+                       caching_disabled=gateway.caching_disabled(tenant, agent),
+                       acl_scope=acl_scope(request, metadata))
 
 
 def _call_headers(provider: str, model: str, cache: str) -> dict[str, str]:
@@ -95,7 +128,7 @@ async def sse_chunks(stream: ChatStream) -> AsyncIterator[bytes]:
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, services: ServicesDep) -> Response:
     services.auth.public_caller(request)  # 401 before looking at the body
-    body = await read_json(request)
+    body = with_cache_control(request, await read_json(request))
     ctx = public_context(services, request, body)
     if body.get("stream"):
         stream = await services.gateway.stream(body, ctx)

@@ -41,7 +41,7 @@ def sha256_hex(data: bytes) -> str:
 
 def namespace(ctx: CallContext, scope: Scope) -> dict[str, Any] | None:
     """Who may share an entry; None means the request cannot be cached under this scope."""
-    acl = getattr(ctx, "acl_scope", None)
+    acl = ctx.acl_scope
     if scope == "shared":
         return {"ns": "shared", "acl": acl}
     if scope == "user":

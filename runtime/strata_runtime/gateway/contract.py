@@ -23,6 +23,9 @@ class CallContext:
     user: str | None = None
     request_id: str | None = None
     caching_disabled: bool = False
+    # A narrower sharing boundary inside the tenant (a team, a document ACL group): answers are
+    # only ever shared between calls with the same scope. Part of every cache key and partition.
+    acl_scope: str | None = None
 
 
 @dataclass

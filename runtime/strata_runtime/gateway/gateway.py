@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strata_runtime.cache.contract import ResponseCache
+from strata_runtime.cache.keys import pop_controls
 from strata_runtime.config import RuntimeConfig
 from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable
 from strata_runtime.errors import BadRequest, Draining, NotFound, ServiceUnavailable, UpstreamError
@@ -111,12 +112,16 @@ class Gateway:
     async def complete(self, body: dict[str, Any], ctx: CallContext) -> ChatResult:
         self._admit()
         validate_chat_body(body)
+        if self.cache is None:
+            pop_controls(body)  # validated, and never sent upstream, even with no cache configured
         route = self.resolve(body["model"])
         reservation = await self.limiter.acquire(ctx.tenant, ctx.agent_id, estimate_request_tokens(body))
         call = _Call(route, ctx, reservation, stream=False)
 
         async def compute() -> dict[str, Any]:
             response, call.used = await self.upstreams.call(route, "chat", body)
+            if isinstance(response, dict):
+                response["model"] = call.used.name  # stored under the logical name (priced by it)
             return response  # type: ignore[no-any-return]
 
         self.metrics.llm_in_flight.inc()
@@ -140,6 +145,8 @@ class Gateway:
     async def stream(self, body: dict[str, Any], ctx: CallContext) -> ChatStream:
         self._admit()
         validate_chat_body(body)
+        if self.cache is None:
+            pop_controls(body)  # validated, and never sent upstream, even with no cache configured
         route = self.resolve(body["model"])
         reservation = await self.limiter.acquire(ctx.tenant, ctx.agent_id, estimate_request_tokens(body))
         call = _Call(route, ctx, reservation, stream=True)
