@@ -164,7 +164,7 @@ build_all() {
   kwok_stages
   go_install_to "$HELM_BIN_DIR" helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
-  flock -u 8
+  exec 8>&-
   mkdir -p "$BIN_DIR"
   local b
   for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd; do
@@ -326,22 +326,29 @@ start_component() {
   STARTED+=("$name")
 }
 
-stop_component() {
-  local name="$1" pid i
-  pid="$(component_pid "$name")"
-  if [[ -z "$pid" ]]; then rm -f "$RUN/$name.pid"; return 0; fi
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
+# stop_components <name...>: SIGTERM them all at once, wait (then SIGKILL).
+stop_components() {
+  local name pid i alive
+  local -A pids=()
+  for name in "$@"; do
+    pid="$(component_pid "$name")"
+    if [[ -n "$pid" ]]; then pids[$name]="$pid"; kill -TERM "$pid" 2>/dev/null || true
+    else rm -f "$RUN/$name.pid"; fi
+  done
+  for ((i = 0; i < 150; i++)); do
+    alive=0
+    for name in "${!pids[@]}"; do kill -0 "${pids[$name]}" 2>/dev/null && alive=1; done
+    ((alive)) || break
     sleep 0.1
   done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$name (pid $pid) did not stop in 10s, killing"
-    kill -KILL "$pid" 2>/dev/null || true
-    sleep 0.2
-  fi
-  rm -f "$RUN/$name.pid"
-  log "stopped $name (pid $pid)"
+  for name in "${!pids[@]}"; do
+    if kill -0 "${pids[$name]}" 2>/dev/null; then
+      log "$name (pid ${pids[$name]}) did not stop in 15s, killing"
+      kill -KILL "${pids[$name]}" 2>/dev/null || true
+    fi
+    rm -f "$RUN/$name.pid"
+    log "stopped $name (pid ${pids[$name]})"
+  done
 }
 
 # wait_for <description> <timeout seconds> <command...>
@@ -375,6 +382,11 @@ apiserver_ready() { kubectl_admin get --raw /readyz; }
 default_sa_exists() { kubectl_admin -n default get serviceaccount default; }
 https_healthz() { curl -fsSk "https://127.0.0.1:$1/healthz"; }
 
+fake_node_names() {
+  local i
+  for ((i = 0; i < FAKE_NODES; i++)); do echo "kwok-node-$i"; done
+}
+
 fake_nodes_manifest() {
   local i
   for ((i = 0; i < FAKE_NODES; i++)); do
@@ -400,8 +412,11 @@ EOF
   done
 }
 
+# Ready, and held by the running kwok (it renews their leases).
 fake_nodes_ready() {
   local want="$FAKE_NODES" got
+  # shellcheck disable=SC2046
+  kubectl_admin -n kube-node-lease get lease $(fake_node_names) >/dev/null 2>&1 || return 1
   got="$(kubectl_admin get nodes -l type=kwok \
     -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$')"
   ((got >= want))
@@ -419,12 +434,18 @@ all_healthy() {
 # Commands
 # ---------------------------------------------------------------------------
 
+# Serialise up/down (e.g. parallel `make test` runs). Never inherited by the
+# daemons (see start_component).
+take_lock() {
+  exec 9>"$RUN/up.lock"
+  flock -w 600 9 || die "another hack/control-plane.sh holds $RUN/up.lock"
+}
+
 cmd_up() {
   local t0; t0="$(now)"
   build_all
   mkdir -p "$STATE" "$LOGS" "$RUN"
-  exec 9>"$STATE/.lock"
-  flock 9
+  take_lock
   if all_healthy; then
     log "already up and healthy ($(elapsed "$t0")); $(cmd_env | tr '\n' ' ')"
     return 0
@@ -439,6 +460,11 @@ cmd_up() {
   log "apiserver ready after $(elapsed "$t0")"
   start_component kube-controller-manager
   start_component kube-scheduler
+  if [[ -z "$(component_pid kwok)" ]]; then
+    # A new kwok only takes a node over once the previous kwok's node lease
+    # has expired (40s): drop the stale leases so it takes over at once.
+    kubectl_admin -n kube-node-lease delete lease --ignore-not-found --wait=false $(fake_node_names) >/dev/null
+  fi
   start_component kwok
   wait_for "kube-controller-manager /healthz" "$WAIT_TIMEOUT" https_healthz "$KCM_PORT"
   wait_for "kube-scheduler /healthz" "$WAIT_TIMEOUT" https_healthz "$SCHEDULER_PORT"
@@ -451,12 +477,11 @@ cmd_up() {
 
 cmd_down() {
   mkdir -p "$RUN"
-  exec 9>"$STATE/.lock"
-  flock 9
-  local i
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-    stop_component "${COMPONENTS[$i]}"
-  done
+  take_lock
+  # Clients of the apiserver first, etcd last.
+  stop_components kwok kube-scheduler kube-controller-manager
+  stop_components kube-apiserver
+  stop_components etcd
 }
 
 cmd_env() {
