@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     logging.basicConfig(level=logging.DEBUG if settings.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "aiohttp.access") + (() if settings.verbose else ("kopf.objects",)):
+        # kopf logs every handler success per object at INFO: thousands of lines per minute at scale.
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()
     register(registry, settings)
     kopf.run(

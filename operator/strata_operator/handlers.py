@@ -92,7 +92,12 @@ def _references(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     """Register every handler into `registry` (so tests and the CLI can build their own)."""
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A custom registry has none of kopf's default login handlers: in-cluster or kubeconfig.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(id="configure", registry=registry)
     async def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -110,19 +115,19 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     operator_settings = settings
 
     # ---- indexes ---------------------------------------------------------------------------
-    @kopf.index(GROUP, VERSION, "cachepolicies", registry=registry)
+    @kopf.index(GROUP, VERSION, "cachepolicies", id="cache_policies", registry=registry)
     def cache_policies(*, name: str, namespace: str | None, spec: Any, meta: Any, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): {"spec": dict(spec), "generation": meta.get("generation")}}
 
-    @kopf.index(GROUP, VERSION, "routingpolicies", registry=registry)
+    @kopf.index(GROUP, VERSION, "routingpolicies", id="routing_policies", registry=registry)
     def routing_policies(*, name: str, namespace: str | None, spec: Any, meta: Any, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): {"spec": dict(spec), "generation": meta.get("generation")}}
 
-    @kopf.index(*AD, registry=registry)
+    @kopf.index(*AD, id="agents", registry=registry)
     def agents(*, body: Any, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): _snapshot(body)}
 
-    @kopf.index(*AD, registry=registry)
+    @kopf.index(*AD, id="agents_by_ref", registry=registry)
     def agents_by_ref(*, name: str, namespace: str | None, spec: Any, **_: Any) -> dict[Any, Any]:
         return {(namespace, kind, ref): name for kind, ref in _references(spec)}
 
@@ -149,18 +154,18 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
                 log.warning("reconciling %s/%s failed: %s", key[0], key[1], e)
 
     # ---- the AgentDeployment itself --------------------------------------------------------
-    @kopf.on.resume(*AD, registry=registry)
-    @kopf.on.create(*AD, registry=registry)
-    @kopf.on.update(*AD, field="spec", registry=registry)
+    @kopf.on.resume(*AD, id="agent_changed", registry=registry)
+    @kopf.on.create(*AD, id="agent_changed", registry=registry)
+    @kopf.on.update(*AD, field="spec", id="agent_changed", registry=registry)
     async def agent_changed(*, body: Any, memo: Any, **kw: Any) -> None:
         await run(memo, _snapshot(body), Indexes.of(kw))
 
     @kopf.timer(*AD, interval=settings.drift_interval_seconds, initial_delay=settings.drift_interval_seconds,
-                idle=0, registry=registry)
+                idle=0, id="repair_drift", registry=registry)
     async def repair_drift(*, body: Any, memo: Any, **kw: Any) -> None:
         await run(memo, _snapshot(body), Indexes.of(kw))
 
-    @kopf.on.delete(*AD, optional=True, registry=registry)
+    @kopf.on.delete(*AD, optional=True, id="agent_deleted", registry=registry)
     async def agent_deleted(*, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
         # No finalizer (optional=True): owner references make the garbage collector delete children.
         controller_of(memo).forget((str(namespace), name))
@@ -188,15 +193,15 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             if controller.depends_on((namespace, agent), (kind, name), version):
                 await reconcile_by_key(memo, (namespace, agent), ix)
 
-    @kopf.on.event(GROUP, VERSION, "cachepolicies", registry=registry)
+    @kopf.on.event(GROUP, VERSION, "cachepolicies", id="cache_policy_event", registry=registry)
     async def cache_policy_event(*, event: Any, body: Any, memo: Any, **kw: Any) -> None:
         await policy_event("cachepolicies", event, body, memo, Indexes.of(kw))
 
-    @kopf.on.event(GROUP, VERSION, "routingpolicies", registry=registry)
+    @kopf.on.event(GROUP, VERSION, "routingpolicies", id="routing_policy_event", registry=registry)
     async def routing_policy_event(*, event: Any, body: Any, memo: Any, **kw: Any) -> None:
         await policy_event("routingpolicies", event, body, memo, Indexes.of(kw))
 
-    @kopf.on.event("", "v1", "secrets", registry=registry)
+    @kopf.on.event("", "v1", "secrets", id="secret_event", registry=registry)
     async def secret_event(*, event: Any, name: str, namespace: str | None, meta: Any, memo: Any,
                            **kw: Any) -> None:
         ix = Indexes.of(kw)
@@ -210,7 +215,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
                 await reconcile_by_key(memo, (str(namespace), agent), ix)
 
     # ---- what it owns ----------------------------------------------------------------------
-    @kopf.on.event("apps", "v1", "deployments", labels=OWNED, registry=registry)
+    @kopf.on.event("apps", "v1", "deployments", labels=OWNED, id="deployment_event", registry=registry)
     async def deployment_event(*, event: Any, body: Any, namespace: str | None, memo: Any, **kw: Any) -> None:
         ix = Indexes.of(kw)
         owner = (body["metadata"].get("labels") or {}).get(LABEL_OWNER)

@@ -146,7 +146,9 @@ def operator(
     sa_kubeconfig = work / "operator.kubeconfig"
     service_account_kubeconfig(kubectl, kubeconfig, sa_kubeconfig)
     port = _free_port()
-    log_path = work / "operator.log"
+    log_dir = ROOT / ".cache" / "operator-tests"  # gitignored; kept for reading after a failure
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "operator.log"
     env = {**os.environ, "KUBECONFIG": str(sa_kubeconfig), "POD_NAME": "test-operator-0"}
     binary = Path(sys.executable).with_name("strata-operator")
     with log_path.open("wb") as log:

@@ -74,7 +74,9 @@ def test_a_valid_resource_is_stored_with_defaults(kubectl: Kubectl, namespace: s
     import json
 
     stored = json.loads(kubectl("-n", namespace, "get", "cachepolicy", "defaults", "-o", "json").stdout)
-    assert stored["spec"]["semantic"]["threshold"] == 0.92
+    from strata_runtime.config import CachePolicySpec
+
+    assert stored["spec"]["semantic"]["threshold"] == CachePolicySpec().semantic.threshold
     assert stored["spec"]["exact"]["ttlSeconds"] == 3600
     assert stored["spec"]["scope"] == "tenant"
 

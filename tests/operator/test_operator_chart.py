@@ -27,7 +27,7 @@ def test_helm_lint_is_clean() -> None:
 
 
 def test_cluster_wide_install_renders_cluster_roles_and_the_peering() -> None:
-    result = helm("template", "strata", CHART, "-n", "strata-system")
+    result = helm("template", "strata", CHART, "-n", "strata-system", "--kube-version", "1.35.0")
     assert result.returncode == 0, result.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout) if d]
     assert kinds.count("ClusterRole") == 2 and "Role" not in kinds
@@ -35,7 +35,7 @@ def test_cluster_wide_install_renders_cluster_roles_and_the_peering() -> None:
 
 
 def test_namespaced_install_renders_one_role_per_namespace() -> None:
-    result = helm("template", "strata", CHART, "-n", "strata-system", "--set", "watchNamespaces={a,b}")
+    result = helm("template", "strata", CHART, "-n", "strata-system", "--kube-version", "1.35.0", "--set", "watchNamespaces={a,b}")
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     roles = sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role")

@@ -66,7 +66,10 @@ def test_tool_schemas_are_free_form_but_nothing_else_is() -> None:
 
 def test_cache_policy_spec_matches_the_runtime_defaults() -> None:
     spec = schema_of("cachepolicies.strata.dev.yaml")["properties"]["spec"]
-    assert spec["properties"]["semantic"]["properties"]["threshold"]["default"] == 0.92
+    from strata_runtime.config import CachePolicySpec
+
+    threshold = spec["properties"]["semantic"]["properties"]["threshold"]["default"]
+    assert threshold == CachePolicySpec().semantic.threshold
     assert spec["properties"]["scope"]["enum"] == ["tenant", "user", "shared"]
     assert spec["default"] == {}
 
