@@ -180,12 +180,12 @@ build_all() {
 
 # gen_cert <name> <subject> <extensions>
 gen_cert() {
-  local name="$1" subj="$2" ext="$3"
+  local name="$1" subj="$2" ext="$3" ca="${CA_NAME:-ca}"
   [[ -s "$PKI/$name.crt" && -s "$PKI/$name.key" ]] && return 0
   openssl genrsa -out "$PKI/$name.key" 2048 2>/dev/null
   openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
   printf '%s\n' "$ext" >"$PKI/$name.ext"
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial \
     -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
   rm -f "$PKI/$name.csr" "$PKI/$name.ext"
 }
@@ -238,6 +238,17 @@ subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernete
   gen_cert admin "/O=system:masters/CN=strata-admin" "$client"
   gen_cert controller-manager "/CN=system:kube-controller-manager" "$client"
   gen_cert scheduler "/CN=system:kube-scheduler" "$client"
+  # Front proxy (requestheader) CA: lets the controller-manager/scheduler
+  # authenticate delegated requests and aggregated API servers work.
+  if [[ ! -s "$PKI/front-proxy-ca.crt" || ! -s "$PKI/front-proxy-ca.key" ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/front-proxy-ca.key" -out "$PKI/front-proxy-ca.crt" \
+      -days 3650 -sha256 -subj "/CN=strata-front-proxy-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+    rm -f "$PKI"/front-proxy-client.{crt,key}
+  fi
+  if [[ ! -s "$PKI/front-proxy-client.crt" ]]; then
+    CA_NAME=front-proxy-ca gen_cert front-proxy-client "/CN=front-proxy-client" "$client"
+  fi
   if [[ ! -s "$PKI/sa.key" ]]; then
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -283,6 +294,13 @@ component_args() {
       --service-account-issuer=https://kubernetes.default.svc.cluster.local \
       --service-cluster-ip-range="$SERVICE_CIDR" \
       --authorization-mode=Node,RBAC \
+      --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
+      --requestheader-allowed-names=front-proxy-client \
+      --requestheader-username-headers=X-Remote-User \
+      --requestheader-group-headers=X-Remote-Group \
+      --requestheader-extra-headers-prefix=X-Remote-Extra- \
+      --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
+      --proxy-client-key-file="$PKI/front-proxy-client.key" \
       --allow-privileged=true \
       --endpoint-reconciler-type=none \
       --profiling=false ;;
@@ -314,11 +332,37 @@ component_args() {
   esac
 }
 
+# Components running with other flags than this script would give them (the
+# script changed since they were started) are stopped, to be started again.
+component_outdated() {
+  local name="$1" pid want have
+  pid="$(component_pid "$name")"
+  [[ -n "$pid" ]] || return 1
+  # shellcheck disable=SC2046,SC2116
+  want="$(echo "$BIN_DIR/$name" $(component_args "$name"))"
+  have="$(tr '\0' ' ' <"/proc/$pid/cmdline")"
+  [[ "${have% }" != "$want" ]]
+}
+
+restart_changed() {
+  local name
+  for name in "${COMPONENTS[@]}"; do
+    if component_outdated "$name"; then
+      log "$name runs with outdated flags: restarting it"
+      stop_components "$name"
+    fi
+  done
+}
+
 start_component() {
   local name="$1" pid
   pid="$(component_pid "$name")"
   if [[ -n "$pid" ]]; then return 0; fi
   # shellcheck disable=SC2046
+  # keep logs bounded: one previous generation once over 50 MB
+  if [[ -f "$LOGS/$name.log" ]] && (($(stat -c %s "$LOGS/$name.log") > 50 * 1024 * 1024)); then
+    mv -f "$LOGS/$name.log" "$LOGS/$name.log.1"
+  fi
   # (fd 8/9 are our lock files: the daemons must not inherit them)
   setsid "$BIN_DIR/$name" $(component_args "$name") >>"$LOGS/$name.log" 2>&1 </dev/null 8>&- 9>&- &
   echo $! >"$RUN/$name.pid"
@@ -426,6 +470,7 @@ all_healthy() {
   local name
   for name in "${COMPONENTS[@]}"; do
     [[ -n "$(component_pid "$name")" ]] || return 1
+    ! component_outdated "$name" || return 1
   done
   apiserver_ready >/dev/null 2>&1 && default_sa_exists >/dev/null 2>&1 && fake_nodes_ready 2>/dev/null
 }
@@ -452,6 +497,7 @@ cmd_up() {
   fi
   gen_pki
   STARTED=()
+  restart_changed
 
   start_component etcd
   wait_for etcd 60 etcd_healthy
@@ -508,12 +554,17 @@ cmd_clean() {
   log "removed $STATE"
 }
 
-case "${1:-}" in
-  up) cmd_up ;;
-  down) cmd_down ;;
-  env) cmd_env ;;
-  status) cmd_status ;;
-  build) build_all ;;
-  clean) cmd_clean ;;
-  *) echo "usage: $0 up|down|env|status|build|clean" >&2; exit 2 ;;
-esac
+# Everything is parsed before anything runs (safe against edits of this file
+# while it runs).
+main() {
+  case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    env) cmd_env ;;
+    status) cmd_status ;;
+    build) build_all ;;
+    clean) cmd_clean ;;
+    *) echo "usage: $0 up|down|env|status|build|clean" >&2; exit 2 ;;
+  esac
+}
+main "$@"; exit $?
