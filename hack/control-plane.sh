@@ -126,7 +126,8 @@ build_kube() {
 # go_install_to <bin dir> <binary name> <pkg@version> [extra ldflags]
 go_install_to() {
   local bindir="$1" name="$2" pkg="$3" ldflags="-s -w ${4:-}"
-  [[ -x "$bindir/$name" ]] && return 0
+  local stamp="$pkg $ldflags"
+  [[ -x "$bindir/$name" && "$(cat "$bindir/.$name.stamp" 2>/dev/null)" == "$stamp" ]] && return 0
   go_env
   local t0; t0="$(now)"
   log "installing $pkg"
@@ -134,6 +135,7 @@ go_install_to() {
   (cd "$STRATA_CACHE" && GOBIN="$bindir.tmp.$$" "$GO" install -trimpath -ldflags="$ldflags" "$pkg") \
     >"$bindir/../build.log" 2>&1 8>&- || { tail -30 "$bindir/../build.log" >&2; rm -rf "$bindir.tmp.$$"; die "go install $pkg failed"; }
   mv "$bindir.tmp.$$/$name" "$bindir/$name"; rm -rf "$bindir.tmp.$$"
+  echo "$stamp" >"$bindir/.$name.stamp"
   log "installed $name in $(elapsed "$t0")"
 }
 
