@@ -69,8 +69,7 @@ async def _turn(conv: Conversations, session_id: str, message: str, tenant: str 
 
 
 def _conv(services: Services) -> Conversations:
-    conv: Conversations = services.extras["conversations"]
-    return conv
+    return services.conversations
 
 
 async def _settle(conv: Conversations) -> None:
