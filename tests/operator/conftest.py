@@ -39,7 +39,9 @@ def kubeconfig() -> str:
 @pytest.fixture(scope="session")
 def kubectl(kubeconfig: str) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run kubectl against the control plane: kubectl("get", "pods", check=False)."""
-    binary = shutil.which("kubectl")
+    # hack/control-plane.sh keeps its kubectl in bin/ beside the kubeconfig.
+    beside = Path(kubeconfig).parent / "bin" / "kubectl"
+    binary = shutil.which("kubectl") or (str(beside) if beside.is_file() else None)
     if binary is None:
         pytest.fail(f"kubectl is not on PATH: {HOW_TO_START}", pytrace=False)
 

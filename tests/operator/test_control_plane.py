@@ -16,9 +16,7 @@ pytestmark = pytest.mark.operator
 APP_LABEL = "strata-cp-test"
 
 
-def wait_until(
-    predicate: Callable[[], Any], timeout: float = 60, what: str = "", interval: float = 0.5
-) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str = "", interval: float = 0.5) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -41,9 +39,7 @@ def deployment(name: str, replicas: int) -> client.V1Deployment:
                 spec=client.V1PodSpec(
                     # Only kwok's fake nodes can "run" pods here.
                     node_selector={"type": "kwok"},
-                    tolerations=[
-                        client.V1Toleration(key="kwok.x-k8s.io/node", operator="Exists", effect="NoSchedule")
-                    ],
+                    tolerations=[client.V1Toleration(key="kwok.x-k8s.io/node", operator="Exists", effect="NoSchedule")],
                     containers=[client.V1Container(name="app", image="registry.invalid/strata/fake:1")],
                 ),
             ),
@@ -111,9 +107,7 @@ def test_deployment_reaches_two_ready_pods(k8s_client: client.ApiClient, namespa
     assert {p.metadata.owner_references[0].name for p in pods} == {rss[0].metadata.name}
 
 
-def test_deleting_deployment_garbage_collects_replicaset_and_pods(
-    k8s_client: client.ApiClient, namespace: str
-) -> None:
+def test_deleting_deployment_garbage_collects_replicaset_and_pods(k8s_client: client.ApiClient, namespace: str) -> None:
     apps = client.AppsV1Api(k8s_client)
     core = client.CoreV1Api(k8s_client)
     apps.create_namespaced_deployment(namespace, deployment("gc", replicas=2))
@@ -151,9 +145,7 @@ def test_rbac_is_enforced(kubectl: Callable[..., Any], k8s_client: client.ApiCli
         namespace,
         client.V1Role(
             metadata=client.V1ObjectMeta(name="deployer"),
-            rules=[
-                client.V1PolicyRule(api_groups=["apps"], resources=["deployments"], verbs=["create", "get"])
-            ],
+            rules=[client.V1PolicyRule(api_groups=["apps"], resources=["deployments"], verbs=["create", "get"])],
         ),
     )
     rbac.create_namespaced_role_binding(
