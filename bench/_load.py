@@ -6,6 +6,10 @@
 Each of `concurrency` workers keeps one keep-alive connection and sends requests back to
 back. Prints one JSON object: completed, errors, rps, latency p50/p99 ms and, for every
 response, time to the first body byte (TTFT for SSE streams) p50/p99 ms.
+
+Imported by the benchmarks (bench/gateway.py, bench/cache.py) for what they share around the
+load generator: `run_load` (spawns this file as its own process), per-process-tree CPU and
+RSS from /proc, and the `LiteLLM` proxy peer.
 """
 
 from __future__ import annotations
@@ -13,9 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 import httptools
+
+ROOT = Path(__file__).resolve().parents[1]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class _Conn(asyncio.Protocol):
@@ -102,6 +115,113 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     return {"completed": len(lat), "completed_incl_warmup": total[0], "errors": len(errors), "rps": len(lat) / measured,
             "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "ttft_p50_ms": pct(ttft, 50),
             "ttft_p99_ms": pct(ttft, 99), "measured_s": measured}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the benchmark drivers (parent process side)
+# ---------------------------------------------------------------------------------------------
+
+
+def run_load(port: int, body: dict[str, Any], *, headers: tuple[str, ...] = (), concurrency: int = 1,
+             duration: float = 4.0, warmup: float = 0.5, path: str = "/v1/chat/completions") -> dict[str, Any]:
+    """Run this load generator in its own process against 127.0.0.1:port; its JSON result."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--port", str(port), "--path", path,
+           "--body", json.dumps(body), "--concurrency", str(concurrency), "--duration", str(duration),
+           "--warmup", str(warmup)]
+    for header in headers:
+        cmd += ["--header", header]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + warmup + 60).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and all its descendants, from /proc."""
+    total = 0.0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+            for task in Path(f"/proc/{p}/task").iterdir():
+                children = (task / "children").read_text().split()
+                stack.extend(int(c) for c in children)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measured_load(port: int, pid: int, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    """`run_load` plus the server's CPU ms per request (all requests, warm-up included) and RSS."""
+    cpu0 = tree_cpu_seconds(pid)
+    load = run_load(port, body, **kw)
+    cpu = tree_cpu_seconds(pid) - cpu0
+    load["cpu_ms_per_req"] = cpu * 1000 / max(1, load["completed_incl_warmup"])
+    load["rss_mb"] = rss_mb(pid)
+    return load
+
+
+class LiteLLM:
+    """The LiteLLM proxy (pinned, own venv via bench/setup_litellm.sh), one worker, no DB, one model."""
+
+    def __init__(self, upstream_base_url: str, workdir: Path, master_key: str,
+                 litellm_settings: dict[str, Any] | None = None):
+        python = subprocess.run(["bash", str(ROOT / "bench" / "setup_litellm.sh")], check=True,
+                                capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        self.port = _free_port()
+        self.key = master_key
+        config = workdir / f"litellm-{self.port}.yaml"
+        config.write_text(json.dumps({
+            "model_list": [{"model_name": "gpt-4o-mini", "litellm_params": {
+                "model": "openai/gpt-4o-mini", "api_base": upstream_base_url, "api_key": "sk-bench"}}],
+            "litellm_settings": {"callbacks": [], "num_retries": 0, "drop_params": True,
+                                 **(litellm_settings or {})},
+            "general_settings": {"master_key": master_key, "dangerously_permit_weak_or_unset_master_key": True},
+        }))
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+        litellm_bin = str(Path(python).parent / "litellm")
+        log_path = workdir / f"litellm-{self.port}.log"
+        self.log = log_path.open("wb")
+        self.process = subprocess.Popen([litellm_bin, "--config", str(config), "--port", str(self.port),
+                                         "--host", "127.0.0.1", "--num_workers", "1"],
+                                        env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"litellm exited: {log_path.read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health/liveliness", timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError("litellm did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def main() -> None:

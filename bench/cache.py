@@ -1,9 +1,20 @@
 """Response-cache benchmarks; JSON lines on stdout, a human table on stderr.
 
-    .venv/bin/python bench/cache.py index        # semantic lookup latency + recall, numpy vs milvus-lite
-    .venv/bin/python bench/cache.py calibrate    # banking77 hit / wrong-hit rates per threshold
-    .venv/bin/python bench/cache.py lookup       # in-process exact / semantic hit latency of CacheService
+    .venv/bin/python bench/cache.py                 # default, ~2 min: http + lookup + index (10k, 100k)
+    .venv/bin/python bench/cache.py http [--duration 3] [--rounds 1] [--no-litellm]
+    .venv/bin/python bench/cache.py index [--million] [--milvus]   # numpy (+ milvus-lite) lookup + recall
+    .venv/bin/python bench/cache.py calibrate       # banking77 hit / wrong-hit rates per threshold (~1 min)
+    .venv/bin/python bench/cache.py lookup          # in-process exact / semantic hit latency of CacheService
+    .venv/bin/python bench/cache.py --long          # everything, 1M entries and milvus-lite included
 
+HTTP: the fake upstream, a Strata runtime (one process, cache on, memory backend, local MiniLM
+embedder, API-key auth) and the LiteLLM proxy (bench/setup_litellm.sh, one worker, `cache: true`
+with its local in-memory cache), all on loopback; each answer is primed once, then the raw-socket
+load generator (bench/_load.py, its own process) repeats it. Scenarios: exact hit (the same body)
+and semantic hit (a paraphrase of the primed question, which never becomes an exact entry) at
+concurrency 1 and 32, interleaved Strata / LiteLLM in the same run. LiteLLM has no in-process
+semantic cache (its semantic caches need Redis Stack or Qdrant), so the semantic rows are compared
+with its exact hit. Every run checks that the upstream saw no request (all answers were hits).
 Index: per-partition numpy brute force (what the cache uses) vs milvus-lite FLAT, queries are
 perturbed copies of stored vectors; recall@1 is measured against an exact float64 brute force.
 Calibration: banking77 test split, same-intent pairs (should hit) vs cross-intent pairs (must
@@ -12,6 +23,7 @@ miss), cosine from the real local embedder, with and without the hit guard.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import json
@@ -21,13 +33,24 @@ import resource
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 BANKING = ROOT.parent / "shared" / "data" / "banking77"
+sys.path.insert(0, str(ROOT))
+
+from bench._load import LiteLLM, measured_load  # noqa: E402
+
+KEY = "bench-key-0123456789"
+SYSTEM = {"role": "system", "content": "You are a concise banking assistant."}
+PRIMED = "How do I reset my online banking password?"
+PARAPHRASE = "How can I reset my online banking password?"
+HTTP_SCENARIOS = [("exact", 1), ("exact", 32), ("semantic", 1), ("semantic", 32)]
 
 
 def emit(record: dict) -> None:
@@ -116,12 +139,12 @@ def bench_calibrate(pairs: int = 3000) -> None:
         by_intent.setdefault(c, []).append(i)
     rnd = random.Random(77)
     intents = sorted(by_intent)
-    same = []
+    same: list[tuple[int, int]] = []
     while len(same) < pairs:
         members = by_intent[rnd.choice(intents)]
         a, b = rnd.sample(members, 2)
         same.append((a, b))
-    cross = []
+    cross: list[tuple[int, int]] = []
     while len(cross) < pairs:
         a, b = rnd.randrange(len(rows)), rnd.randrange(len(rows))
         if rows[a][1] != rows[b][1]:
@@ -214,17 +237,144 @@ async def bench_lookup(iterations: int = 300) -> None:
     await embedder.close()
 
 
+# --- end to end over HTTP: Strata's cache hits vs LiteLLM's -------------------------------------
+
+
+def chat_body(text: str) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "temperature": 0, "max_tokens": 64,
+            "messages": [SYSTEM, {"role": "user", "content": text}]}
+
+
+def post(port: int, body: dict[str, Any], key: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=json.dumps(body).encode(),
+                                     method="POST", headers={"content-type": "application/json",
+                                                             "authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.status, {k.lower(): v for k, v in response.headers.items()}, json.loads(response.read())
+
+
+def start_strata(upstream_base_url: str, workdir: Path) -> Any:
+    from tests.support.runtime_process import RuntimeProcess
+
+    config = {
+        "server": {"drainSeconds": 5},
+        "auth": {"mode": "apiKey", "apiKeys": [{"tenant": "bench", "keyEnv": "BENCH_KEY"}]},
+        "stores": {"redis": {"backend": "memory"}, "sql": {"backend": "sqlite", "sqlitePath": str(workdir / "s.db")},
+                   "vectors": {"backend": "memory"}},
+        "embedder": {"provider": "local", "model": "all-MiniLM-L6-v2", "timeoutSeconds": 10},
+        "cache": {"enabled": True, "backend": "memory", "exact": {"enabled": True, "ttlSeconds": 3600},
+                  "semantic": {"enabled": True, "ttlSeconds": 3600, "maxTemperature": 0}},
+        "models": [{"name": "gpt-4o-mini", "provider": "openai", "baseUrl": upstream_base_url, "apiKeyEnv": "UP_KEY",
+                    "maxRetries": 0, "pricing": {"inputPer1M": 0.15, "outputPer1M": 0.6}}],
+    }
+    return RuntimeProcess(config, workdir, env={"BENCH_KEY": KEY, "UP_KEY": "sk-bench",
+                                                "STRATA_LOG_LEVEL": "WARNING"}).start(timeout=120)
+
+
+def bench_http(duration: float, rounds: int, with_litellm: bool) -> None:
+    from tests.support.fixtures import UpstreamServer
+
+    workdir = Path(tempfile.mkdtemp(prefix="strata-bench-cache-"))
+    upstream = UpstreamServer().start()
+    strata = start_strata(upstream.base_url, workdir)
+    litellm: LiteLLM | None = None
+    try:
+        # Prime: one miss each, then check that the scenario's request is the hit it claims to be.
+        _, headers, _ = post(strata.port, chat_body(PRIMED), KEY)
+        assert headers["x-strata-cache"] == "miss", headers
+        for kind, text in (("exact", PRIMED), ("semantic", PARAPHRASE)):
+            _, headers, _ = post(strata.port, chat_body(text), KEY)
+            assert headers["x-strata-cache"] == f"hit_{kind}", (kind, headers)
+        targets: dict[str, tuple[int, int, str]] = {"strata": (strata.port, strata.process.pid, KEY)}
+        if with_litellm:
+            started = time.monotonic()
+            litellm = LiteLLM(upstream.base_url, workdir, f"sk-{KEY}",
+                              {"cache": True, "cache_params": {"type": "local"}})
+            print(f"litellm started in {time.monotonic() - started:.1f}s", file=sys.stderr)
+            targets["litellm"] = (litellm.port, litellm.process.pid, litellm.key)
+            calls = upstream.stats()["requests_total"]
+            post(litellm.port, chat_body(PRIMED), litellm.key)
+            post(litellm.port, chat_body(PRIMED), litellm.key)
+            assert upstream.stats()["requests_total"] == calls + 1, "LiteLLM did not answer the repeat from its cache"
+        results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        for _ in range(rounds):
+            for kind, conc in HTTP_SCENARIOS:
+                for name, (port, pid, key) in targets.items():
+                    if name == "litellm" and kind == "semantic":
+                        continue  # no in-process semantic cache: compared with its exact hit below
+                    calls = upstream.stats()["requests_total"]
+                    load = measured_load(port, pid, chat_body(PRIMED if kind == "exact" else PARAPHRASE),
+                                         headers=(f"authorization: Bearer {key}",), concurrency=conc,
+                                         duration=duration)
+                    load["upstream_calls"] = upstream.stats()["requests_total"] - calls
+                    results.setdefault((name, kind, conc), []).append(load)
+    finally:
+        strata.stop()
+        if litellm is not None:
+            litellm.stop()
+        upstream.stop()
+    report_http(results)
+
+
+def report_http(results: dict[tuple[str, str, int], list[dict[str, Any]]]) -> None:
+    def median(runs: list[dict[str, Any]], key: str) -> float:
+        values = sorted(r[key] for r in runs)
+        return float(values[len(values) // 2])
+
+    keys = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req", "rss_mb", "errors", "upstream_calls")
+    summary = {k: {m: median(runs, m) for m in keys} for k, runs in results.items()}
+    print(f"{'gateway':8} {'hit':9} {'conc':>4} {'rps':>7} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10} "
+          f"{'rss MB':>7} {'err':>4} {'upstream':>8}", file=sys.stderr)
+    for (name, kind, conc), s in sorted(summary.items(), key=lambda x: (x[0][1], x[0][2], x[0][0] != "strata")):
+        emit({"bench": "cache_hit_http", "gateway": name, "hit": kind, "concurrency": conc,
+              **{k: round(v, 3) for k, v in s.items()}})
+        print(f"{name:8} {kind:9} {conc:>4} {s['rps']:>7.0f} {s['p50_ms']:>8.3f} {s['p99_ms']:>8.2f} "
+              f"{s['cpu_ms_per_req']:>10.3f} {s['rss_mb']:>7.0f} {s['errors']:>4.0f} {s['upstream_calls']:>8.0f}",
+              file=sys.stderr)
+    for kind, conc in HTTP_SCENARIOS:
+        ours, peer = summary.get(("strata", kind, conc)), summary.get(("litellm", "exact", conc))
+        if ours is None or peer is None:
+            continue
+        ratio = {"rps_x": ours["rps"] / max(peer["rps"], 1e-9),
+                 "p50_x_faster": peer["p50_ms"] / max(ours["p50_ms"], 1e-9),
+                 "cpu_x_less": peer["cpu_ms_per_req"] / max(ours["cpu_ms_per_req"], 1e-9)}
+        emit({"bench": "cache_hit_http", "ratio": f"strata {kind} hit / litellm exact hit", "concurrency": conc,
+              **{k: round(v, 2) for k, v in ratio.items()}})
+        print(f"ratio strata {kind:8} vs litellm exact  c={conc:<3} rps x{ratio['rps_x']:.1f}  "
+              f"p50 x{ratio['p50_x_faster']:.1f} faster  cpu x{ratio['cpu_x_less']:.1f} less", file=sys.stderr)
+    exact = summary.get(("strata", "exact", 1))
+    if exact is not None:
+        print(f"target exact hit p50 <= 1 ms through HTTP: {exact['p50_ms']:.3f} ms "
+              f"({'met' if exact['p50_ms'] <= 1.0 else 'NOT met'})", file=sys.stderr)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", nargs="*", help="http, lookup, index, calibrate (default: http lookup index)")
+    parser.add_argument("--long", action="store_true", help="everything: calibrate, 1M entries, milvus-lite")
+    parser.add_argument("--million", action="store_true", help="index: add 1M entries (~1.5 GB, a few minutes)")
+    parser.add_argument("--milvus", action="store_true", help="index: milvus-lite at 10k and 100k too")
+    parser.add_argument("--duration", type=float, default=3.0, help="http: seconds measured per cell")
+    parser.add_argument("--rounds", type=int, default=1, help="http: interleaved repetitions (medians)")
+    parser.add_argument("--no-litellm", action="store_true")
+    args = parser.parse_args()
+    unknown = set(args.what) - {"http", "lookup", "index", "calibrate"}
+    if unknown:
+        parser.error(f"unknown benchmark {sorted(unknown)[0]!r}")
     threadpool_limits(1, user_api="blas")
-    what = sys.argv[1:] or ["index", "calibrate", "lookup"]
+    what = args.what or (["http", "lookup", "index", "calibrate"] if args.long else ["http", "lookup", "index"])
+    if "http" in what:
+        bench_http(args.duration, args.rounds, not args.no_litellm)
+    if "lookup" in what:
+        asyncio.run(bench_lookup())
     if "index" in what:
-        sizes = [int(s) for s in os.environ.get("BENCH_SIZES", "10000,100000,1000000").split(",")]
-        milvus = [int(s) for s in os.environ.get("BENCH_MILVUS_SIZES", "10000,100000").split(",") if s]
+        default_sizes = "10000,100000,1000000" if args.long or args.million else "10000,100000"
+        sizes = [int(s) for s in os.environ.get("BENCH_SIZES", default_sizes).split(",")]
+        default_milvus = "10000,100000" if args.long or args.milvus else ""
+        milvus = [int(s) for s in os.environ.get("BENCH_MILVUS_SIZES", default_milvus).split(",") if s]
         bench_index(sizes, milvus)
     if "calibrate" in what:
         bench_calibrate()
-    if "lookup" in what:
-        asyncio.run(bench_lookup())
 
 
 if __name__ == "__main__":

@@ -16,47 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._load import LiteLLM, measured_load  # noqa: E402
 from tests.support.fixtures import UpstreamServer  # noqa: E402
-from tests.support.runtime_process import RuntimeProcess, free_port  # noqa: E402
+from tests.support.runtime_process import RuntimeProcess  # noqa: E402
 
 KEY = "bench-key-0123456789"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SCENARIOS = [("json", 1), ("json", 32), ("stream", 1), ("stream", 32)]
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    total = 0.0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-            for task in Path(f"/proc/{p}/task").iterdir():
-                children = (task / "children").read_text().split()
-                stack.extend(int(c) for c in children)
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def start_strata(upstream: UpstreamServer, workdir: Path) -> RuntimeProcess:
@@ -73,54 +47,12 @@ def start_strata(upstream: UpstreamServer, workdir: Path) -> RuntimeProcess:
                                                 "STRATA_LOG_LEVEL": "WARNING"}).start()
 
 
-class LiteLLM:
-    def __init__(self, upstream: UpstreamServer, workdir: Path):
-        python = subprocess.run(["bash", str(ROOT / "bench" / "setup_litellm.sh")], check=True,
-                                capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        self.port = free_port()
-        config = workdir / "litellm.yaml"
-        config.write_text(json.dumps({
-            "model_list": [{"model_name": "gpt-4o-mini", "litellm_params": {
-                "model": "openai/gpt-4o-mini", "api_base": upstream.base_url, "api_key": "sk-bench"}}],
-            "litellm_settings": {"callbacks": [], "num_retries": 0, "drop_params": True},
-            "general_settings": {"master_key": f"sk-{KEY}", "dangerously_permit_weak_or_unset_master_key": True},
-        }))
-        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-        litellm_bin = str(Path(python).parent / "litellm")
-        self.log = (workdir / "litellm.log").open("wb")
-        self.process = subprocess.Popen([litellm_bin, "--config", str(config), "--port", str(self.port),
-                                         "--host", "127.0.0.1", "--num_workers", "1"],
-                                        env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"litellm exited: {(workdir / 'litellm.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health/liveliness", timeout=2).read()
-                return
-            except OSError:
-                time.sleep(0.5)
-        raise TimeoutError("litellm did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
-def run_load(port: int, key: str, kind: str, concurrency: int, duration: float) -> dict[str, Any]:
+def request_body(kind: str) -> dict[str, Any]:
     body: dict[str, Any] = {"model": "gpt-4o-mini", "max_tokens": 16,
                             "messages": [{"role": "user", "content": "hello from the gateway benchmark"}]}
     if kind == "stream":
         body["stream"] = True
-    cmd = [sys.executable, str(ROOT / "bench" / "_load.py"), "--port", str(port), "--body", json.dumps(body),
-           "--header", f"authorization: Bearer {key}", "--concurrency", str(concurrency),
-           "--duration", str(duration), "--warmup", "0.5"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + 60).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return body
 
 
 def main() -> None:
@@ -137,7 +69,7 @@ def main() -> None:
     litellm: LiteLLM | None = None
     if not args.no_litellm:
         started = time.monotonic()
-        litellm = LiteLLM(upstream, workdir)
+        litellm = LiteLLM(upstream.base_url, workdir, f"sk-{KEY}")
         print(f"litellm started in {time.monotonic() - started:.1f}s", file=sys.stderr)
         targets["litellm"] = (litellm.port, litellm.process.pid, f"sk-{KEY}")
     results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
@@ -145,11 +77,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for kind, conc in SCENARIOS:
                 for name, (port, pid, key) in targets.items():
-                    cpu0 = tree_cpu_seconds(pid)
-                    load = run_load(port, key, kind, conc, args.duration)
-                    cpu = tree_cpu_seconds(pid) - cpu0
-                    load["cpu_ms_per_req"] = cpu * 1000 / max(1, load["completed_incl_warmup"])
-                    load["rss_mb"] = rss_mb(pid)
+                    load = measured_load(port, pid, request_body(kind), headers=(f"authorization: Bearer {key}",),
+                                         concurrency=conc, duration=args.duration)
                     results.setdefault((name, kind, conc), []).append(load)
     finally:
         strata.stop()
