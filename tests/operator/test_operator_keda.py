@@ -81,7 +81,7 @@ def test_with_keda_installed_a_scaled_object_replaces_the_hpa(kubectl: Kubectl, 
     assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (2, 7)
     assert {t["name"] for t in so["spec"]["triggers"]} == {"active-sessions", "pending-requests"}
     assert get_json(kubectl, "-n", namespace, "horizontalpodautoscaler", "support") is None
-    deployment = get_json(kubectl, "-n", namespace, "deployment", "support")
+    deployment = get_json(kubectl, "-n", namespace, "deployment", "support", "--show-managed-fields")
     managers = {
         f["manager"]
         for f in deployment["metadata"]["managedFields"]
