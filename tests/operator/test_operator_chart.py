@@ -43,3 +43,16 @@ def test_namespaced_install_renders_one_role_per_namespace() -> None:
     [deployment] = [d for d in docs if d["kind"] == "Deployment"]
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["STRATA_WATCH_NAMESPACES"] == "a,b"
+
+
+def test_kustomize_base_and_samples_build() -> None:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is not on PATH"
+    root = Path(CHART).parents[1]
+    for path in ("manifests/base", "manifests/samples"):
+        result = subprocess.run([kubectl, "kustomize", str(root / path)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+    base = [d for d in yaml.safe_load_all(subprocess.run(
+        [kubectl, "kustomize", str(root / "manifests/base")], capture_output=True, text=True, check=True).stdout) if d]
+    crds = {d["metadata"]["name"] for d in base if d["kind"] == "CustomResourceDefinition"}
+    assert {"agentdeployments.strata.dev", "cachepolicies.strata.dev", "routingpolicies.strata.dev"} <= crds
