@@ -35,7 +35,9 @@ def test_cluster_wide_install_renders_cluster_roles_and_the_peering() -> None:
 
 
 def test_namespaced_install_renders_one_role_per_namespace() -> None:
-    result = helm("template", "strata", CHART, "-n", "strata-system", "--kube-version", "1.35.0", "--set", "watchNamespaces={a,b}")
+    result = helm(
+        "template", "strata", CHART, "-n", "strata-system", "--kube-version", "1.35.0", "--set", "watchNamespaces={a,b}"
+    )
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     roles = sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role")
@@ -52,7 +54,14 @@ def test_kustomize_base_and_samples_build() -> None:
     for path in ("manifests/base", "manifests/samples"):
         result = subprocess.run([kubectl, "kustomize", str(root / path)], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
-    base = [d for d in yaml.safe_load_all(subprocess.run(
-        [kubectl, "kustomize", str(root / "manifests/base")], capture_output=True, text=True, check=True).stdout) if d]
+    base = [
+        d
+        for d in yaml.safe_load_all(
+            subprocess.run(
+                [kubectl, "kustomize", str(root / "manifests/base")], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        if d
+    ]
     crds = {d["metadata"]["name"] for d in base if d["kind"] == "CustomResourceDefinition"}
     assert {"agentdeployments.strata.dev", "cachepolicies.strata.dev", "routingpolicies.strata.dev"} <= crds
