@@ -128,6 +128,7 @@ def test_a_cache_hit_is_recorded_in_usage_at_cost_zero_with_the_savings_counted_
         http: httpx.Client, openai_upstream: UpstreamServer) -> None:
     agent = f"usage-{uuid.uuid4().hex[:8]}"
     text = unique("please summarise my last three card payments")
+    saved_before = cache_stats(http)["saved"]
     first = chat(http, text, headers={"x-strata-agent-id": agent})
     second = chat(http, text, headers={"x-strata-agent-id": agent})
     assert (first.headers["x-strata-cache"], second.headers["x-strata-cache"]) == ("miss", "hit_exact")
@@ -145,6 +146,9 @@ def test_a_cache_hit_is_recorded_in_usage_at_cost_zero_with_the_savings_counted_
     assert (totals["saved_prompt_tokens"], totals["saved_completion_tokens"]) == (prompt, completion)
     assert totals["saved_cost"] == pytest.approx(cost, abs=1e-12)
     assert [i["model"] for i in usage["items"]] == ["gpt-4o-mini"]
+    saved = cache_stats(http)["saved"]  # the cache's own counters agree with usage
+    assert saved["prompt_tokens"] - saved_before["prompt_tokens"] == prompt
+    assert saved["completion_tokens"] - saved_before["completion_tokens"] == completion
 
 
 def test_a_streamed_answer_is_replayed_from_the_cache_as_the_same_sse_chunks(

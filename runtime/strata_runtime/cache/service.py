@@ -121,11 +121,11 @@ class CacheService:
             hit, vector, client = await self._lookup(plan, client)
             if hit is not None:
                 response, kind = hit
-                return response, self._count_hit(kind, response)
+                return response, self._count_hit(kind, response, plan.keys.model)
             flight = self._flights.get(plan.keys.exact)
             if flight is not None:
                 completion = await flight.wait_done()
-                return completion, self._count_hit("hit_coalesced", completion)
+                return completion, self._count_hit("hit_coalesced", completion, plan.keys.model)
         return await self._lead_complete(plan, client, vector, compute)
 
     async def stream(self, body: JSON, ctx: CallContext,
@@ -142,10 +142,10 @@ class CacheService:
                 stored, kind = hit
                 chunks = streams.for_replay(stored.get("_chunks") or streams.synthesise(stored["response"]),
                                             stored["response"], include_usage)
-                return _iterate(chunks), self._count_hit(kind, stored["response"])
+                return _iterate(chunks), self._count_hit(kind, stored["response"], plan.keys.model)
             flight = self._flights.get(plan.keys.exact)
             if flight is not None:
-                self._count_hit("hit_coalesced", None)
+                self._count_hit("hit_coalesced", None, plan.keys.model)
                 return self._follow(flight, include_usage), "hit_exact"
         flight = Flight(streaming=True)
         if not plan.controls.no_cache:
@@ -305,7 +305,7 @@ class CacheService:
                 locked, waited = await self._cross_pod_wait(plan, client, token)
                 if waited is not None:
                     flight.finish(completion=waited)
-                    return waited, self._count_hit("hit_exact", waited)
+                    return waited, self._count_hit("hit_exact", waited, plan.keys.model)
             self.stats.misses += 1
             self._observe("miss")
             try:
@@ -473,7 +473,8 @@ class CacheService:
         self._observe(result)
         return result
 
-    def _count_hit(self, kind: str, response: JSON | None) -> CacheResult:
+    def _count_hit(self, kind: str, response: JSON | None, model: str) -> CacheResult:
+        """Count a hit and what it saved, priced at the logical model asked for (the gateway's too)."""
         if kind == "hit_semantic":
             self.stats.hits_semantic += 1
         elif kind == "hit_coalesced":
@@ -488,7 +489,7 @@ class CacheService:
         self.stats.completion_tokens_saved += completion
         cost = 0.0
         if self.pricing is not None and response is not None:
-            per_in, per_out = self.pricing(str(response.get("model", "")))
+            per_in, per_out = self.pricing(model)
             cost = (prompt * per_in + completion * per_out) / 1e6
             self.stats.cost_saved_usd += cost
         if self.metrics is not None:
