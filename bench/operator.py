@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -151,7 +152,12 @@ def run_one(count: int, *, api: client.ApiClient, kubeconfig: str, idle_seconds:
     return results
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(143)  # run the `finally` clean-ups: operator process, namespace, bench nodes
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="100,1000")
     parser.add_argument("--idle-seconds", type=float, default=30)

@@ -116,19 +116,19 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
 
     # ---- indexes ---------------------------------------------------------------------------
     @kopf.index(GROUP, VERSION, "cachepolicies", id="cache_policies", registry=registry)
-    def cache_policies(*, name: str, namespace: str | None, spec: Any, meta: Any, **_: Any) -> dict[Any, Any]:
+    async def cache_policies(*, name: str, namespace: str | None, spec: Any, meta: Any, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): {"spec": dict(spec), "generation": meta.get("generation")}}
 
     @kopf.index(GROUP, VERSION, "routingpolicies", id="routing_policies", registry=registry)
-    def routing_policies(*, name: str, namespace: str | None, spec: Any, meta: Any, **_: Any) -> dict[Any, Any]:
+    async def routing_policies(*, name: str, namespace: str | None, spec: Any, meta: Any, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): {"spec": dict(spec), "generation": meta.get("generation")}}
 
     @kopf.index(*AD, id="agents", registry=registry)
-    def agents(*, body: Any, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
+    async def agents(*, body: Any, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): _snapshot(body)}
 
     @kopf.index(*AD, id="agents_by_ref", registry=registry)
-    def agents_by_ref(*, name: str, namespace: str | None, spec: Any, **_: Any) -> dict[Any, Any]:
+    async def agents_by_ref(*, name: str, namespace: str | None, spec: Any, **_: Any) -> dict[Any, Any]:
         return {(namespace, kind, ref): name for kind, ref in _references(spec)}
 
     def controller_of(memo: Any) -> Controller:
