@@ -66,8 +66,11 @@ def _validation_message(e: ValidationError) -> str:
 
 
 class Controller:
-    def __init__(self, kube: Kube):
+    def __init__(self, kube: Kube, *, max_concurrent: int = 32):
         self.kube = kube
+        # Bounded: 1,000 reconciles at once all finish late (and starve the connection pool);
+        # 32 at a time finish in arrival order.
+        self.slots = asyncio.Semaphore(max_concurrent)
         self.locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.rendered: dict[Key, Rendered] = {}
         self.written: dict[Key, Obj] = {}
@@ -82,7 +85,7 @@ class Controller:
     async def reconcile_agent(self, body: Obj, cache_policy: PolicyLookup, routing_policy: PolicyLookup) -> Outcome:
         meta = body["metadata"]
         key: Key = (meta["namespace"], meta["name"])
-        async with self.locks[key]:
+        async with self.locks[key], self.slots:
             return await self._reconcile(key, body, cache_policy, routing_policy)
 
     async def _reconcile(self, key: Key, body: Obj, cache_policy: PolicyLookup,
