@@ -4,8 +4,12 @@ garbage collection works, and RBAC is enforced."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,3 +179,28 @@ def test_rbac_is_enforced(kubectl: Callable[..., Any], k8s_client: client.ApiCli
     forbidden = kubectl("-n", namespace, "create", "configmap", "x", f"--as={nobody}", check=False)
     assert forbidden.returncode != 0
     assert "forbidden" in forbidden.stderr.lower(), forbidden.stderr
+
+
+def test_helm_install_waits_for_ready_pods(kubeconfig: str, tmp_path: Path, namespace: str) -> None:
+    """helm (from the control plane's bin dir) installs a chart whose pods kwok runs to Ready."""
+    beside = Path(kubeconfig).parent / "bin" / "helm"
+    helm = shutil.which("helm") or (str(beside) if beside.is_file() else None)
+    assert helm, "helm is neither on PATH nor beside the kubeconfig: run hack/control-plane.sh up"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "HELM_CACHE_HOME": str(tmp_path / "cache"), "HELM_CONFIG_HOME": str(tmp_path / "config")}
+        return subprocess.run(
+            [helm, "--kubeconfig", kubeconfig, *args], capture_output=True, text=True, timeout=120, env=env
+        )
+
+    created = run("create", str(tmp_path / "smoke"))
+    assert created.returncode == 0, created.stderr
+    installed = run(
+        "install", "smoke", str(tmp_path / "smoke"), "-n", namespace, "--wait", "--timeout", "90s",
+        "--set", "image.repository=registry.invalid/strata/fake", "--set", "nodeSelector.type=kwok",
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    status = run("status", "smoke", "-n", namespace)
+    assert "STATUS: deployed" in status.stdout, status.stdout
+    uninstalled = run("uninstall", "smoke", "-n", namespace, "--wait")
+    assert uninstalled.returncode == 0, uninstalled.stderr
