@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from strata_operator import status as st
-from strata_operator.k8s import ApiError, Kube
+from strata_operator.k8s import ApiError, Kube, NotFound
 from strata_operator.models import API_VERSION, AgentDeploymentSpec, CachePolicySpec, RoutingPolicySpec
 from strata_operator.reconcile import (
     Desired,
@@ -131,7 +131,11 @@ class Controller:
     async def _write(self, key: Key, owner: Owner, previous: Obj, new: Obj) -> None:
         if not st.changed(previous, new):
             return
-        await self.kube.patch_status(API_VERSION, "AgentDeployment", owner.namespace, owner.name, new)
+        try:
+            await self.kube.patch_status(API_VERSION, "AgentDeployment", owner.namespace, owner.name, new)
+        except NotFound:
+            self.forget(key)  # deleted while we worked: nothing to report to
+            return
         self.written[key] = new
 
     async def _inputs(self, owner: Owner, raw_spec: Obj, cache_policy: PolicyLookup,
