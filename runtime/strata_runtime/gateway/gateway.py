@@ -109,14 +109,19 @@ class Gateway:
             raise Draining("this runtime is shutting down; retry on another replica")
 
     # chat -------------------------------------------------------------------------------------
-    async def complete(self, body: dict[str, Any], ctx: CallContext) -> ChatResult:
+    async def _begin(self, body: dict[str, Any], ctx: CallContext, *, stream: bool) -> _Call:
+        """Admission, validation, routing and the rate-limit reservation every call starts with."""
         self._admit()
         validate_chat_body(body)
         if self.cache is None:
             pop_controls(body)  # validated, and never sent upstream, even with no cache configured
         route = self.resolve(body["model"])
         reservation = await self.limiter.acquire(ctx.tenant, ctx.agent_id, estimate_request_tokens(body))
-        call = _Call(route, ctx, reservation, stream=False)
+        return _Call(route, ctx, reservation, stream=stream)
+
+    async def complete(self, body: dict[str, Any], ctx: CallContext) -> ChatResult:
+        call = await self._begin(body, ctx, stream=False)
+        route = call.route
 
         async def compute() -> dict[str, Any]:
             response, call.used = await self.upstreams.call(route, "chat", body)
@@ -143,13 +148,8 @@ class Gateway:
                           cache=call.cache)
 
     async def stream(self, body: dict[str, Any], ctx: CallContext) -> ChatStream:
-        self._admit()
-        validate_chat_body(body)
-        if self.cache is None:
-            pop_controls(body)  # validated, and never sent upstream, even with no cache configured
-        route = self.resolve(body["model"])
-        reservation = await self.limiter.acquire(ctx.tenant, ctx.agent_id, estimate_request_tokens(body))
-        call = _Call(route, ctx, reservation, stream=True)
+        call = await self._begin(body, ctx, stream=True)
+        route = call.route
 
         async def compute() -> AsyncIterator[dict[str, Any]]:
             chunks, call.used = await self.upstreams.call(route, "stream", body)

@@ -11,17 +11,10 @@ from typing import Any
 
 import orjson
 
+from strata_runtime.messages import text_of
+
 PER_MESSAGE = 4
 DEFAULT_COMPLETION_RESERVE = 512  # reserved when the request sets no max_tokens
-
-
-def text_of(message: Any) -> str:
-    content = message.get("content") if isinstance(message, dict) else None
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:

@@ -12,22 +12,13 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
+from strata_runtime.messages import text_of
 from strata_runtime.providers.base import JSON, ProviderError
 
 LABEL = "[offline demo provider, not a real model]"
 _ids = itertools.count(1)
 _WORD = re.compile(r"\w+")
-
-
-def _text(message: Any) -> str:
-    content = message.get("content") if isinstance(message, dict) else None
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
 
 
 class DemoProvider:
@@ -39,12 +30,12 @@ class DemoProvider:
     def _answer(self, body: JSON) -> tuple[str, JSON]:
         messages = body.get("messages") or []
         last = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") in ("user", "tool")), None)
-        said = _text(last) if last else ""
+        said = text_of(last) if last else ""
         if last is not None and last.get("role") == "tool":
             content = f"{LABEL} The tool returned: {said}"
         else:
             content = f"{LABEL} This answer comes from the offline demo provider. You said: {said}"
-        prompt = sum(len(_text(m).split()) + 1 for m in messages)
+        prompt = sum(len(text_of(m).split()) + 1 for m in messages)
         completion = len(content.split())
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         return content, usage
