@@ -49,6 +49,7 @@ class VectorStoreConfig(ConfigModel):
     uri_env: str | None = Field(None, description="Environment variable holding the Milvus URI.")
     token_env: str | None = Field(None, description="Environment variable holding the Milvus token.")
     connect_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    recover_interval_seconds: float = Field(10.0, gt=0, le=3600)
 
 
 class StoresConfig(ConfigModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,7 @@ from typing import Literal
 log = logging.getLogger("strata.stores")
 
 State = Literal["ok", "degraded", "down"]
+Probe = Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -26,6 +28,7 @@ class BackendHealth:
     detail: str = ""
     since: float = field(default_factory=time.time)
     _warned: bool = False
+    _recovery: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def mark_ok(self) -> None:
         if self.state != "ok":
@@ -48,6 +51,33 @@ class BackendHealth:
                 extra={"backend": self.name, "kind": self.kind, "detail": detail},
             )
 
+    async def probe(self, probe: Probe) -> None:
+        """Run one probe of the real backend and record what it said."""
+        try:
+            await probe()
+        except Exception as e:
+            self.mark_failed(e)
+        else:
+            self.mark_ok()
+
+    def keep_recovering(self, probe: Probe, interval_seconds: float) -> None:
+        """Retry the real backend in the background while it is not ok, until `stop_recovering`."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval_seconds)
+                if self.state != "ok":
+                    await self.probe(probe)
+
+        self._recovery = asyncio.create_task(loop(), name=f"{self.name}-recovery")
+
+    async def stop_recovering(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+            self._recovery = None
+
     def as_json(self) -> dict[str, object]:
         return {"kind": self.kind, "state": self.state, "required": self.required, "detail": self.detail}
 
@@ -58,19 +88,3 @@ def _describe(error: BaseException | str) -> str:
     text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     # Connection errors can echo URLs; keep the part before any credentials or query.
     return text.split("@")[-1][:300] if "://" in text else text[:300]
-
-
-async def recover_forever(
-    health: BackendHealth, probe: Callable[[], Awaitable[None]], interval_seconds: float
-) -> None:
-    """Retry the real backend while it is not ok; cancelled at shutdown."""
-    while True:
-        await asyncio.sleep(interval_seconds)
-        if health.state == "ok":
-            continue
-        try:
-            await probe()
-        except Exception as e:
-            health.mark_failed(e)
-        else:
-            health.mark_ok()

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from strata_runtime.config import RedisStoreConfig
-from strata_runtime.stores.health import BackendHealth, recover_forever
+from strata_runtime.stores.health import BackendHealth
 
 RedisClient = Redis | RedisCluster
 
@@ -36,7 +36,6 @@ class RedisConnector:
             self.health.kind = "memory"
             self.health.mark_ok()
         self._client: RedisClient | None = None
-        self._recovery: asyncio.Task[None] | None = None
 
     @property
     def client(self) -> RedisClient | None:
@@ -47,16 +46,8 @@ class RedisConnector:
         if not self.enabled:
             return
         self._client = self._build_client()
-        try:
-            await self.ping()
-        except Exception as e:
-            self.health.mark_failed(e)
-        else:
-            self.health.mark_ok()
-        self._recovery = asyncio.create_task(
-            recover_forever(self.health, self.ping, self.config.recover_interval_seconds),
-            name="redis-recovery",
-        )
+        await self.health.probe(self.ping)
+        self.health.keep_recovering(self.ping, self.config.recover_interval_seconds)
 
     def _build_client(self) -> RedisClient:
         assert self.url is not None
@@ -84,10 +75,7 @@ class RedisConnector:
         return ":".join((self.prefix, *parts))
 
     async def close(self) -> None:
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
+        await self.health.stop_recovering()
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await self._client.aclose()

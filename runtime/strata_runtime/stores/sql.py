@@ -19,7 +19,7 @@ import aiosqlite
 import asyncpg
 
 from strata_runtime.config import SqlStoreConfig
-from strata_runtime.stores.health import BackendHealth, recover_forever
+from strata_runtime.stores.health import BackendHealth
 
 log = logging.getLogger("strata.stores")
 
@@ -125,7 +125,6 @@ class SqlConnector:
         )
         self._postgres: PostgresDatabase | None = None
         self._embedded: SqliteDatabase | None = None
-        self._recovery: asyncio.Task[None] | None = None
 
     @property
     def db(self) -> SqlDatabase:
@@ -142,16 +141,8 @@ class SqlConnector:
         if not self.wants_postgres:
             self.health.mark_ok()
             return
-        try:
-            await self._connect_postgres()
-        except Exception as e:
-            self.health.mark_failed(e)
-        else:
-            self.health.mark_ok()
-        self._recovery = asyncio.create_task(
-            recover_forever(self.health, self._connect_postgres, self.config.recover_interval_seconds),
-            name="sql-recovery",
-        )
+        await self.health.probe(self._connect_postgres)
+        self.health.keep_recovering(self._connect_postgres, self.config.recover_interval_seconds)
 
     async def _connect_postgres(self) -> None:
         if self._postgres is None:
@@ -171,10 +162,7 @@ class SqlConnector:
             self.health.mark_failed(error)
 
     async def close(self) -> None:
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
+        await self.health.stop_recovering()
         for db in (self._postgres, self._embedded):
             if db is not None:
                 with contextlib.suppress(Exception):

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from strata_runtime.config import VectorStoreConfig
-from strata_runtime.stores.health import BackendHealth, recover_forever
+from strata_runtime.stores.health import BackendHealth
 
 log = logging.getLogger("strata.stores")
 
@@ -312,7 +312,6 @@ class VectorConnector:
         )
         self._milvus = MilvusIndex(self.uri, token, config.connect_timeout_seconds) if self.wants_milvus else None
         self._memory = MemoryVectorIndex()
-        self._recovery: asyncio.Task[None] | None = None
         if not self.wants_milvus:
             self.health.mark_ok()
 
@@ -325,15 +324,14 @@ class VectorConnector:
     async def start(self) -> None:
         if self._milvus is None:
             return
-        try:
-            await asyncio.wait_for(self._milvus.ping(), timeout=self.config.connect_timeout_seconds * 3)
-        except Exception as e:
-            self.health.mark_failed(e)
-        else:
-            self.health.mark_ok()
-        self._recovery = asyncio.create_task(
-            recover_forever(self.health, self._milvus.ping, 10.0), name="vectors-recovery"
-        )
+        milvus = self._milvus
+
+        async def ping_within_deadline() -> None:
+            # milvus-lite starts a server process on first use: allow it a few connect timeouts.
+            await asyncio.wait_for(milvus.ping(), timeout=self.config.connect_timeout_seconds * 3)
+
+        await self.health.probe(ping_within_deadline)
+        self.health.keep_recovering(ping_within_deadline, self.config.recover_interval_seconds)
 
     async def ping(self) -> None:
         await self.index.ping()
@@ -343,10 +341,7 @@ class VectorConnector:
             self.health.mark_failed(error)
 
     async def close(self) -> None:
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
+        await self.health.stop_recovering()
         if self._milvus is not None:
             await self._milvus.close()
         await self._memory.close()
