@@ -43,7 +43,7 @@ class SummaryGateway:
         return ChatResult({"choices": [{"message": {"content": "summary of the batch"}}]}, "bench", "bench", "bypass")
 
     async def stream(self, body: dict[str, Any], ctx: CallContext) -> Any:
-        raise NotImplementedError
+        raise RuntimeError("the memory benchmark archives without streaming")
 
 
 async def one_turn(engine: MemoryEngine, tenant: str, sid: str, i: int, owner: str) -> None:
