@@ -8,6 +8,7 @@ triggers from interleaving; every step is idempotent, so a retry is always safe.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from strata_operator import status as st
@@ -75,21 +77,30 @@ class Controller:
         self.rendered: dict[Key, Rendered] = {}
         self.written: dict[Key, Obj] = {}
         self.failed_uses: dict[Key, dict[tuple[str, str], str | None]] = {}
+        self.applied: dict[Key, dict[tuple[str, str], tuple[str, str]]] = {}
+        """Per AgentDeployment: (kind, name) -> (owner uid, digest of the object last applied)."""
+        self.deployments: dict[Key, Obj] = {}
+        """Per AgentDeployment: the rollout-relevant part of its Deployment, last seen."""
 
     def forget(self, key: Key) -> None:
         self.rendered.pop(key, None)
         self.written.pop(key, None)
         self.failed_uses.pop(key, None)
         self.locks.pop(key, None)
+        self.applied.pop(key, None)
+        self.deployments.pop(key, None)
 
-    async def reconcile_agent(self, body: Obj, cache_policy: PolicyLookup, routing_policy: PolicyLookup) -> Outcome:
+    async def reconcile_agent(self, body: Obj, cache_policy: PolicyLookup, routing_policy: PolicyLookup,
+                              *, force: bool = False) -> Outcome:
+        """Render and apply; `force` re-applies objects even when their rendering did not change
+        since the last apply by this process (drift repair, a child deleted by hand)."""
         meta = body["metadata"]
         key: Key = (meta["namespace"], meta["name"])
         async with self.locks[key], self.slots:
-            return await self._reconcile(key, body, cache_policy, routing_policy)
+            return await self._reconcile(key, body, cache_policy, routing_policy, force)
 
     async def _reconcile(self, key: Key, body: Obj, cache_policy: PolicyLookup,
-                         routing_policy: PolicyLookup) -> Outcome:
+                         routing_policy: PolicyLookup, force: bool) -> Outcome:
         meta = body["metadata"]
         generation = int(meta.get("generation") or 0)
         previous = self.written.get(key) or dict(body.get("status") or {})
@@ -103,7 +114,7 @@ class Controller:
             self.failed_uses[key] = uses
             return await self._report(key, owner, previous, generation, error)
         try:
-            deployment = await self._apply(owner, desired)
+            deployment = await self._apply(key, owner, desired, force)
         except ApiError as e:
             await self._report(key, owner, previous, generation, RenderError("ApplyFailed", str(e)))
             raise
@@ -184,21 +195,42 @@ class Controller:
         except ValidationError as e:
             raise RenderError("InvalidPolicy", f"{kind} {name!r} is invalid: {_validation_message(e)}") from None
 
-    async def _apply(self, owner: Owner, desired: Desired) -> Obj | None:
-        config_map, *rest = desired.objects
-        await self.kube.apply(config_map)  # first, so new pods never start without their config
-        results = await asyncio.gather(*(self.kube.apply(obj) for obj in rest))
-        await asyncio.gather(*(self._delete_stale(owner, ref.api_version, ref.kind, ref.name)
-                               for ref in desired.stale))
-        return next((r for r, o in zip(results, rest, strict=True) if o["kind"] == "Deployment"), None)
+    async def _apply(self, key: Key, owner: Owner, desired: Desired, force: bool) -> Obj | None:
+        """Apply what changed since the last apply (everything when `force`); the Deployment as
+        last seen (apply response or watch event) for the status."""
+        applied = self.applied.setdefault(key, {})
+        if force or any(v[0] != owner.uid for v in applied.values()):
+            applied.clear()
+        todo: list[tuple[Obj, str]] = []
+        for obj in desired.objects:
+            digest = hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
+            if applied.get((obj["kind"], obj["metadata"]["name"])) != (owner.uid, digest):
+                todo.append((obj, digest))
+        if todo and todo[0][0]["kind"] == "ConfigMap":
+            # first, so new pods never start without their config
+            await self._apply_one(key, owner, *todo.pop(0))
+        await asyncio.gather(*(self._apply_one(key, owner, obj, digest) for obj, digest in todo))
+        stale = [ref for ref in desired.stale if applied.get((ref.kind, ref.name)) != (owner.uid, "")]
+        await asyncio.gather(*(self._delete_stale(key, owner, ref.api_version, ref.kind, ref.name)
+                               for ref in stale))
+        return self.deployments.get(key)
 
-    async def _delete_stale(self, owner: Owner, api_version: str, kind: str, name: str) -> None:
+    async def _apply_one(self, key: Key, owner: Owner, obj: Obj, digest: str) -> None:
+        result = await self.kube.apply(obj)
+        self.applied.setdefault(key, {})[(obj["kind"], obj["metadata"]["name"])] = (owner.uid, digest)
+        if obj["kind"] == "Deployment":
+            self.deployments[key] = rollout_view(result)
+
+    async def _delete_stale(self, key: Key, owner: Owner, api_version: str, kind: str, name: str) -> None:
         group_version, plural = api_version, {"ScaledObject": "scaledobjects"}.get(kind)
-        if plural and not await self.kube.has_resource(group_version, plural):
-            return  # that API is not installed, so no such object can exist
-        current = await self.kube.get(api_version, kind, owner.namespace, name)
-        if current and any(ref.get("uid") == owner.uid for ref in current["metadata"].get("ownerReferences", [])):
-            await self.kube.delete(api_version, kind, owner.namespace, name)
+        if not (plural and not await self.kube.has_resource(group_version, plural)):
+            current = await self.kube.get(api_version, kind, owner.namespace, name)
+            if current and any(ref.get("uid") == owner.uid
+                               for ref in current["metadata"].get("ownerReferences", [])):
+                await self.kube.delete(api_version, kind, owner.namespace, name)
+        # Known absent: not looked up again until a forced reconcile (or an API appears: the TTL'd
+        # discovery answer is asked again only by a forced reconcile, i.e. the periodic sweep).
+        self.applied.setdefault(key, {})[(kind, name)] = (owner.uid, "")
 
     async def observe_deployment(self, key: Key, deployment: Obj, previous_status: Obj) -> None:
         """A Deployment we own changed: refresh replicas and conditions (no re-render)."""
@@ -206,11 +238,23 @@ class Controller:
             rendered = self.rendered.get(key)
             if rendered is None:
                 return  # not rendered by this process yet; the create/resume handler will
+            deployment = rollout_view(deployment)
+            self.deployments[key] = deployment
             previous = self.written.get(key) or dict(previous_status)
             owner_name = key[1]
             new = st.agent_status(generation=rendered.generation, previous=previous, now=now(),
                                   desired=rendered.desired, deployment=deployment)
             await self._write(key, Owner(name=owner_name, namespace=key[0], uid=""), previous, new)
+
+
+def rollout_view(deployment: Obj) -> Obj:
+    """The part of a Deployment that `status.rollout` reads (kept per AgentDeployment in memory)."""
+    meta, spec = deployment.get("metadata") or {}, deployment.get("spec") or {}
+    template_meta = (spec.get("template") or {}).get("metadata") or {}
+    return {"metadata": {"generation": meta.get("generation")},
+            "spec": {"replicas": spec.get("replicas"),
+                     "template": {"metadata": {"annotations": dict(template_meta.get("annotations") or {})}}},
+            "status": dict(deployment.get("status") or {})}
 
 
 def index_lookup(index: Mapping[Key, Any]) -> PolicyLookup:

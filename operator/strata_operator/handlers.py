@@ -1,13 +1,17 @@
 """kopf handlers: thin wrappers that route every trigger into `Controller`.
 
-Triggers for an AgentDeployment: its own create/update/resume, a timer (drift repair),
+Triggers for an AgentDeployment: its own create/update/resume, a periodic operator-wide
+sweep (drift repair; no per-object timer, hence no finalizer),
 a change of a CachePolicy/RoutingPolicy/Secret it references (found through indexes,
 never by scanning), a Deployment it owns changing (status), a child deleted by hand.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -98,7 +102,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(id="configure", registry=registry)
-    async def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    async def configure(*, settings: kopf.OperatorSettings, memo: Any, **kw: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=GROUP, key="last-handled-configuration")
@@ -111,6 +115,40 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         kube = await Kube.connect(operator_settings.kubeconfig,
                                   discovery_ttl=operator_settings.keda_discovery_ttl_seconds)
         memo["controller"] = Controller(kube)
+        # Drift repair: ONE operator-wide task over the live `agents` index. A per-object kopf timer
+        # would make kopf put its finalizer on every AgentDeployment, so that none could be deleted
+        # (nor its namespace) while the operator is not running.
+        memo["resync"] = asyncio.create_task(resync_forever(memo, Indexes.of(kw)), name="strata-resync")
+
+    @kopf.on.cleanup(id="stop_resync", registry=registry)
+    async def stop_resync(*, memo: Any, **_: Any) -> None:
+        task: asyncio.Task[None] | None = memo.get("resync")
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def resync_forever(memo: Any, ix: Indexes) -> None:
+        interval = operator_settings.drift_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await resync_once(memo, ix)
+            except Exception:  # never let one bad sweep end drift repair for good
+                log.exception("drift repair sweep failed")
+
+    async def resync_once(memo: Any, ix: Indexes) -> None:
+        controller = controller_of(memo)
+        if operator_settings.peering and await controller.kube.outranked(
+                operator_settings.peering, operator_settings.priority, operator_settings.namespaces):
+            return  # a standby replica: its indexes may be stale, the active one repairs
+        keys = list(ix.agents)
+        started = time.monotonic()
+        for i, key in enumerate(keys):
+            # Spread the sweep over half the interval: re-applies never come as a burst.
+            spread = operator_settings.drift_interval_seconds / 2 / len(keys)
+            await asyncio.sleep(max(0.0, started + i * spread - time.monotonic()))
+            await reconcile_by_key(memo, key, ix, force=True)
 
     operator_settings = settings
 
@@ -135,10 +173,11 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         controller: Controller = memo["controller"]
         return controller
 
-    async def run(memo: Any, body: Obj, ix: Indexes) -> Outcome:
+    async def run(memo: Any, body: Obj, ix: Indexes, *, force: bool = False) -> Outcome:
         controller = controller_of(memo)
         try:
-            outcome = await controller.reconcile_agent(body, index_lookup(ix.cache), index_lookup(ix.routing))
+            outcome = await controller.reconcile_agent(body, index_lookup(ix.cache), index_lookup(ix.routing),
+                                                       force=force)
         except ApiError as e:
             kopf.warn(cast(kopf.Body, body), reason="ApplyFailed", message=str(e))
             raise kopf.TemporaryError(f"applying the rendered objects failed: {e}", delay=5) from e
@@ -146,10 +185,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             kopf.warn(cast(kopf.Body, body), reason=outcome.error.reason, message=outcome.error.message)
         return outcome
 
-    async def reconcile_by_key(memo: Any, key: Key, ix: Indexes) -> None:
+    async def reconcile_by_key(memo: Any, key: Key, ix: Indexes, *, force: bool = False) -> None:
         for body in ix.agents.get(key) or []:
             try:
-                await run(memo, dict(body), ix)
+                await run(memo, dict(body), ix, force=force)
             except kopf.TemporaryError as e:
                 log.warning("reconciling %s/%s failed: %s", key[0], key[1], e)
 
@@ -158,11 +197,6 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     @kopf.on.create(*AD, id="agent_changed", registry=registry)
     @kopf.on.update(*AD, field="spec", id="agent_changed", registry=registry)
     async def agent_changed(*, body: Any, memo: Any, **kw: Any) -> None:
-        await run(memo, _snapshot(body), Indexes.of(kw))
-
-    @kopf.timer(*AD, interval=settings.drift_interval_seconds, initial_delay=settings.drift_interval_seconds,
-                idle=0, id="repair_drift", registry=registry)
-    async def repair_drift(*, body: Any, memo: Any, **kw: Any) -> None:
         await run(memo, _snapshot(body), Indexes.of(kw))
 
     @kopf.on.delete(*AD, optional=True, id="agent_deleted", registry=registry)
@@ -223,7 +257,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             return
         key = (str(namespace), owner)
         if event.get("type") == "DELETED":
-            await reconcile_by_key(memo, key, ix)
+            await reconcile_by_key(memo, key, ix, force=True)  # deleted by hand: re-create it
             return
         for snapshot in ix.agents.get(key) or []:
             await controller_of(memo).observe_deployment(key, dict(body), snapshot.get("status") or {})
@@ -233,5 +267,5 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         async def child_event(*, event: Any, body: Any, namespace: str | None, memo: Any, **kw: Any) -> None:
             owner = (body["metadata"].get("labels") or {}).get(LABEL_OWNER)
             if owner and event.get("type") == "DELETED":
-                await reconcile_by_key(memo, (str(namespace), owner), Indexes.of(kw))
+                await reconcile_by_key(memo, (str(namespace), owner), Indexes.of(kw), force=True)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -36,6 +37,8 @@ PLURALS = {
     "AgentDeployment": "agentdeployments",
     "CachePolicy": "cachepolicies",
     "RoutingPolicy": "routingpolicies",
+    "ClusterKopfPeering": "clusterkopfpeerings",
+    "KopfPeering": "kopfpeerings",
 }
 
 
@@ -67,6 +70,20 @@ def object_url(api_version: str, kind: str, namespace: str | None, name: str = "
     """(version, path below the version) in kr8s's call_api terms."""
     plural = PLURALS[kind]
     return api_version, f"{plural}/{name}" if name else plural
+
+
+def outranked_in(peering: Obj | None, priority: int, now: float) -> bool:
+    """Pure: whether a kopf peering object lists a live peer whose priority is above `priority`."""
+    for peer in ((peering or {}).get("status") or {}).values():
+        if not isinstance(peer, dict) or int(peer.get("priority") or 0) <= priority:
+            continue
+        try:
+            seen = datetime.fromisoformat(str(peer["lastseen"])).timestamp()
+        except (KeyError, ValueError):
+            continue
+        if seen + float(peer.get("lifetime") or 60) > now:
+            return True
+    return False
 
 
 class Kube:
@@ -116,7 +133,7 @@ class Kube:
                                 params={"fieldManager": FIELD_MANAGER, "force": "true"}, body=obj,
                                 content_type="application/apply-patch+yaml")
 
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None:
         version, url = object_url(api_version, kind, namespace, name)
         try:
             return await self._call("GET", version, namespace, url)
@@ -158,6 +175,14 @@ class Kube:
             found = False
         self._discovery[key] = (time.monotonic(), found)
         return found
+
+    async def outranked(self, peering: str, priority: int, namespaces: tuple[str, ...]) -> bool:
+        """Whether a live kopf peer with a higher priority exists (this replica stands by)."""
+        if namespaces:
+            obj = await self.get("kopf.dev/v1", "KopfPeering", namespaces[0], peering)
+        else:
+            obj = await self.get("kopf.dev/v1", "ClusterKopfPeering", None, peering)
+        return outranked_in(obj, priority, time.time())
 
     def forget_discovery(self) -> None:
         self._discovery.clear()

@@ -11,8 +11,10 @@ class OperatorSettings:
     """Namespaces to watch; empty: the whole cluster (needs the ClusterRole)."""
 
     drift_interval_seconds: float = 300.0
-    """Timer period per AgentDeployment re-applying every child. Deletions of children are
-    repaired at once (watch events); this catches in-place edits of fields we own."""
+    """Period of the operator-wide sweep re-applying every child of every AgentDeployment (spread
+    over half the period). Deletions of children are repaired at once (watch events); the sweep
+    catches in-place edits of fields we own. Not a per-object kopf timer: that would put kopf's
+    finalizer on every AgentDeployment and block deletion whenever the operator is down."""
 
     keda_discovery_ttl_seconds: float = 10.0
     """How long the answer to "is KEDA installed?" is cached."""

@@ -4,6 +4,9 @@ real control plane (apiserver + controller-manager + scheduler + kwok pods)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from typing import Any
 
 import pytest
@@ -175,6 +178,41 @@ def test_deleting_the_agent_deployment_garbage_collects_its_children(kubectl: Ku
         90,
         "pods to be gone",
     )
+
+
+def test_an_agent_deployment_is_deleted_even_while_the_operator_is_stopped(
+    kubectl: Kubectl, namespace: str, operator: subprocess.Popen[bytes]  # noqa: F811 (the fixture)
+) -> None:
+    setup_sample(kubectl, namespace)
+    ready = wait_ready(kubectl, namespace, "support")
+    assert not ready["metadata"].get("finalizers"), "a finalizer blocks deletion whenever the operator is down"
+    os.kill(operator.pid, signal.SIGSTOP)
+    try:
+        kubectl("-n", namespace, "delete", "agentdeployment", "support", "--wait=true", "--timeout=60s", timeout=90)
+        assert agent(kubectl, namespace, "support") is None
+    finally:
+        os.kill(operator.pid, signal.SIGCONT)
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_service_edited_in_place_is_repaired_by_the_periodic_sweep(kubectl: Kubectl, namespace: str) -> None:
+    setup_sample(kubectl, namespace)
+    wait_ready(kubectl, namespace, "support")
+    edited = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "support", "namespace": namespace},
+        "spec": {"sessionAffinity": "None"},
+    }
+    apply_yaml(kubectl, namespace, edited)  # another field manager takes the field over (--force-conflicts)
+    assert get_json(kubectl, "-n", namespace, "service", "support")["spec"]["sessionAffinity"] == "None"
+
+    def repaired() -> bool:
+        svc = get_json(kubectl, "-n", namespace, "service", "support")
+        return bool(svc and svc["spec"]["sessionAffinity"] == "ClientIP")
+
+    # The fixture runs the operator with --drift-interval 20: one sweep, spread over half of it.
+    wait_until(repaired, 120, "the periodic sweep to restore sessionAffinity")
 
 
 @pytest.mark.usefixtures("helm_release")
