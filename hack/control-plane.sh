@@ -316,13 +316,15 @@ component_args() {
       --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
       --use-service-account-credentials=true \
       --service-cluster-ip-range="$SERVICE_CIDR" \
-      --cluster-name=strata --leader-elect=false --profiling=false ;;
+      --cluster-name=strata --leader-elect=false --profiling=false \
+      --kube-api-qps=300 --kube-api-burst=600 \
+      --concurrent-deployment-syncs=20 --concurrent-replicaset-syncs=20 ;;
     kube-scheduler) echo \
       --kubeconfig="$STATE/scheduler.kubeconfig" \
       --authentication-kubeconfig="$STATE/scheduler.kubeconfig" \
       --authorization-kubeconfig="$STATE/scheduler.kubeconfig" \
       --bind-address=127.0.0.1 --secure-port="$SCHEDULER_PORT" --cert-dir="$PKI/scheduler-generated" \
-      --leader-elect=false --profiling=false ;;
+      --leader-elect=false --profiling=false --kube-api-qps=300 --kube-api-burst=600 ;;
     kwok) echo \
       --kubeconfig="$KUBECONFIG_ADMIN" \
       --config="$STRATA_CACHE/kwok/$KWOK_VERSION/stages.yaml" \
