@@ -1,17 +1,23 @@
 """Operator benchmark on the local control plane (hack/control-plane.sh, kwok pods).
 
-Measures, for N in (100, 1000) AgentDeployments (one pod each, fixed replicas, so the
-controller-manager and kwok do the least work that still ends in Ready pods):
+For N in (100, 1000) AgentDeployments (one pod each, fixed replicas, so the controller
+manager and kwok do the least work that still ends in Ready pods), measures:
 
 - seconds from the first create until every AgentDeployment reports Ready=True for its
-  current generation (and its p50/p99 per object),
-- operator CPU (% of one core) and RSS while idle with all N objects in place.
+  current generation, and the p50/p99 of the per-object time from its own create to Ready;
+- seconds until every pod is Ready (the control plane's share: controller-manager,
+  scheduler, kwok) — the difference to the above is what the operator adds;
+- operator CPU seconds and peak RSS during that burst, then CPU (% of one core) and RSS
+  while idle with all N objects in place.
 
 The operator runs as its own process (`strata-operator`, namespace-scoped to the bench
-namespace, standalone); objects are created from this process with a thread pool.
+namespace, standalone), exactly as shipped. Readiness is observed with watches (no
+polling lists of 1,000 objects). Everything the bench creates (namespaces, extra kwok
+nodes) is deleted at the end, also on Ctrl-C/SIGTERM; the AgentDeployments carry no
+finalizer, so the namespace deletion does not need the operator.
 
     eval "$(hack/control-plane.sh env)"
-    .venv/bin/python bench/operator.py [--counts 100,1000] [--idle-seconds 30]
+    .venv/bin/python bench/operator.py [--counts 100,1000] [--idle-seconds 30] [--py-spy PATH]
 
 Prints one JSON line per measurement, then a table.
 """
@@ -22,21 +28,24 @@ import argparse
 import json
 import os
 import signal
-import statistics
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client, config, watch
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP, VERSION = "strata.dev", "v1alpha1"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+NODE_PREFIX = "bench-kwok-node-"
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -46,6 +55,20 @@ def proc_cpu_seconds(pid: int) -> float:
 
 def proc_rss_mb(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE / 1e6
+
+
+def proc_peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1e3
+    return 0.0
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 2)
 
 
 def agent(namespace: str, name: str) -> dict[str, Any]:
@@ -72,7 +95,7 @@ def bench_nodes(core: client.CoreV1Api, count: int, pods_per_node: int) -> list[
     """Extra kwok nodes so 1,000 pods fit (the control plane's own nodes hold 110 each)."""
     names = []
     for i in range(count):
-        name = f"bench-kwok-node-{i}"
+        name = f"{NODE_PREFIX}{i}"
         body = {"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
                              "labels": {"type": "kwok", "kubernetes.io/hostname": name}},
@@ -88,52 +111,155 @@ def bench_nodes(core: client.CoreV1Api, count: int, pods_per_node: int) -> list[
     return names
 
 
-def ready_times(custom: client.CustomObjectsApi, namespace: str, start: float,
-                seen: dict[str, float]) -> int:
-    items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "agentdeployments")["items"]
-    now = time.monotonic() - start
-    for item in items:
-        name = item["metadata"]["name"]
-        if name in seen:
-            continue
-        status = item.get("status") or {}
-        ready = [c for c in status.get("conditions") or [] if c.get("type") == "Ready" and c["status"] == "True"]
-        if ready and status.get("observedGeneration") == item["metadata"]["generation"]:
-            seen[name] = now
-    return len(seen)
+class Watcher(threading.Thread):
+    """Records the first time each object of a namespaced list satisfies `done(obj)`."""
+
+    def __init__(self, list_fn: Any, namespace: str, done: Any, start: float):
+        super().__init__(daemon=True)
+        self.list_fn, self.namespace, self.done, self.start_time = list_fn, namespace, done, start
+        self.seen: dict[str, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        resource_version = ""
+        while not self.stop.is_set():
+            w = watch.Watch()
+            try:
+                for event in w.stream(self.list_fn, self.namespace, resource_version=resource_version,
+                                      timeout_seconds=30, allow_watch_bookmarks=True):
+                    obj = event["object"]
+                    meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata
+                    resource_version = meta["resourceVersion"] if isinstance(obj, dict) else meta.resource_version
+                    if event["type"] in ("BOOKMARK", "DELETED", "ERROR"):
+                        continue
+                    name = meta["name"] if isinstance(obj, dict) else meta.name
+                    if name not in self.seen and self.done(obj):
+                        self.seen[name] = time.monotonic() - self.start_time
+                    if self.stop.is_set():
+                        break
+            except client.ApiException as e:
+                if e.status == 410:
+                    resource_version = ""  # expired: list again
+                else:
+                    time.sleep(0.5)
+            except Exception as e:  # a watch must never die silently
+                print(f"watch error: {type(e).__name__}: {e}", file=sys.stderr)
+                time.sleep(0.5)
+            finally:
+                w.stop()
+
+
+def agent_ready(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return ready and status.get("observedGeneration") == obj["metadata"].get("generation")
+
+
+def pod_ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the operator exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("the operator did not become healthy")
+
+
+def delete_namespace(core: client.CoreV1Api, namespace: str, timeout: float = 180) -> bool:
+    """Delete and wait until it is gone; False if it is still there after `timeout`."""
+    try:
+        core.delete_namespace(namespace)
+    except client.ApiException as e:
+        if e.status != 404:
+            raise
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespace(namespace)
+        except client.ApiException as e:
+            if e.status == 404:
+                return True
+            raise
+        time.sleep(1)
+    return False
 
 
 def run_one(count: int, *, api: client.ApiClient, kubeconfig: str, idle_seconds: float,
-            timeout: float) -> list[dict[str, Any]]:
+            timeout: float, py_spy: str | None) -> list[dict[str, Any]]:
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     namespace = f"bench-op-{count}-{uuid.uuid4().hex[:5]}"
-    core.create_namespace({"metadata": {"name": namespace}})
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "cachepolicies", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "CachePolicy", "metadata": {"name": "default"}, "spec": {}})
+    core.create_namespace({"metadata": {"name": namespace, "labels": {"strata-bench": "operator"}}})
+    operator: subprocess.Popen[bytes] | None = None
+    spy: subprocess.Popen[bytes] | None = None
+    watchers: list[Watcher] = []
     log = open(f"/tmp/strata-bench-operator-{count}.log", "wb")  # noqa: SIM115
-    operator = subprocess.Popen(
-        [str(Path(sys.executable).with_name("strata-operator")), "--namespace", namespace, "--liveness", "none"],
-        env={**os.environ, "KUBECONFIG": kubeconfig}, stdout=log, stderr=subprocess.STDOUT)
     results: list[dict[str, Any]] = []
     try:
-        time.sleep(3)  # let kopf list and start its watches
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "cachepolicies", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "CachePolicy", "metadata": {"name": "default"},
+            "spec": {}})
+        port = free_port()
+        operator = subprocess.Popen(
+            [str(Path(sys.executable).with_name("strata-operator")), "--namespace", namespace,
+             "--liveness", f"http://127.0.0.1:{port}/healthz"],
+            env={**os.environ, "KUBECONFIG": kubeconfig}, stdout=log, stderr=subprocess.STDOUT)
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", operator)
+        if py_spy:
+            spy = subprocess.Popen([py_spy, "record", "--pid", str(operator.pid), "--format", "speedscope",
+                                    "--rate", "50", "--output", f"/tmp/strata-bench-operator-{count}.speedscope"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        created_at: dict[str, float] = {}
         start = time.monotonic()
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(lambda i: custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, "agentdeployments", agent(namespace, f"a{i:04d}")), range(count)))
+        agents = Watcher(lambda ns, **kw: custom.list_namespaced_custom_object(
+            GROUP, VERSION, ns, "agentdeployments", **kw), namespace, agent_ready, start)
+        pods = Watcher(core.list_namespaced_pod, namespace, pod_ready, start)
+        watchers = [agents, pods]
+        for w in watchers:
+            w.start()
+        cpu_start = proc_cpu_seconds(operator.pid)
+
+        def create(i: int) -> None:
+            name = f"a{i:04d}"
+            created_at[name] = time.monotonic() - start
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "agentdeployments",
+                                                   agent(namespace, name))
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(create, range(count)))
         created = time.monotonic() - start
-        seen: dict[str, float] = {}
-        while ready_times(custom, namespace, start, seen) < count and time.monotonic() - start < timeout:
-            time.sleep(1.0)
+        while len(agents.seen) < count and time.monotonic() - start < timeout:
+            time.sleep(0.2)
         total = time.monotonic() - start
-        times = sorted(seen.values())
+        burst_cpu = proc_cpu_seconds(operator.pid) - cpu_start
+        per_object = [agents.seen[n] - created_at[n] for n in agents.seen]
+        all_ready = len(agents.seen) == count
         results.append({
-            "bench": "operator", "metric": "time_to_ready", "agent_deployments": count, "ready": len(seen),
-            "create_seconds": round(created, 2), "all_ready_seconds": round(total, 2) if len(seen) == count else None,
-            "p50_seconds": round(statistics.median(times), 2) if times else None,
-            "p99_seconds": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2) if times else None,
-            "timed_out": len(seen) < count,
+            "bench": "operator", "metric": "time_to_ready", "agent_deployments": count, "ready": len(agents.seen),
+            "create_seconds": round(created, 2), "all_ready_seconds": round(total, 2) if all_ready else None,
+            "pods_ready_seconds": round(max(pods.seen.values()), 2) if len(pods.seen) == count else None,
+            "p50_seconds": percentile(per_object, 0.5), "p99_seconds": percentile(per_object, 0.99),
+            "burst_cpu_seconds": round(burst_cpu, 1), "burst_peak_rss_mb": round(proc_peak_rss_mb(operator.pid), 1),
+            "timed_out": not all_ready,
         })
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+            spy = None
         time.sleep(5)
         cpu0, t0 = proc_cpu_seconds(operator.pid), time.monotonic()
         time.sleep(idle_seconds)
@@ -142,53 +268,68 @@ def run_one(count: int, *, api: client.ApiClient, kubeconfig: str, idle_seconds:
                         "cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 2),
                         "rss_mb": round(proc_rss_mb(operator.pid), 1), "window_seconds": round(t1 - t0, 1)})
     finally:
-        operator.terminate()
-        try:
-            operator.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
+        for w in watchers:
+            w.stop.set()
+        if spy is not None and spy.poll() is None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        if operator is not None:
+            operator.terminate()
+            try:
+                operator.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+                operator.wait()
         log.close()
-        core.delete_namespace(namespace)
+        if not delete_namespace(core, namespace):
+            print(f"warning: namespace {namespace} is still terminating", file=sys.stderr)
     return results
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(143)  # run the `finally` clean-ups: operator process, namespace, bench nodes
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # run the `finally` clean-ups: operator, namespace, bench nodes
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="100,1000")
     parser.add_argument("--idle-seconds", type=float, default=30)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--py-spy", default=None, help="path of py-spy: record the operator during the burst")
     args = parser.parse_args()
     kubeconfig = os.environ.get("KUBECONFIG")
     if not kubeconfig:
         sys.exit('KUBECONFIG is not set: eval "$(hack/control-plane.sh env)"')
     api = config.new_client_from_config(config_file=kubeconfig)
-    api.configuration.connection_pool_maxsize = 32
+    api.configuration.connection_pool_maxsize = 16
     subprocess.run(["kubectl", "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds")],
                    check=True, capture_output=True)
     counts = [int(c) for c in args.counts.split(",")]
-    nodes = bench_nodes(client.CoreV1Api(api), 2, max(counts))
     rows: list[dict[str, Any]] = []
+    nodes: list[str] = []
     try:
+        nodes = bench_nodes(client.CoreV1Api(api), 2, max(counts))
         for count in counts:
             for row in run_one(count, api=api, kubeconfig=kubeconfig, idle_seconds=args.idle_seconds,
-                               timeout=args.timeout):
+                               timeout=args.timeout, py_spy=args.py_spy):
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
         for name in nodes:
-            client.CoreV1Api(api).delete_node(name)
-    print(f"\n{'objects':>8} {'ready':>6} {'create s':>9} {'all ready s':>12} {'p50 s':>7} {'p99 s':>7} "
-          f"{'idle cpu %':>10} {'rss MB':>7}")
+            try:
+                client.CoreV1Api(api).delete_node(name)
+            except client.ApiException as e:
+                if e.status != 404:
+                    raise
+    print(f"\n{'objects':>8} {'create s':>9} {'all ready s':>12} {'pods ready s':>13} {'p50 s':>7} {'p99 s':>7} "
+          f"{'burst cpu s':>12} {'peak rss MB':>12} {'idle cpu %':>11} {'idle rss MB':>12}")
     for count in counts:
-        ready = next(r for r in rows if r["agent_deployments"] == count and r["metric"] == "time_to_ready")
-        idle = next(r for r in rows if r["agent_deployments"] == count and r["metric"] == "idle")
-        print(f"{count:>8} {ready['ready']:>6} {ready['create_seconds']:>9} {ready['all_ready_seconds']!s:>12} "
-              f"{ready['p50_seconds']!s:>7} {ready['p99_seconds']!s:>7} {idle['cpu_percent']:>10} {idle['rss_mb']:>7}")
+        r = next(r for r in rows if r["agent_deployments"] == count and r["metric"] == "time_to_ready")
+        i = next(r for r in rows if r["agent_deployments"] == count and r["metric"] == "idle")
+        print(f"{count:>8} {r['create_seconds']:>9} {r['all_ready_seconds']!s:>12} {r['pods_ready_seconds']!s:>13} "
+              f"{r['p50_seconds']!s:>7} {r['p99_seconds']!s:>7} {r['burst_cpu_seconds']:>12} "
+              f"{r['burst_peak_rss_mb']:>12} {i['cpu_percent']:>11} {i['rss_mb']:>12}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from strata_operator.reconcile import (
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
 PolicyLookup = Callable[[Key], Obj | None]
+ChildrenLookup = Callable[[str, str, str], list[tuple[str, tuple[str, ...]]]]
+"""(namespace, owner name, kind) -> [(child name, owner uids)] of the children that exist (an index)."""
 
 PolicyT = TypeVar("PolicyT", bound=BaseModel)
 
@@ -81,6 +83,12 @@ class Controller:
         """Per AgentDeployment: (kind, name) -> (owner uid, digest of the object last applied)."""
         self.deployments: dict[Key, Obj] = {}
         """Per AgentDeployment: the rollout-relevant part of its Deployment, last seen."""
+        self.handled: dict[Key, tuple[str, int]] = {}
+        """Per AgentDeployment: (uid, generation) last rendered to an end (applied, or reported invalid)."""
+
+    def is_current(self, key: Key, uid: str, generation: int | None) -> bool:
+        """Whether this generation of the object was already handled by this process."""
+        return self.handled.get(key) == (uid, int(generation or 0))
 
     def forget(self, key: Key) -> None:
         self.rendered.pop(key, None)
@@ -89,18 +97,19 @@ class Controller:
         self.locks.pop(key, None)
         self.applied.pop(key, None)
         self.deployments.pop(key, None)
+        self.handled.pop(key, None)
 
     async def reconcile_agent(self, body: Obj, cache_policy: PolicyLookup, routing_policy: PolicyLookup,
-                              *, force: bool = False) -> Outcome:
+                              children: ChildrenLookup, *, force: bool = False) -> Outcome:
         """Render and apply; `force` re-applies objects even when their rendering did not change
         since the last apply by this process (drift repair, a child deleted by hand)."""
         meta = body["metadata"]
         key: Key = (meta["namespace"], meta["name"])
         async with self.locks[key], self.slots:
-            return await self._reconcile(key, body, cache_policy, routing_policy, force)
+            return await self._reconcile(key, body, cache_policy, routing_policy, children, force=force)
 
     async def _reconcile(self, key: Key, body: Obj, cache_policy: PolicyLookup,
-                         routing_policy: PolicyLookup, force: bool) -> Outcome:
+                         routing_policy: PolicyLookup, children: ChildrenLookup, *, force: bool) -> Outcome:
         meta = body["metadata"]
         generation = int(meta.get("generation") or 0)
         previous = self.written.get(key) or dict(body.get("status") or {})
@@ -112,9 +121,11 @@ class Controller:
         except RenderError as error:
             # Remember what a failed render looked for, so that its appearance triggers a new one.
             self.failed_uses[key] = uses
-            return await self._report(key, owner, previous, generation, error)
+            outcome = await self._report(key, owner, previous, generation, error)
+            self.handled[key] = (owner.uid, generation)
+            return outcome
         try:
-            deployment = await self._apply(key, owner, desired, force)
+            deployment = await self._apply(key, owner, desired, children, force)
         except ApiError as e:
             await self._report(key, owner, previous, generation, RenderError("ApplyFailed", str(e)))
             raise
@@ -123,6 +134,7 @@ class Controller:
         new = st.agent_status(generation=generation, previous=previous, now=now(), desired=desired,
                               deployment=deployment)
         await self._write(key, owner, previous, new)
+        self.handled[key] = (owner.uid, generation)
         return Outcome()
 
     def depends_on(self, key: Key, what: tuple[str, str], version: str | None) -> bool:
@@ -195,7 +207,8 @@ class Controller:
         except ValidationError as e:
             raise RenderError("InvalidPolicy", f"{kind} {name!r} is invalid: {_validation_message(e)}") from None
 
-    async def _apply(self, key: Key, owner: Owner, desired: Desired, force: bool) -> Obj | None:
+    async def _apply(self, key: Key, owner: Owner, desired: Desired, children: ChildrenLookup,
+                     force: bool) -> Obj | None:
         """Apply what changed since the last apply (everything when `force`); the Deployment as
         last seen (apply response or watch event) for the status."""
         applied = self.applied.setdefault(key, {})
@@ -210,10 +223,17 @@ class Controller:
             # first, so new pods never start without their config
             await self._apply_one(key, owner, *todo.pop(0))
         await asyncio.gather(*(self._apply_one(key, owner, obj, digest) for obj, digest in todo))
-        stale = [ref for ref in desired.stale if applied.get((ref.kind, ref.name)) != (owner.uid, "")]
+        stale = [ref for ref in desired.stale if self._exists(key, owner, ref.kind, ref.name, children)]
         await asyncio.gather(*(self._delete_stale(key, owner, ref.api_version, ref.kind, ref.name)
                                for ref in stale))
         return self.deployments.get(key)
+
+    def _exists(self, key: Key, owner: Owner, kind: str, name: str, children: ChildrenLookup) -> bool:
+        """Whether a child of ours may exist: in the watch-fed index, or applied by us (the index lags)."""
+        previous = self.applied.get(key, {}).get((kind, name))
+        if previous is not None and previous[0] == owner.uid and previous[1]:
+            return True
+        return any(child == name and owner.uid in uids for child, uids in children(owner.namespace, owner.name, kind))
 
     async def _apply_one(self, key: Key, owner: Owner, obj: Obj, digest: str) -> None:
         result = await self.kube.apply(obj)
@@ -222,15 +242,8 @@ class Controller:
             self.deployments[key] = rollout_view(result)
 
     async def _delete_stale(self, key: Key, owner: Owner, api_version: str, kind: str, name: str) -> None:
-        group_version, plural = api_version, {"ScaledObject": "scaledobjects"}.get(kind)
-        if not (plural and not await self.kube.has_resource(group_version, plural)):
-            current = await self.kube.get(api_version, kind, owner.namespace, name)
-            if current and any(ref.get("uid") == owner.uid
-                               for ref in current["metadata"].get("ownerReferences", [])):
-                await self.kube.delete(api_version, kind, owner.namespace, name)
-        # Known absent: not looked up again until a forced reconcile (or an API appears: the TTL'd
-        # discovery answer is asked again only by a forced reconcile, i.e. the periodic sweep).
-        self.applied.setdefault(key, {})[(kind, name)] = (owner.uid, "")
+        await self.kube.delete(api_version, kind, owner.namespace, name)  # already gone: fine
+        self.applied.setdefault(key, {}).pop((kind, name), None)
 
     async def observe_deployment(self, key: Key, deployment: Obj, previous_status: Obj) -> None:
         """A Deployment we own changed: refresh replicas and conditions (no re-render)."""

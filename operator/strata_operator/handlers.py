@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
+import orjson
 from pydantic import ValidationError
 
 from strata_operator import status as st
@@ -44,6 +45,15 @@ CHILDREN = [
 log = logging.getLogger("strata.operator")
 
 
+# Children that are deleted when switched off (KEDA <-> HPA, networkPolicy.enabled): indexed, so
+# that deciding whether one exists costs no API call.
+SWITCHABLE = {
+    "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
+    "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
+}
+
+
 @dataclass(frozen=True)
 class Indexes:
     """The kopf indexes every handler receives as keyword arguments."""
@@ -52,10 +62,33 @@ class Indexes:
     agents_by_ref: Any
     cache: Any
     routing: Any
+    owned: Mapping[str, Any]
+    """kind -> index of (namespace, owner name) -> (child name, owner uids)."""
 
     @classmethod
     def of(cls, kwargs: Mapping[str, Any]) -> Indexes:
-        return cls(kwargs["agents"], kwargs["agents_by_ref"], kwargs["cache_policies"], kwargs["routing_policies"])
+        return cls(kwargs["agents"], kwargs["agents_by_ref"], kwargs["cache_policies"], kwargs["routing_policies"],
+                   {kind: kwargs[f"owned_{plural}"] for kind, (_, _, plural) in SWITCHABLE.items()})
+
+    def children(self, namespace: str, owner: str, kind: str) -> list[tuple[str, tuple[str, ...]]]:
+        return [(str(v[0]), tuple(v[1])) for v in self.owned[kind].get((namespace, owner)) or []]
+
+
+class NoDiffBaseStorage(kopf.DiffBaseStorage):
+    """kopf builds a deep-copied "essence" of EVERY watched object on every event (Deployments
+    with their status, ConfigMaps, ...) for change detection, even with no handler that uses it.
+    This operator registers no create/update/delete/resume handler, daemon or timer (everything
+    is level-triggered from watch events), so the essence is never read: build nothing. Adding
+    such a handler requires removing this storage."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return cast(kopf.BodyEssence, {})
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 def _snapshot(body: Any) -> Obj:
@@ -103,15 +136,17 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
 
     @kopf.on.startup(id="configure", registry=registry)
     async def configure(*, settings: kopf.OperatorSettings, memo: Any, **kw: Any) -> None:
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration")
+        # AgentDeployments are handled level-triggered from watch events (a render per new
+        # generation), not with kopf's create/update handlers: no progress/diff-base annotation
+        # patch per object (and the watch event that patch causes), no finalizer, no deep copies.
+        settings.persistence.diffbase_storage = NoDiffBaseStorage()
         settings.posting.level = logging.WARNING  # events for failures only, not for every success
         settings.watching.server_timeout = operator_settings.watch_server_timeout_seconds
         settings.watching.client_timeout = operator_settings.watch_server_timeout_seconds + 30
         settings.networking.request_timeout = operator_settings.request_timeout_seconds
         settings.networking.connect_timeout = 10
         settings.execution.max_workers = 4
+        settings.batching.batch_window = 0.1  # collapse bursts of events per object to the latest
         kube = await Kube.connect(operator_settings.kubeconfig,
                                   discovery_ttl=operator_settings.keda_discovery_ttl_seconds)
         memo["controller"] = Controller(kube)
@@ -122,11 +157,35 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
 
     @kopf.on.cleanup(id="stop_resync", registry=registry)
     async def stop_resync(*, memo: Any, **_: Any) -> None:
-        task: asyncio.Task[None] | None = memo.get("resync")
-        if task is not None:
+        tasks = [t for t in [memo.get("resync"), *retries.values()] if t is not None]
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        retries.clear()
+        if "controller" in memo:
+            log.info("API requests sent: %s", orjson.dumps(dict(controller_of(memo).kube.requests)).decode())
+
+    retries: dict[Key, asyncio.Task[None]] = {}
+
+    def retry_later(memo: Any, key: Key, ix: Indexes, attempt: int) -> None:
+        """Reconcile `key` again after a back-off (5 s, 10 s, ... 2 min); one pending retry per key."""
+        if key in retries:
+            return
+        delay = min(5.0 * 2 ** attempt, 120.0)
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            retries.pop(key, None)
+            await reconcile_by_key(memo, key, ix, force=True, attempt=attempt + 1)
+
+        retries[key] = asyncio.create_task(later(), name=f"strata-retry-{key[0]}/{key[1]}")
+
+    def cancel_retry(key: Key) -> None:
+        task = retries.pop(key, None)
+        if task is not None:
+            task.cancel()
 
     async def resync_forever(memo: Any, ix: Indexes) -> None:
         interval = operator_settings.drift_interval_seconds
@@ -169,6 +228,13 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     async def agents_by_ref(*, name: str, namespace: str | None, spec: Any, **_: Any) -> dict[Any, Any]:
         return {(namespace, kind, ref): name for kind, ref in _references(spec)}
 
+    for group, version, plural in SWITCHABLE.values():
+        @kopf.index(group, version, plural, labels=OWNED, id=f"owned_{plural}", registry=registry)
+        async def owned(*, name: str, namespace: str | None, meta: Any, labels: Any, **_: Any) -> dict[Any, Any]:
+            owner = labels.get(LABEL_OWNER)
+            uids = tuple(str(r.get("uid")) for r in meta.get("ownerReferences") or [])
+            return {(namespace, owner): (name, uids)} if owner else {}
+
     def controller_of(memo: Any) -> Controller:
         controller: Controller = memo["controller"]
         return controller
@@ -177,7 +243,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         controller = controller_of(memo)
         try:
             outcome = await controller.reconcile_agent(body, index_lookup(ix.cache), index_lookup(ix.routing),
-                                                       force=force)
+                                                       ix.children, force=force)
         except ApiError as e:
             kopf.warn(cast(kopf.Body, body), reason="ApplyFailed", message=str(e))
             raise kopf.TemporaryError(f"applying the rendered objects failed: {e}", delay=5) from e
@@ -185,24 +251,39 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             kopf.warn(cast(kopf.Body, body), reason=outcome.error.reason, message=outcome.error.message)
         return outcome
 
-    async def reconcile_by_key(memo: Any, key: Key, ix: Indexes, *, force: bool = False) -> None:
+    async def reconcile_by_key(memo: Any, key: Key, ix: Indexes, *, force: bool = False,
+                               attempt: int = 0) -> None:
         for body in ix.agents.get(key) or []:
-            try:
-                await run(memo, dict(body), ix, force=force)
-            except kopf.TemporaryError as e:
-                log.warning("reconciling %s/%s failed: %s", key[0], key[1], e)
+            await reconcile_body(memo, key, dict(body), ix, force=force, attempt=attempt)
+
+    async def reconcile_body(memo: Any, key: Key, body: Obj, ix: Indexes, *, force: bool = False,
+                             attempt: int = 0) -> None:
+        try:
+            await run(memo, body, ix, force=force)
+        except kopf.TemporaryError as e:
+            log.warning("reconciling %s/%s failed (attempt %d, retrying): %s", key[0], key[1], attempt + 1, e)
+            retry_later(memo, key, ix, attempt)
+        else:
+            cancel_retry(key)
 
     # ---- the AgentDeployment itself --------------------------------------------------------
-    @kopf.on.resume(*AD, id="agent_changed", registry=registry)
-    @kopf.on.create(*AD, id="agent_changed", registry=registry)
-    @kopf.on.update(*AD, field="spec", id="agent_changed", registry=registry)
-    async def agent_changed(*, body: Any, memo: Any, **kw: Any) -> None:
-        await run(memo, _snapshot(body), Indexes.of(kw))
-
-    @kopf.on.delete(*AD, optional=True, id="agent_deleted", registry=registry)
-    async def agent_deleted(*, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-        # No finalizer (optional=True): owner references make the garbage collector delete children.
-        controller_of(memo).forget((str(namespace), name))
+    @kopf.on.event(*AD, id="agent_event", registry=registry)
+    async def agent_event(*, event: Any, body: Any, name: str, namespace: str | None, memo: Any,
+                          **kw: Any) -> None:
+        # Level-triggered: every watch event (the initial listing included) renders the object
+        # unless this process already handled its generation; our own status writes come back
+        # here as events of the same generation and cost nothing. No finalizer: owner references
+        # make the garbage collector delete the children.
+        key = (str(namespace), name)
+        controller = controller_of(memo)
+        if event.get("type") == "DELETED":
+            cancel_retry(key)
+            controller.forget(key)
+            return
+        meta = body["metadata"]
+        if controller.is_current(key, str(meta["uid"]), meta.get("generation")):
+            return
+        await reconcile_body(memo, key, _snapshot(body), Indexes.of(kw))
 
     # ---- what it depends on ----------------------------------------------------------------
     async def policy_event(kind_plural: str, event: Any, body: Any, memo: Any, ix: Indexes) -> None:

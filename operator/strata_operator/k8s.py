@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -91,8 +92,13 @@ class Kube:
 
     RETRIES = 5
 
-    def __init__(self, api: Any, *, discovery_ttl: float = 10.0):
+    def __init__(self, api: Any, *, discovery_ttl: float = 10.0, max_in_flight: int = 16):
         self._api = api
+        # kr8s's httpx pool keeps 20 idle connections: beyond that, every request would pay a new
+        # TLS handshake (a third of the operator's CPU in a burst when it was unbounded).
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self.requests: Counter[str] = Counter()
+        """Requests sent, by "METHOD kind" (logged by the operator; read by the benchmark)."""
         self._discovery_ttl = discovery_ttl
         self._discovery: dict[str, tuple[float, bool]] = {}
 
@@ -108,10 +114,11 @@ class Kube:
         headers = {"Content-Type": content_type} if content is not None else {}
         delay = 0.2
         for attempt in range(self.RETRIES):
+            self.requests[f"{method} {url.split('/', 1)[0]}{'/status' if url.endswith('/status') else ''}"] += 1
             try:
-                async with self._api.call_api(method, version=version, base=base, namespace=namespace, url=url,
-                                              params=params, content=content, headers=headers,
-                                              raise_for_status=False) as response:
+                async with self._in_flight, self._api.call_api(
+                        method, version=version, base=base, namespace=namespace, url=url, params=params,
+                        content=content, headers=headers, raise_for_status=False) as response:
                     if response.status_code < 400:
                         return orjson.loads(response.content) if response.content else {}
                     error = _error(response.status_code, method, f"{version}/{url}", response.text)

@@ -51,6 +51,9 @@ ENV_API_KEY_PREFIX = "STRATA_API_KEY_"
 MAX_NAME = 52  # leaves room for "-config" and ReplicaSet/pod suffixes inside 63-character names
 
 
+_YamlDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: 10x less CPU per ConfigMap
+
+
 class RenderError(Exception):
     """The inputs cannot produce a valid runtime; `reason` is a CamelCase condition reason."""
 
@@ -228,7 +231,8 @@ def _meta(owner: Owner, name: str) -> Obj:
 
 
 def render_config_map(owner: Owner, config: RuntimeConfig, digest: str) -> Obj:
-    text = yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=True, allow_unicode=True)
+    text = yaml.dump(config.model_dump(mode="json", by_alias=True), Dumper=_YamlDumper, sort_keys=True,
+                     allow_unicode=True)
     meta = _meta(owner, config_map_name(owner))
     meta["annotations"] = {ANNOTATION_CONFIG_HASH: digest}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"config.yaml": text}}
