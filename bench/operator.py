@@ -91,6 +91,37 @@ def agent(namespace: str, name: str) -> dict[str, Any]:
     }
 
 
+def extra_service_cidr(api: client.ApiClient) -> str | None:
+    """Room for 1,000 ClusterIPs: the control plane's service range is a /24 (~250 Services), and
+    past it every Service apply fails with "range is full". A ServiceCIDR (GA in 1.33) extends
+    it for the run, under a name of its own (a deleted one lingers while its IPs are released);
+    None when the API server has no ServiceCIDR API."""
+    networking = client.NetworkingV1Api(api)
+    name = f"strata-bench-operator-{uuid.uuid4().hex[:5]}"
+    try:
+        networking.create_service_cidr({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+                                        "metadata": {"name": name}, "spec": {"cidrs": ["10.100.0.0/16"]}})
+    except client.ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        conditions = networking.read_service_cidr(name).status.conditions or []
+        if any(c.type == "Ready" and c.status == "True" for c in conditions):
+            break
+        time.sleep(0.5)
+    return name
+
+
+def delete_service_cidr(api: client.ApiClient, name: str) -> None:
+    try:
+        client.NetworkingV1Api(api).delete_service_cidr(name)
+    except client.ApiException as e:
+        if e.status != 404:
+            raise
+
+
 def bench_nodes(core: client.CoreV1Api, count: int, pods_per_node: int) -> list[str]:
     """Extra kwok nodes so 1,000 pods fit (the control plane's own nodes hold 110 each)."""
     names = []
@@ -228,7 +259,8 @@ def run_one(count: int, *, api: client.ApiClient, kubeconfig: str, idle_seconds:
         agents = Watcher(lambda ns, **kw: custom.list_namespaced_custom_object(
             GROUP, VERSION, ns, "agentdeployments", **kw), namespace, agent_ready, start)
         pods = Watcher(core.list_namespaced_pod, namespace, pod_ready, start)
-        watchers = [agents, pods]
+        deployments = Watcher(client.AppsV1Api(api).list_namespaced_deployment, namespace, lambda _: True, start)
+        watchers = [agents, pods, deployments]
         for w in watchers:
             w.start()
         cpu_start = proc_cpu_seconds(operator.pid)
@@ -251,6 +283,8 @@ def run_one(count: int, *, api: client.ApiClient, kubeconfig: str, idle_seconds:
         results.append({
             "bench": "operator", "metric": "time_to_ready", "agent_deployments": count, "ready": len(agents.seen),
             "create_seconds": round(created, 2), "all_ready_seconds": round(total, 2) if all_ready else None,
+            "deployments_applied_seconds": (round(max(deployments.seen.values()), 2)
+                                            if len(deployments.seen) == count else None),
             "pods_ready_seconds": round(max(pods.seen.values()), 2) if len(pods.seen) == count else None,
             "p50_seconds": percentile(per_object, 0.5), "p99_seconds": percentile(per_object, 0.99),
             "burst_cpu_seconds": round(burst_cpu, 1), "burst_peak_rss_mb": round(proc_peak_rss_mb(operator.pid), 1),
@@ -308,7 +342,9 @@ def main() -> None:
     counts = [int(c) for c in args.counts.split(",")]
     rows: list[dict[str, Any]] = []
     nodes: list[str] = []
+    cidr: str | None = None
     try:
+        cidr = extra_service_cidr(api) if max(counts) > 200 else None
         nodes = bench_nodes(client.CoreV1Api(api), 2, max(counts))
         for count in counts:
             for row in run_one(count, api=api, kubeconfig=kubeconfig, idle_seconds=args.idle_seconds,
@@ -316,6 +352,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
+        if cidr:
+            delete_service_cidr(api, cidr)  # its finalizer waits until no Service uses one of its IPs
         for name in nodes:
             try:
                 client.CoreV1Api(api).delete_node(name)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.support.fixtures"]
+# The operator fixtures are session-wide: ONE operator process for the whole run (imported into
+# each test module, each module would start its own, and same-priority kopf peers pause).
+pytest_plugins = ["tests.support.fixtures", "tests.operator.fixtures_operator"]
 
 _MARKER_BY_DIRECTORY = {"unit": "unit", "integration": "integration", "operator": "operator",
                         "e2e": "e2e", "chaos": "chaos"}

@@ -25,6 +25,7 @@ from strata_operator.models import API_VERSION, AgentDeploymentSpec, CachePolicy
 from strata_operator.reconcile import (
     Desired,
     Inputs,
+    ObjectRef,
     Owner,
     RenderError,
     referenced_secret_names,
@@ -35,8 +36,9 @@ from strata_operator.reconcile import (
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
 PolicyLookup = Callable[[Key], Obj | None]
-ChildrenLookup = Callable[[str, str, str], list[tuple[str, tuple[str, ...]]]]
-"""(namespace, owner name, kind) -> [(child name, owner uids)] of the children that exist (an index)."""
+ChildrenLookup = Callable[[str, str, str], list[tuple[str, tuple[str, ...]]] | None]
+"""(namespace, owner name, kind) -> [(child name, owner uids)] of the children that exist (an
+index), or None when that kind is not indexed (then it is looked up)."""
 
 PolicyT = TypeVar("PolicyT", bound=BaseModel)
 
@@ -219,21 +221,41 @@ class Controller:
             digest = hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
             if applied.get((obj["kind"], obj["metadata"]["name"])) != (owner.uid, digest):
                 todo.append((obj, digest))
-        if todo and todo[0][0]["kind"] == "ConfigMap":
-            # first, so new pods never start without their config
-            await self._apply_one(key, owner, *todo.pop(0))
-        await asyncio.gather(*(self._apply_one(key, owner, obj, digest) for obj, digest in todo))
-        stale = [ref for ref in desired.stale if self._exists(key, owner, ref.kind, ref.name, children)]
-        await asyncio.gather(*(self._delete_stale(key, owner, ref.api_version, ref.kind, ref.name)
-                               for ref in stale))
+        # The ConfigMap first, so new pods never start without their config; then the Deployment,
+        # so pods get going while the rest is applied.
+        for kind in ("ConfigMap", "Deployment"):
+            for item in [t for t in todo if t[0]["kind"] == kind]:
+                todo.remove(item)
+                await self._apply_one(key, owner, *item)
+        stale = [ref for ref in desired.stale if await self._exists(key, owner, ref, children)]
+        # Every request runs to its end before the first failure is raised: none is left in flight.
+        results = await asyncio.gather(
+            *(self._apply_one(key, owner, obj, digest) for obj, digest in todo),
+            *(self._delete_stale(key, owner, ref.api_version, ref.kind, ref.name) for ref in stale),
+            return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return self.deployments.get(key)
 
-    def _exists(self, key: Key, owner: Owner, kind: str, name: str, children: ChildrenLookup) -> bool:
-        """Whether a child of ours may exist: in the watch-fed index, or applied by us (the index lags)."""
-        previous = self.applied.get(key, {}).get((kind, name))
-        if previous is not None and previous[0] == owner.uid and previous[1]:
-            return True
-        return any(child == name and owner.uid in uids for child, uids in children(owner.namespace, owner.name, kind))
+    async def _exists(self, key: Key, owner: Owner, ref: ObjectRef, children: ChildrenLookup) -> bool:
+        """Whether a child of ours may exist: applied by us (an index lags), in the watch-fed index,
+        or else (kinds not indexed) looked up, once per object until a forced reconcile."""
+        previous = self.applied.get(key, {}).get((ref.kind, ref.name))
+        if previous is not None and previous[0] == owner.uid:
+            return bool(previous[1])  # "" = known absent
+        indexed = children(owner.namespace, owner.name, ref.kind)
+        if indexed is not None:
+            return any(child == ref.name and owner.uid in uids for child, uids in indexed)
+        plural = {"ScaledObject": "scaledobjects"}.get(ref.kind)
+        if plural and not await self.kube.has_resource(ref.api_version, plural):
+            return False  # that API is not installed: no such object can exist
+        current = await self.kube.get(ref.api_version, ref.kind, owner.namespace, ref.name)
+        refs = current["metadata"].get("ownerReferences", []) if current else []
+        if not any(r.get("uid") == owner.uid for r in refs):
+            self.applied.setdefault(key, {})[(ref.kind, ref.name)] = (owner.uid, "")
+            return False
+        return True
 
     async def _apply_one(self, key: Key, owner: Owner, obj: Obj, digest: str) -> None:
         result = await self.kube.apply(obj)
@@ -243,7 +265,7 @@ class Controller:
 
     async def _delete_stale(self, key: Key, owner: Owner, api_version: str, kind: str, name: str) -> None:
         await self.kube.delete(api_version, kind, owner.namespace, name)  # already gone: fine
-        self.applied.setdefault(key, {}).pop((kind, name), None)
+        self.applied.setdefault(key, {})[(kind, name)] = (owner.uid, "")  # known absent
 
     async def observe_deployment(self, key: Key, deployment: Obj, previous_status: Obj) -> None:
         """A Deployment we own changed: refresh replicas and conditions (no re-render)."""

@@ -45,12 +45,13 @@ CHILDREN = [
 log = logging.getLogger("strata.operator")
 
 
-# Children that are deleted when switched off (KEDA <-> HPA, networkPolicy.enabled): indexed, so
-# that deciding whether one exists costs no API call.
+# Built-in children that are deleted when switched off (KEDA -> HPA, networkPolicy.enabled):
+# indexed, so that deciding whether one exists costs no API call. Not ScaledObjects: kopf holds
+# back every handler until every index is listed, and a KEDA CRD removed while the operator
+# runs would stall the whole operator (found by the KEDA test); they are looked up instead.
 SWITCHABLE = {
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
-    "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
 }
 
 
@@ -70,7 +71,10 @@ class Indexes:
         return cls(kwargs["agents"], kwargs["agents_by_ref"], kwargs["cache_policies"], kwargs["routing_policies"],
                    {kind: kwargs[f"owned_{plural}"] for kind, (_, _, plural) in SWITCHABLE.items()})
 
-    def children(self, namespace: str, owner: str, kind: str) -> list[tuple[str, tuple[str, ...]]]:
+    def children(self, namespace: str, owner: str, kind: str) -> list[tuple[str, tuple[str, ...]]] | None:
+        """The indexed children of `kind`; None when that kind is not indexed (look it up)."""
+        if kind not in self.owned:
+            return None
         return [(str(v[0]), tuple(v[1])) for v in self.owned[kind].get((namespace, owner)) or []]
 
 
@@ -135,7 +139,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(id="configure", registry=registry)
-    async def configure(*, settings: kopf.OperatorSettings, memo: Any, **kw: Any) -> None:
+    async def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         # AgentDeployments are handled level-triggered from watch events (a render per new
         # generation), not with kopf's create/update handlers: no progress/diff-base annotation
         # patch per object (and the watch event that patch causes), no finalizer, no deep copies.
@@ -150,10 +154,15 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         kube = await Kube.connect(operator_settings.kubeconfig,
                                   discovery_ttl=operator_settings.keda_discovery_ttl_seconds)
         memo["controller"] = Controller(kube)
-        # Drift repair: ONE operator-wide task over the live `agents` index. A per-object kopf timer
-        # would make kopf put its finalizer on every AgentDeployment, so that none could be deleted
-        # (nor its namespace) while the operator is not running.
-        memo["resync"] = asyncio.create_task(resync_forever(memo, Indexes.of(kw)), name="strata-resync")
+
+    def start_resync(memo: Any, ix: Indexes) -> None:
+        """Drift repair: ONE operator-wide task over the live `agents` index. A per-object kopf
+        timer would make kopf put its finalizer on every AgentDeployment, so that none could be
+        deleted (nor its namespace) while the operator is not running. Started from the first
+        handler call, not at startup: it inherits kopf's handler context (event posting needs
+        it), and a standby replica, which gets no events, runs none."""
+        if memo.get("resync") is None:
+            memo["resync"] = asyncio.create_task(resync_forever(memo, ix), name="strata-resync")
 
     @kopf.on.cleanup(id="stop_resync", registry=registry)
     async def stop_resync(*, memo: Any, **_: Any) -> None:
@@ -165,7 +174,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
                 await task
         retries.clear()
         if "controller" in memo:
-            log.info("API requests sent: %s", orjson.dumps(dict(controller_of(memo).kube.requests)).decode())
+            kube = controller_of(memo).kube
+            log.info("API requests sent: %s", orjson.dumps(dict(kube.requests)).decode())
+            log.info("API request mean ms: %s", orjson.dumps(
+                {k: round(1000 * v / kube.requests[k], 1) for k, v in kube.seconds.items()}).decode())
 
     retries: dict[Key, asyncio.Task[None]] = {}
 
@@ -276,6 +288,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         # make the garbage collector delete the children.
         key = (str(namespace), name)
         controller = controller_of(memo)
+        start_resync(memo, Indexes.of(kw))
         if event.get("type") == "DELETED":
             cancel_retry(key)
             controller.forget(key)

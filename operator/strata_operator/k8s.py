@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import datetime
 from typing import Any
 
@@ -87,24 +87,43 @@ def outranked_in(peering: Obj | None, priority: int, now: float) -> bool:
     return False
 
 
+async def _widen_pool(api: Any, size: int) -> None:
+    """Give kr8s's httpx client a keep-alive pool of `size` connections (kr8s offers no option;
+    its default keeps 20). If kr8s re-creates its session (credentials refresh), the default pool
+    comes back: requests still work, only slower under bursts."""
+    await api._create_session()
+    default = api._session
+    api._session = httpx.AsyncClient(
+        base_url=default.base_url, headers=default.headers, verify=await api.auth.ssl_context(),
+        timeout=default.timeout, follow_redirects=True,
+        limits=httpx.Limits(max_connections=size, max_keepalive_connections=size))
+    await default.aclose()
+
+
 class Kube:
     """One connection to the API server; every method is a single idempotent request (plus retries)."""
 
     RETRIES = 5
 
-    def __init__(self, api: Any, *, discovery_ttl: float = 10.0, max_in_flight: int = 16):
+    MAX_IN_FLIGHT = 48
+
+    def __init__(self, api: Any, *, discovery_ttl: float = 10.0, max_in_flight: int = MAX_IN_FLIGHT):
         self._api = api
-        # kr8s's httpx pool keeps 20 idle connections: beyond that, every request would pay a new
-        # TLS handshake (a third of the operator's CPU in a burst when it was unbounded).
+        # Bounded, and never more than the connections the pool keeps alive: a request beyond
+        # the pool's keep-alive size pays a new TLS handshake (a third of the operator's CPU in a
+        # burst when this was unbounded with kr8s's default pool of 20).
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self.requests: Counter[str] = Counter()
         """Requests sent, by "METHOD kind" (logged by the operator; read by the benchmark)."""
+        self.seconds: dict[str, float] = defaultdict(float)
+        """Seconds spent in those requests (queueing for a connection slot excluded), by "METHOD kind"."""
         self._discovery_ttl = discovery_ttl
         self._discovery: dict[str, tuple[float, bool]] = {}
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None, *, discovery_ttl: float = 10.0) -> Kube:
         api = await kr8s.asyncio.api(kubeconfig=kubeconfig) if kubeconfig else await kr8s.asyncio.api()
+        await _widen_pool(api, cls.MAX_IN_FLIGHT)
         return cls(api, discovery_ttl=discovery_ttl)
 
     async def _call(self, method: str, version: str, namespace: str | None, url: str, *,
@@ -113,15 +132,22 @@ class Kube:
         content = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": content_type} if content is not None else {}
         delay = 0.2
+        what = f"{method} {url.split('/', 1)[0]}{'/status' if url.endswith('/status') else ''}"
         for attempt in range(self.RETRIES):
-            self.requests[f"{method} {url.split('/', 1)[0]}{'/status' if url.endswith('/status') else ''}"] += 1
+            self.requests[what] += 1
             try:
-                async with self._in_flight, self._api.call_api(
-                        method, version=version, base=base, namespace=namespace, url=url, params=params,
-                        content=content, headers=headers, raise_for_status=False) as response:
-                    if response.status_code < 400:
-                        return orjson.loads(response.content) if response.content else {}
-                    error = _error(response.status_code, method, f"{version}/{url}", response.text)
+                async with self._in_flight:
+                    started = time.monotonic()
+                    try:
+                        async with self._api.call_api(
+                                method, version=version, base=base, namespace=namespace, url=url, params=params,
+                                content=content, headers=headers, raise_for_status=False) as response:
+                            status, body_bytes = response.status_code, response.content
+                    finally:
+                        self.seconds[what] += time.monotonic() - started
+                if status < 400:
+                    return orjson.loads(body_bytes) if body_bytes else {}
+                error = _error(status, method, f"{version}/{url}", body_bytes.decode("utf-8", "replace"))
             except httpx.TransportError as e:
                 error = ApiError(0, method, f"{version}/{url}", f"transport error: {type(e).__name__}")
                 error.__cause__ = e

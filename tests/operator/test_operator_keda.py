@@ -6,19 +6,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.operator.fixtures_operator import (  # noqa: F401
+from tests.operator.fixtures_operator import (
     Kubectl,
     agent_deployment,
     apply_yaml,
     cache_policy,
     condition,
-    crds,
     get_json,
-    helm_release,
-    operator,
     routing_policy,
     secrets,
-    wait_ready,
     wait_until,
 )
 

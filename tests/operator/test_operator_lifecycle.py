@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.operator.fixtures_operator import (  # noqa: F401
+from tests.operator.fixtures_operator import (
     OPERATOR_NAMESPACE,
     SERVICE_ACCOUNT,
     Kubectl,
@@ -20,10 +20,7 @@ from tests.operator.fixtures_operator import (  # noqa: F401
     apply_yaml,
     cache_policy,
     condition,
-    crds,
     get_json,
-    helm_release,
-    operator,
     routing_policy,
     secrets,
     wait_ready,
@@ -181,7 +178,7 @@ def test_deleting_the_agent_deployment_garbage_collects_its_children(kubectl: Ku
 
 
 def test_an_agent_deployment_is_deleted_even_while_the_operator_is_stopped(
-    kubectl: Kubectl, namespace: str, operator: subprocess.Popen[bytes]  # noqa: F811 (the fixture)
+    kubectl: Kubectl, namespace: str, operator: subprocess.Popen[bytes]
 ) -> None:
     setup_sample(kubectl, namespace)
     ready = wait_ready(kubectl, namespace, "support")

@@ -96,3 +96,41 @@ def test_policy_status_reports_validity() -> None:
     assert condition(ok, "Ready")["reason"] == "Valid" and ok["observedGeneration"] == 3
     bad = st.policy_status(generation=4, previous=ok, now=T1, error="semantic.low must not exceed high")
     assert condition(bad, "Ready")["reason"] == "InvalidSpec"
+
+
+# ---- kopf peering: does a standby replica skip the drift-repair sweep? -----------------------
+def peering(**peers: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "status": dict(peers)}
+
+
+NOW = 1_750_000_000.0
+SEEN_NOW = "2025-06-15T15:06:40+00:00"  # == NOW
+SEEN_LONG_AGO = "2025-06-15T14:00:00+00:00"
+
+
+def test_a_live_peer_with_a_higher_priority_outranks_this_replica() -> None:
+    from strata_operator.k8s import outranked_in
+
+    obj = peering(other={"priority": 20, "lifetime": 60, "lastseen": SEEN_NOW})
+    assert outranked_in(obj, 10, NOW)
+
+
+def test_a_dead_or_lower_or_equal_peer_does_not_outrank_this_replica() -> None:
+    from strata_operator.k8s import outranked_in
+
+    assert not outranked_in(peering(dead={"priority": 20, "lifetime": 60, "lastseen": SEEN_LONG_AGO}), 10, NOW)
+    assert not outranked_in(peering(low={"priority": 5, "lifetime": 60, "lastseen": SEEN_NOW}), 10, NOW)
+    assert not outranked_in(peering(same={"priority": 10, "lifetime": 60, "lastseen": SEEN_NOW}), 10, NOW)
+    assert not outranked_in(None, 10, NOW)
+
+
+def test_the_rollout_view_keeps_what_the_status_reads() -> None:
+    from strata_operator.controller import rollout_view
+
+    d = desired()
+    full = deployment(d, ready=1, updated=2)
+    full["metadata"]["managedFields"] = [{"manager": "x"}]
+    full["spec"]["template"]["spec"] = {"containers": [{"name": "runtime"}]}
+    view = rollout_view(full)
+    assert "managedFields" not in view["metadata"] and "spec" not in view["spec"]["template"]
+    assert st.rollout(view, d.config_hash) == st.rollout(full, d.config_hash)
