@@ -13,11 +13,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from tests.support.fixtures import UpstreamServer
 from tests.support.runtime_process import RuntimeProcess
 
 StartRuntime = Callable[..., RuntimeProcess]
+
+
+@pytest.fixture
+def http(runtime: RuntimeProcess, openai_upstream: UpstreamServer) -> Iterator[httpx.Client]:
+    """A client on the module's `runtime` fixture; the upstream's knobs and stats are reset first."""
+    with httpx.Client(base_url=runtime.base_url, timeout=30) as client:
+        yield client
 
 
 @pytest.fixture

@@ -58,12 +58,6 @@ def runtime(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     process.stop()
 
 
-@pytest.fixture
-def http(runtime: RuntimeProcess, openai_upstream: UpstreamServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=runtime.base_url, timeout=30) as client:
-        yield client
-
-
 def unique(text: str) -> str:
     """Tests share one runtime per backend: a per-test marker keeps their entries apart."""
     return f"{text} [{uuid.uuid4().hex[:8]}]"

@@ -42,12 +42,6 @@ def runtime(tmp_path_factory: pytest.TempPathFactory,
     process.stop()
 
 
-@pytest.fixture
-def http(runtime: RuntimeProcess, openai_upstream: UpstreamServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=runtime.base_url, timeout=30) as client:
-        yield client
-
-
 def internal_stream(http: httpx.Client, body: dict[str, Any]) -> tuple[httpx.Response, list[Any]]:
     response = http.post("/internal/llm/stream", json=body, headers=INTERNAL)
     events: list[Any] = []
