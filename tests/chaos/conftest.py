@@ -19,7 +19,7 @@ def services_env() -> tuple[str, str]:
     redis_url = os.environ.get("STRATA_TEST_REDIS_URL")
     pg = os.environ.get("STRATA_TEST_POSTGRES_DSN")
     if not redis_url or not pg:
-        pytest.skip("needs hack/services.sh up and its env (STRATA_TEST_REDIS_URL, STRATA_TEST_POSTGRES_DSN)")
+        pytest.fail("needs hack/services.sh up and its env (STRATA_TEST_REDIS_URL, STRATA_TEST_POSTGRES_DSN)")
     return redis_url, pg
 
 

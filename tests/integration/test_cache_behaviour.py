@@ -279,7 +279,7 @@ async def test_redis_backend_shares_entries_between_pods_and_keeps_tenants_apart
         embedder, upstream, openai_upstream, env_name: str):
     url = os.environ.get(env_name)
     if not url:
-        pytest.skip(f"{env_name} not set (run: eval \"$(bash hack/services.sh env)\")")
+        pytest.fail(f"{env_name} not set (run: eval \"$(bash hack/services.sh env)\")")
     cluster = "CLUSTER" in env_name
     prefix = f"test{os.getpid()}{int(time.time() * 1000) % 100000}"
     config = RedisStoreConfig(backend="redis", url=url, cluster=cluster, key_prefix=prefix)

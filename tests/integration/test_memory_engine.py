@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 def _env() -> dict[str, str]:
     needed = ("STRATA_TEST_REDIS_URL", "STRATA_TEST_REDIS_CLUSTER_URL", "STRATA_TEST_POSTGRES_DSN")
     if not all(os.environ.get(k) for k in needed):
-        pytest.skip("needs hack/services.sh up and its env")
+        pytest.fail("needs hack/services.sh up and its env")
     return {**os.environ, "UPKEY": "k"}
 
 
