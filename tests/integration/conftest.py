@@ -82,22 +82,28 @@ async def _delete_prefixed(client: Redis | RedisCluster, prefix: str) -> None:
 
 
 # clients ----------------------------------------------------------------------------------------
-@pytest.fixture
-async def redis_client(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
-    """``redis.asyncio.Redis`` on the standalone server; keys under ``key_prefix`` are deleted after the test."""
-    client = Redis.from_url(redis_url)
+async def _client_for_one_test(client: Redis | RedisCluster, key_prefix: str) -> AsyncIterator[None]:
+    """Connect (a cluster client learns its slots), hand over, then delete this test's keys and close."""
     try:
-        await client.ping()
+        await (client.initialize() if isinstance(client, RedisCluster) else client.ping())
     except BaseException:
         await client.aclose()
         raise
     try:
-        yield client
+        yield
     finally:
         try:
             await _delete_prefixed(client, key_prefix)
         finally:
             await client.aclose()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
+    """``redis.asyncio.Redis`` on the standalone server; keys under ``key_prefix`` are deleted after the test."""
+    client = Redis.from_url(redis_url)
+    async for _ in _client_for_one_test(client, key_prefix):
+        yield client
 
 
 @pytest.fixture
@@ -105,18 +111,8 @@ async def redis_cluster_client(redis_cluster_url: str, key_prefix: str) -> Async
     """``redis.asyncio.cluster.RedisCluster`` seeded from the cluster URL; keys under ``key_prefix`` are
     deleted on every master after the test, then the client is closed (``aclose``)."""
     client = RedisCluster.from_url(redis_cluster_url)
-    try:
-        await client.initialize()
-    except BaseException:
-        await client.aclose()
-        raise
-    try:
+    async for _ in _client_for_one_test(client, key_prefix):
         yield client
-    finally:
-        try:
-            await _delete_prefixed(client, key_prefix)
-        finally:
-            await client.aclose()
 
 
 @pytest.fixture

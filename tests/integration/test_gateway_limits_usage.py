@@ -65,7 +65,7 @@ async def test_a_tenant_over_its_request_limit_gets_429_with_retry_after(openai_
             await gateway.complete(chat(), ctx)
         with pytest.raises(RateLimited) as info:
             await gateway.complete(chat(), ctx)
-        assert 1 <= int(info.value.headers()["Retry-After"]) <= 21
+        assert int(info.value.headers()["Retry-After"]) in range(1, 22)
         assert info.value.details == {"scope": "agent", "limit": "rpm"}
         # Another agent of the same tenant has its own budget.
         await gateway.complete(chat(), CallContext(tenant=ctx.tenant, agent_id="other-bot"))
