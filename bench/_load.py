@@ -169,6 +169,28 @@ def measured_load(port: int, pid: int, body: dict[str, Any], **kw: Any) -> dict[
     return load
 
 
+BENCH_KEY = "bench-key-0123456789"
+
+
+def start_strata(upstream_base_url: str, workdir: Path, **sections: Any) -> Any:
+    """One Strata runtime on memory/SQLite stores, API-key auth, and the upstream as `gpt-4o-mini`;
+    `sections` replace top-level config sections (e.g. `cache`, `embedder`)."""
+    from tests.support.runtime_process import RuntimeProcess
+
+    config: dict[str, Any] = {
+        "server": {"drainSeconds": 5},
+        "auth": {"mode": "apiKey", "apiKeys": [{"tenant": "bench", "keyEnv": "BENCH_KEY"}]},
+        "stores": {"redis": {"backend": "memory"}, "sql": {"backend": "sqlite", "sqlitePath": str(workdir / "s.db")},
+                   "vectors": {"backend": "memory"}},
+        "cache": {"enabled": False},
+        "models": [{"name": "gpt-4o-mini", "provider": "openai", "baseUrl": upstream_base_url, "apiKeyEnv": "UP_KEY",
+                    "maxRetries": 0, "pricing": {"inputPer1M": 0.15, "outputPer1M": 0.6}}],
+        **sections,
+    }
+    env = {"BENCH_KEY": BENCH_KEY, "UP_KEY": "sk-bench", "STRATA_LOG_LEVEL": "WARNING"}
+    return RuntimeProcess(config, workdir, env=env).start(timeout=120)
+
+
 class LiteLLM:
     """The LiteLLM proxy (pinned, own venv via bench/setup_litellm.sh), one worker, no DB, one model."""
 

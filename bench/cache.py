@@ -44,9 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BANKING = ROOT.parent / "shared" / "data" / "banking77"
 sys.path.insert(0, str(ROOT))
 
-from bench._load import LiteLLM, measured_load  # noqa: E402
+from bench._load import BENCH_KEY, LiteLLM, measured_load, start_strata  # noqa: E402
 
-KEY = "bench-key-0123456789"
+KEY = BENCH_KEY
 SYSTEM = {"role": "system", "content": "You are a concise banking assistant."}
 PRIMED = "How do I reset my online banking password?"
 PARAPHRASE = "How can I reset my online banking password?"
@@ -253,22 +253,13 @@ def post(port: int, body: dict[str, Any], key: str) -> tuple[int, dict[str, str]
         return response.status, {k.lower(): v for k, v in response.headers.items()}, json.loads(response.read())
 
 
-def start_strata(upstream_base_url: str, workdir: Path) -> Any:
-    from tests.support.runtime_process import RuntimeProcess
-
-    config = {
-        "server": {"drainSeconds": 5},
-        "auth": {"mode": "apiKey", "apiKeys": [{"tenant": "bench", "keyEnv": "BENCH_KEY"}]},
-        "stores": {"redis": {"backend": "memory"}, "sql": {"backend": "sqlite", "sqlitePath": str(workdir / "s.db")},
-                   "vectors": {"backend": "memory"}},
-        "embedder": {"provider": "local", "model": "all-MiniLM-L6-v2", "timeoutSeconds": 10},
-        "cache": {"enabled": True, "backend": "memory", "exact": {"enabled": True, "ttlSeconds": 3600},
-                  "semantic": {"enabled": True, "ttlSeconds": 3600, "maxTemperature": 0}},
-        "models": [{"name": "gpt-4o-mini", "provider": "openai", "baseUrl": upstream_base_url, "apiKeyEnv": "UP_KEY",
-                    "maxRetries": 0, "pricing": {"inputPer1M": 0.15, "outputPer1M": 0.6}}],
-    }
-    return RuntimeProcess(config, workdir, env={"BENCH_KEY": KEY, "UP_KEY": "sk-bench",
-                                                "STRATA_LOG_LEVEL": "WARNING"}).start(timeout=120)
+def start_cache_strata(upstream_base_url: str, workdir: Path) -> Any:
+    return start_strata(
+        upstream_base_url, workdir,
+        embedder={"provider": "local", "model": "all-MiniLM-L6-v2", "timeoutSeconds": 10},
+        cache={"enabled": True, "backend": "memory", "exact": {"enabled": True, "ttlSeconds": 3600},
+               "semantic": {"enabled": True, "ttlSeconds": 3600, "maxTemperature": 0}},
+    )
 
 
 def bench_http(duration: float, rounds: int, with_litellm: bool) -> None:
@@ -276,7 +267,7 @@ def bench_http(duration: float, rounds: int, with_litellm: bool) -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="strata-bench-cache-"))
     upstream = UpstreamServer().start()
-    strata = start_strata(upstream.base_url, workdir)
+    strata = start_cache_strata(upstream.base_url, workdir)
     litellm: LiteLLM | None = None
     try:
         # Prime: one miss each, then check that the scenario's request is the hit it claims to be.

@@ -25,26 +25,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._load import LiteLLM, measured_load  # noqa: E402
+from bench._load import BENCH_KEY, LiteLLM, measured_load, start_strata  # noqa: E402
 from tests.support.fixtures import UpstreamServer  # noqa: E402
-from tests.support.runtime_process import RuntimeProcess  # noqa: E402
 
-KEY = "bench-key-0123456789"
+KEY = BENCH_KEY
 SCENARIOS = [("json", 1), ("json", 32), ("stream", 1), ("stream", 32)]
-
-
-def start_strata(upstream: UpstreamServer, workdir: Path) -> RuntimeProcess:
-    config = {
-        "server": {"drainSeconds": 5},
-        "auth": {"mode": "apiKey", "apiKeys": [{"tenant": "bench", "keyEnv": "BENCH_KEY"}]},
-        "stores": {"redis": {"backend": "memory"}, "sql": {"backend": "sqlite", "sqlitePath": str(workdir / "s.db")},
-                   "vectors": {"backend": "memory"}},
-        "cache": {"enabled": False},
-        "models": [{"name": "gpt-4o-mini", "provider": "openai", "baseUrl": upstream.base_url, "apiKeyEnv": "UP_KEY",
-                    "maxRetries": 0}],
-    }
-    return RuntimeProcess(config, workdir, env={"BENCH_KEY": KEY, "UP_KEY": "sk-bench",
-                                                "STRATA_LOG_LEVEL": "WARNING"}).start()
 
 
 def request_body(kind: str) -> dict[str, Any]:
@@ -63,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="strata-bench-gw-"))
     upstream = UpstreamServer().start()
-    strata = start_strata(upstream, workdir)
+    strata = start_strata(upstream.base_url, workdir)
     assert strata.process is not None
     targets: dict[str, tuple[int, int, str]] = {"strata": (strata.port, strata.process.pid, KEY)}
     litellm: LiteLLM | None = None
