@@ -305,7 +305,7 @@ component_args() {
       --proxy-client-key-file="$PKI/front-proxy-client.key" \
       --allow-privileged=true \
       --endpoint-reconciler-type=none \
-      --profiling=false ;;
+      --profiling=true ;;
     kube-controller-manager) echo \
       --kubeconfig="$STATE/controller-manager.kubeconfig" \
       --authentication-kubeconfig="$STATE/controller-manager.kubeconfig" \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -72,8 +73,16 @@ def _validation_message(e: ValidationError) -> str:
 
 
 class Controller:
-    def __init__(self, kube: Kube, *, max_concurrent: int = 32):
+    PROGRESS_WRITE_INTERVAL = 5.0
+    """Minimum seconds between two status writes of one object that only report rollout progress
+    (replica counts); a condition flip (Progressing, Ready, Degraded) is written at once. A rollout
+    moves its Deployment's status four or five times; each write costs the API server a full
+    custom-resource update and every watcher an event."""
+
+    def __init__(self, kube: Kube, *, max_concurrent: int = 32,
+                 progress_write_interval: float = PROGRESS_WRITE_INTERVAL):
         self.kube = kube
+        self.progress_write_interval = progress_write_interval
         # Bounded: 1,000 reconciles at once all finish late (and starve the connection pool);
         # 32 at a time finish in arrival order.
         self.slots = asyncio.Semaphore(max_concurrent)
@@ -87,6 +96,10 @@ class Controller:
         """Per AgentDeployment: the rollout-relevant part of its Deployment, last seen."""
         self.handled: dict[Key, tuple[str, int]] = {}
         """Per AgentDeployment: (uid, generation) last rendered to an end (applied, or reported invalid)."""
+        self.last_write: dict[Key, float] = {}
+        self.pending: dict[Key, Obj] = {}
+        """Per AgentDeployment: a progress-only status held back, written by its flush task."""
+        self.flushes: dict[Key, asyncio.Task[None]] = {}
 
     def is_current(self, key: Key, uid: str, generation: int | None) -> bool:
         """Whether this generation of the object was already handled by this process."""
@@ -100,6 +113,19 @@ class Controller:
         self.applied.pop(key, None)
         self.deployments.pop(key, None)
         self.handled.pop(key, None)
+        self.last_write.pop(key, None)
+        self.pending.pop(key, None)
+        flush = self.flushes.pop(key, None)
+        if flush is not None and flush is not asyncio.current_task():
+            flush.cancel()
+
+    async def close(self) -> None:
+        """Cancel the held-back status writes (the next operator re-renders every object anyway)."""
+        flushes = list(self.flushes.values())
+        self.flushes.clear()
+        for task in flushes:
+            task.cancel()
+        await asyncio.gather(*flushes, return_exceptions=True)
 
     async def reconcile_agent(self, body: Obj, cache_policy: PolicyLookup, routing_policy: PolicyLookup,
                               children: ChildrenLookup, *, force: bool = False) -> Outcome:
@@ -123,19 +149,19 @@ class Controller:
         except RenderError as error:
             # Remember what a failed render looked for, so that its appearance triggers a new one.
             self.failed_uses[key] = uses
-            outcome = await self._report(key, owner, previous, generation, error)
+            outcome = await self._report(key, previous, generation, error)
             self.handled[key] = (owner.uid, generation)
             return outcome
         try:
             deployment = await self._apply(key, owner, desired, children, force)
         except ApiError as e:
-            await self._report(key, owner, previous, generation, RenderError("ApplyFailed", str(e)))
+            await self._report(key, previous, generation, RenderError("ApplyFailed", str(e)))
             raise
         self.rendered[key] = Rendered(generation=generation, desired=desired, uses=uses)
         self.failed_uses.pop(key, None)
         new = st.agent_status(generation=generation, previous=previous, now=now(), desired=desired,
                               deployment=deployment)
-        await self._write(key, owner, previous, new)
+        await self._write(key, previous, new)
         self.handled[key] = (owner.uid, generation)
         return Outcome()
 
@@ -145,23 +171,50 @@ class Controller:
         uses = rendered.uses if rendered else self.failed_uses.get(key, {})
         return what in uses and uses[what] != version
 
-    async def _report(self, key: Key, owner: Owner, previous: Obj, generation: int,
+    async def _report(self, key: Key, previous: Obj, generation: int,
                       error: RenderError) -> Outcome:
         old_reason = next((c.get("reason") for c in previous.get("conditions") or []
                            if c.get("type") == st.DEGRADED and c.get("status") == "True"), None)
         new = st.agent_status(generation=generation, previous=previous, now=now(), error=error)
-        await self._write(key, owner, previous, new)
+        await self._write(key, previous, new)
         return Outcome(error=error, new_error=old_reason != error.reason)
 
-    async def _write(self, key: Key, owner: Owner, previous: Obj, new: Obj) -> None:
+    async def _write(self, key: Key, previous: Obj, new: Obj) -> None:
+        """Write `new` if it changed anything: at once, or (progress only, shortly after the last
+        write) by a flush task once PROGRESS_WRITE_INTERVAL has passed, with what is latest then."""
+        self.pending.pop(key, None)
         if not st.changed(previous, new):
             return
+        since = time.monotonic() - self.last_write.get(key, float("-inf"))
+        if since < self.progress_write_interval and st.progress_only(previous, new):
+            self.pending[key] = new
+            if key not in self.flushes:
+                self.flushes[key] = asyncio.create_task(
+                    self._flush_later(key, self.progress_write_interval - since),
+                    name=f"strata-status-{key[0]}/{key[1]}")
+            return
+        await self._patch_status(key, new)
+
+    async def _patch_status(self, key: Key, new: Obj) -> None:
         try:
-            await self.kube.patch_status(API_VERSION, "AgentDeployment", owner.namespace, owner.name, new)
+            await self.kube.patch_status(API_VERSION, "AgentDeployment", key[0], key[1], new)
         except NotFound:
             self.forget(key)  # deleted while we worked: nothing to report to
             return
         self.written[key] = new
+        self.last_write[key] = time.monotonic()
+
+    async def _flush_later(self, key: Key, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with self.locks[key]:
+            self.flushes.pop(key, None)
+            new = self.pending.pop(key, None)
+            if new is None:
+                return  # written or superseded meanwhile
+            try:
+                await self._patch_status(key, new)
+            except ApiError as e:  # the next Deployment event or drift sweep writes it again
+                log.warning("writing the status of %s/%s failed: %s", key[0], key[1], e)
 
     async def _inputs(self, owner: Owner, raw_spec: Obj, cache_policy: PolicyLookup,
                       routing_policy: PolicyLookup, uses: dict[tuple[str, str], str | None]) -> Inputs:
@@ -276,10 +329,9 @@ class Controller:
             deployment = rollout_view(deployment)
             self.deployments[key] = deployment
             previous = self.written.get(key) or dict(previous_status)
-            owner_name = key[1]
             new = st.agent_status(generation=rendered.generation, previous=previous, now=now(),
                                   desired=rendered.desired, deployment=deployment)
-            await self._write(key, Owner(name=owner_name, namespace=key[0], uid=""), previous, new)
+            await self._write(key, previous, new)
 
 
 def rollout_view(deployment: Obj) -> Obj:

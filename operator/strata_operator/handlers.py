@@ -174,10 +174,12 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
                 await task
         retries.clear()
         if "controller" in memo:
+            await controller_of(memo).close()
             kube = controller_of(memo).kube
             log.info("API requests sent: %s", orjson.dumps(dict(kube.requests)).decode())
             log.info("API request mean ms: %s", orjson.dumps(
                 {k: round(1000 * v / kube.requests[k], 1) for k, v in kube.seconds.items()}).decode())
+            await kube.close()
 
     retries: dict[Key, asyncio.Task[None]] = {}
 

@@ -1,4 +1,4 @@
-"""Kubernetes API I/O (kr8s): server-side apply with one field manager, reads, status patches.
+"""Kubernetes API I/O: server-side apply with one field manager, reads, status patches.
 
 Errors at this edge are typed by HTTP status and carry a truncated body, so a Secret's
 value can never reach a log line through an error message.
@@ -18,13 +18,14 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from typing import Any
 
-import httpx
+import aiohttp
 import kr8s.asyncio
 import orjson
 
 Obj = dict[str, Any]
 
 FIELD_MANAGER = "strata-operator"
+REQUEST_TIMEOUT_SECONDS = 30.0
 
 PLURALS = {
     "ConfigMap": "configmaps",
@@ -68,7 +69,7 @@ def _error(status: int, method: str, url: str, body: str) -> ApiError:
 
 
 def object_url(api_version: str, kind: str, namespace: str | None, name: str = "") -> tuple[str, str]:
-    """(version, path below the version) in kr8s's call_api terms."""
+    """(API version, path below /api[s]/<version>[/namespaces/<namespace>])."""
     plural = PLURALS[kind]
     return api_version, f"{plural}/{name}" if name else plural
 
@@ -87,31 +88,24 @@ def outranked_in(peering: Obj | None, priority: int, now: float) -> bool:
     return False
 
 
-async def _widen_pool(api: Any, size: int) -> None:
-    """Give kr8s's httpx client a keep-alive pool of `size` connections (kr8s offers no option;
-    its default keeps 20). If kr8s re-creates its session (credentials refresh), the default pool
-    comes back: requests still work, only slower under bursts."""
-    await api._create_session()
-    default = api._session
-    api._session = httpx.AsyncClient(
-        base_url=default.base_url, headers=default.headers, verify=await api.auth.ssl_context(),
-        timeout=default.timeout, follow_redirects=True,
-        limits=httpx.Limits(max_connections=size, max_keepalive_connections=size))
-    await default.aclose()
-
-
 class Kube:
-    """One connection to the API server; every method is a single idempotent request (plus retries)."""
+    """One connection pool to the API server; every method is a single idempotent request (plus retries).
+
+    Credentials (kubeconfig, exec plugins, in-cluster service account) come from kr8s; requests go
+    through aiohttp, not kr8s's httpx client: httpcore's pool re-checks every connection on every
+    request (syscalls per connection), which was half of the operator's CPU in a burst of applies.
+    """
 
     RETRIES = 5
 
     MAX_IN_FLIGHT = 48
 
-    def __init__(self, api: Any, *, discovery_ttl: float = 10.0, max_in_flight: int = MAX_IN_FLIGHT):
-        self._api = api
+    def __init__(self, auth: Any, *, discovery_ttl: float = 10.0, max_in_flight: int = MAX_IN_FLIGHT):
+        self._auth = auth
+        self._session: aiohttp.ClientSession | None = None
+        self._max_in_flight = max_in_flight
         # Bounded, and never more than the connections the pool keeps alive: a request beyond
-        # the pool's keep-alive size pays a new TLS handshake (a third of the operator's CPU in a
-        # burst when this was unbounded with kr8s's default pool of 20).
+        # them would pay a new TLS handshake.
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self.requests: Counter[str] = Counter()
         """Requests sent, by "METHOD kind" (logged by the operator; read by the benchmark)."""
@@ -123,32 +117,71 @@ class Kube:
     @classmethod
     async def connect(cls, kubeconfig: str | None = None, *, discovery_ttl: float = 10.0) -> Kube:
         api = await kr8s.asyncio.api(kubeconfig=kubeconfig) if kubeconfig else await kr8s.asyncio.api()
-        await _widen_pool(api, cls.MAX_IN_FLIGHT)
-        return cls(api, discovery_ttl=discovery_ttl)
+        kube = cls(api.auth, discovery_ttl=discovery_ttl)
+        await kube._open_session()
+        return kube
+
+    async def _open_session(self) -> None:
+        """A new session from the current credentials (again after a 401: a rotated token)."""
+        await self.close()
+        headers = {"Authorization": f"Bearer {self._auth.token}"} if self._auth.token else {}
+        connector = aiohttp.TCPConnector(limit=self._max_in_flight, ssl=await self._auth.ssl_context(),
+                                         keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(
+            headers=headers, connector=connector, raise_for_status=False,
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS, connect=10))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _url(self, version: str, namespace: str | None, url: str) -> str:
+        root = "/api" if version == "v1" else "/apis"
+        path = f"{root}/{version}/namespaces/{namespace}/{url}" if namespace else f"{root}/{version}/{url}"
+        return f"{self._auth.server.rstrip('/')}{path}"
+
+    async def _send(self, method: str, url: str, params: dict[str, str] | None, content: bytes | None,
+                    headers: dict[str, str]) -> tuple[int, bytes]:
+        if self._session is None:
+            await self._open_session()
+        assert self._session is not None
+        extra: dict[str, Any] = {}
+        if self._auth.tls_server_name:
+            extra["server_hostname"] = self._auth.tls_server_name
+        if self._auth.proxy:
+            extra["proxy"] = self._auth.proxy
+        async with self._session.request(method, url, params=params, data=content, headers=headers,
+                                         **extra) as response:
+            return response.status, await response.read()
 
     async def _call(self, method: str, version: str, namespace: str | None, url: str, *,
                     params: dict[str, str] | None = None, body: Obj | None = None,
-                    content_type: str = "application/json", base: str = "") -> Obj:
+                    content_type: str = "application/json") -> Obj:
         content = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": content_type} if content is not None else {}
+        full_url = self._url(version, namespace, url)
         delay = 0.2
         what = f"{method} {url.split('/', 1)[0]}{'/status' if url.endswith('/status') else ''}"
+        reauthenticated = False
         for attempt in range(self.RETRIES):
             self.requests[what] += 1
             try:
                 async with self._in_flight:
                     started = time.monotonic()
                     try:
-                        async with self._api.call_api(
-                                method, version=version, base=base, namespace=namespace, url=url, params=params,
-                                content=content, headers=headers, raise_for_status=False) as response:
-                            status, body_bytes = response.status_code, response.content
+                        status, body_bytes = await self._send(method, full_url, params, content, headers)
                     finally:
                         self.seconds[what] += time.monotonic() - started
+                if status == 401 and not reauthenticated:
+                    reauthenticated = True  # a rotated service-account token: reload once, then retry
+                    await self._auth.reauthenticate()
+                    await self._open_session()
+                    continue
                 if status < 400:
                     return orjson.loads(body_bytes) if body_bytes else {}
                 error = _error(status, method, f"{version}/{url}", body_bytes.decode("utf-8", "replace"))
-            except httpx.TransportError as e:
+            except (aiohttp.ClientError, TimeoutError) as e:
                 error = ApiError(0, method, f"{version}/{url}", f"transport error: {type(e).__name__}")
                 error.__cause__ = e
             retriable = error.status in (0, 409, 429, 500, 502, 503, 504)

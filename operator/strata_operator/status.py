@@ -116,6 +116,19 @@ def changed(previous: Obj, new: Obj) -> bool:
     return _comparable(previous) != _comparable(new)
 
 
+def progress_only(previous: Obj, new: Obj) -> bool:
+    """Whether `new` differs from `previous` only in rollout progress (replica counts, messages):
+    no condition changed its status or reason, and the generation and config are the same.
+    Such a change may wait a little and be written together with the next one."""
+    if any(previous.get(k) != new.get(k) for k in ("observedGeneration", "configHash", "scaler")):
+        return False
+
+    def flags(status: Obj) -> dict[Any, tuple[Any, Any]]:
+        return {c.get("type"): (c.get("status"), c.get("reason")) for c in status.get("conditions") or []}
+
+    return flags(previous) == flags(new)
+
+
 def _comparable(status: Obj) -> Obj:
     out = {k: v for k, v in status.items() if k != "kopf" and v is not None}
     out["conditions"] = sorted(

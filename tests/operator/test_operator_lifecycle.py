@@ -100,6 +100,28 @@ def test_editing_the_cache_policy_rolls_the_pods(kubectl: Kubectl, namespace: st
 
 
 @pytest.mark.usefixtures("operator")
+def test_a_scale_by_the_autoscaler_is_reported_and_survives_a_re_render(kubectl: Kubectl, namespace: str) -> None:
+    setup_sample(kubectl, namespace)
+    wait_ready(kubectl, namespace, "support")
+    kubectl("-n", namespace, "scale", "deployment", "support", "--replicas=3")  # what the HPA does
+
+    def reported(replicas: int) -> Any:
+        obj = agent(kubectl, namespace, "support")
+        c = condition(obj, "Ready")
+        return obj if obj and c and c["status"] == "True" and obj["status"]["readyReplicas"] == replicas else None
+
+    wait_until(lambda: reported(3), 60, "status.readyReplicas == 3")
+    drain = {"terminationGracePeriodSeconds": 30, "preStopSleepSeconds": 3}
+    apply_yaml(kubectl, namespace, agent_deployment(namespace, drain=drain))  # a new generation: re-rendered
+    rendered = wait_ready(kubectl, namespace, "support")
+    assert rendered["metadata"]["generation"] == 2
+    deployment = get_json(kubectl, "-n", namespace, "deployment", "support")
+    assert deployment["spec"]["replicas"] == 3, "the operator reset the replicas the autoscaler owns"
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] == 3, "the new generation was not applied"
+
+
+@pytest.mark.usefixtures("operator")
 def test_a_service_deleted_by_hand_is_restored(kubectl: Kubectl, namespace: str) -> None:
     setup_sample(kubectl, namespace)
     wait_ready(kubectl, namespace, "support")

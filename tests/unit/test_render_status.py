@@ -91,6 +91,21 @@ def test_transition_time_moves_only_when_the_status_flips() -> None:
     assert st.changed(again, broken)
 
 
+def test_only_replica_progress_may_wait_a_condition_flip_may_not() -> None:
+    d = desired()
+    one = st.agent_status(generation=1, previous={}, now=T0, desired=d,
+                          deployment=deployment(d, replicas=1, ready=0, updated=1))
+    two = st.agent_status(generation=1, previous=one, now=T1, desired=d,
+                          deployment=deployment(d, replicas=2, ready=1, updated=2))
+    assert st.changed(one, two) and st.progress_only(one, two)
+    ready = st.agent_status(generation=1, previous=two, now=T1, desired=d, deployment=deployment(d))
+    assert not st.progress_only(two, ready)
+    edited = st.agent_status(generation=2, previous=two, now=T1, desired=d,
+                             deployment=deployment(d, replicas=2, ready=1, updated=2))
+    assert not st.progress_only(two, edited)
+    assert not st.progress_only({}, one)
+
+
 def test_policy_status_reports_validity() -> None:
     ok = st.policy_status(generation=3, previous={}, now=T0, error=None)
     assert condition(ok, "Ready")["reason"] == "Valid" and ok["observedGeneration"] == 3
