@@ -27,6 +27,8 @@ Prints one JSON line per measurement, then a table.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ipaddress
 import json
 import os
 import resource
@@ -43,6 +45,10 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
+
+from strata_operator.k8s import Kube
+from strata_operator.models import AgentDeploymentSpec, CachePolicySpec
+from strata_operator.reconcile import Inputs, Owner, render
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP, VERSION = "strata.dev", "v1alpha1"
@@ -113,35 +119,15 @@ def agent(namespace: str, name: str) -> dict[str, Any]:
     }
 
 
-def extra_service_cidr(api: client.ApiClient) -> str | None:
-    """Room for 1,000 ClusterIPs: the control plane's service range is a /24 (~250 Services), and
-    past it every Service apply fails with "range is full". A ServiceCIDR (GA in 1.33) extends
-    it for the run, under a name of its own (a deleted one lingers while its IPs are released);
-    None when the API server has no ServiceCIDR API."""
-    networking = client.NetworkingV1Api(api)
-    name = f"strata-bench-operator-{uuid.uuid4().hex[:5]}"
-    try:
-        networking.create_service_cidr({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-                                        "metadata": {"name": name}, "spec": {"cidrs": ["10.100.0.0/16"]}})
-    except client.ApiException as e:
-        if e.status == 404:
-            return None
-        raise
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        conditions = networking.read_service_cidr(name).status.conditions or []
-        if any(c.type == "Ready" and c.status == "True" for c in conditions):
-            break
-        time.sleep(0.5)
-    return name
-
-
-def delete_service_cidr(api: client.ApiClient, name: str) -> None:
-    try:
-        client.NetworkingV1Api(api).delete_service_cidr(name)
-    except client.ApiException as e:
-        if e.status != 404:
-            raise
+def check_service_range(api: client.ApiClient, services: int) -> None:
+    """Fail early when the cluster cannot hand out `services` ClusterIPs (past its range every
+    Service apply fails with "range is full"): a control plane whose etcd predates the /16
+    service range in hack/control-plane.sh keeps its old /24."""
+    cidrs = client.NetworkingV1Api(api).list_service_cidr().items
+    capacity = sum(ipaddress.ip_network(c).num_addresses for item in cidrs for c in item.spec.cidrs or [])
+    if capacity < services + 100:
+        sys.exit(f"the cluster's service range holds {capacity} addresses, fewer than {services} Services need: "
+                 "start a fresh local control plane (hack/control-plane.sh clean && hack/control-plane.sh up)")
 
 
 def bench_nodes(core: client.CoreV1Api, count: int, pods_per_node: int) -> list[str]:
@@ -351,6 +337,69 @@ def run_one(count: int, *, api: client.ApiClient, kubeconfig: str, idle_seconds:
     return results
 
 
+def rendered_children(namespace: str, name: str) -> list[dict[str, Any]]:
+    """What the operator renders for `agent(namespace, name)`, by its own render function, without
+    owner references (there is no owner: the garbage collector would delete them at once)."""
+    spec = AgentDeploymentSpec.model_validate(agent(namespace, name)["spec"])
+    desired = render(Inputs(owner=Owner(name=name, namespace=namespace, uid="none"), spec=spec,
+                            cache_policy=CachePolicySpec()))
+    for obj in desired.objects:
+        obj["metadata"].pop("ownerReferences", None)
+    return desired.objects
+
+
+async def apply_directly(kubeconfig: str, per_agent: list[list[dict[str, Any]]]) -> None:
+    """Apply every AgentDeployment's children as fast as the API server takes them: ConfigMap and
+    Deployment first, then the rest, 32 AgentDeployments at a time (the operator's own order)."""
+    kube = await Kube.connect(kubeconfig)
+    slots = asyncio.Semaphore(32)
+
+    async def one(objects: list[dict[str, Any]]) -> None:
+        async with slots:
+            for obj in objects[:2]:
+                await kube.apply(obj)
+        await asyncio.gather(*(kube.apply(obj) for obj in objects[2:]))
+
+    try:
+        order = {"ConfigMap": 0, "Deployment": 1}
+        await asyncio.gather(*(one(sorted(objects, key=lambda o: order.get(o["kind"], 2))) for objects in per_agent))
+    finally:
+        await kube.close()
+
+
+def run_floor(count: int, *, api: client.ApiClient, kubeconfig: str, timeout: float) -> dict[str, Any]:
+    """The control plane's share alone: the same children for `count` AgentDeployments applied
+    straight from here (no operator, no AgentDeployment objects or status writes), timed until
+    every pod is Ready. The operator's result minus this is what the operator costs."""
+    core = client.CoreV1Api(api)
+    namespace = f"bench-floor-{count}-{uuid.uuid4().hex[:5]}"
+    core.create_namespace({"metadata": {"name": namespace, "labels": {"strata-bench": "operator"}}})
+    pods: Watcher | None = None
+    try:
+        per_agent = [rendered_children(namespace, f"a{i:04d}") for i in range(count)]
+        components = control_plane_pids()
+        cpu_start = cpu_by_component(components)
+        start = time.monotonic()
+        pods = Watcher(lambda ns, **kw: core.list_namespaced_pod(ns, **kw), namespace,  # noqa: PLW0108
+                       pod_ready, start)
+        pods.start()
+        asyncio.run(apply_directly(kubeconfig, per_agent))
+        applied = time.monotonic() - start
+        while len(pods.seen) < count and time.monotonic() - start < timeout:
+            time.sleep(0.2)
+        cpu_end = cpu_by_component(components)
+        return {"bench": "operator", "metric": "control_plane_floor", "agent_deployments": count,
+                "objects_applied": sum(len(objects) for objects in per_agent),
+                "applied_seconds": round(applied, 2),
+                "pods_ready_seconds": round(max(pods.seen.values()), 2) if len(pods.seen) == count else None,
+                "burst_cpu_seconds_by_process": {name: round(cpu_end[name] - cpu_start[name], 1) for name in cpu_end}}
+    finally:
+        if pods is not None:
+            pods.stop.set()
+        if not delete_namespace(core, namespace):
+            print(f"warning: namespace {namespace} is still terminating", file=sys.stderr)
+
+
 def _exit_on_signal(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # run the `finally` clean-ups: operator, namespace, bench nodes
 
@@ -362,6 +411,8 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=30)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--py-spy", default=None, help="path of py-spy: record the operator during the burst")
+    parser.add_argument("--floor", action="store_true",
+                        help="also apply the same children without the operator: the control plane's own share")
     args = parser.parse_args()
     kubeconfig = os.environ.get("KUBECONFIG")
     if not kubeconfig:
@@ -373,18 +424,19 @@ def main() -> None:
     counts = [int(c) for c in args.counts.split(",")]
     rows: list[dict[str, Any]] = []
     nodes: list[str] = []
-    cidr: str | None = None
+    check_service_range(api, max(counts))
     try:
-        cidr = extra_service_cidr(api) if max(counts) > 200 else None
         nodes = bench_nodes(client.CoreV1Api(api), 2, max(counts))
         for count in counts:
             for row in run_one(count, api=api, kubeconfig=kubeconfig, idle_seconds=args.idle_seconds,
                                timeout=args.timeout, py_spy=args.py_spy):
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+            if args.floor:
+                row = run_floor(count, api=api, kubeconfig=kubeconfig, timeout=args.timeout)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     finally:
-        if cidr:
-            delete_service_cidr(api, cidr)  # its finalizer waits until no Service uses one of its IPs
         for name in nodes:
             try:
                 client.CoreV1Api(api).delete_node(name)
@@ -399,6 +451,10 @@ def main() -> None:
         print(f"{count:>8} {r['create_seconds']:>9} {r['all_ready_seconds']!s:>12} {r['pods_ready_seconds']!s:>13} "
               f"{r['p50_seconds']!s:>7} {r['p99_seconds']!s:>7} {r['burst_cpu_seconds']:>12} "
               f"{r['burst_peak_rss_mb']:>12} {i['cpu_percent']:>11} {i['rss_mb']:>12}")
+    for r in (r for r in rows if r["metric"] == "control_plane_floor"):
+        print(f"control plane alone, the same children of {r['agent_deployments']} AgentDeployments "
+              f"({r['objects_applied']} objects): applied in {r['applied_seconds']} s, "
+              f"every pod Ready in {r['pods_ready_seconds']} s")
 
 
 if __name__ == "__main__":

@@ -79,13 +79,17 @@ class Controller:
     moves its Deployment's status four or five times; each write costs the API server a full
     custom-resource update and every watcher an event."""
 
-    def __init__(self, kube: Kube, *, max_concurrent: int = 32,
+    def __init__(self, kube: Kube, *, max_concurrent: int = 32, max_concurrent_services: int = 8,
                  progress_write_interval: float = PROGRESS_WRITE_INTERVAL):
         self.kube = kube
         self.progress_write_interval = progress_write_interval
-        # Bounded: 1,000 reconciles at once all finish late (and starve the connection pool);
-        # 32 at a time finish in arrival order.
+        # Bounded: 1,000 reconciles applying their Deployments at once all finish late (and starve
+        # the connection pool); 32 at a time finish in arrival order.
         self.slots = asyncio.Semaphore(max_concurrent)
+        # Services in a lane of their own: the API server allocates ClusterIPs one at a time (a
+        # global lock held across an IPAddress write), so a burst of Service applies queues
+        # there for seconds; in the shared slots they held back every other AgentDeployment.
+        self.service_lane = asyncio.Semaphore(max_concurrent_services)
         self.locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.rendered: dict[Key, Rendered] = {}
         self.written: dict[Key, Obj] = {}
@@ -133,7 +137,7 @@ class Controller:
         since the last apply by this process (drift repair, a child deleted by hand)."""
         meta = body["metadata"]
         key: Key = (meta["namespace"], meta["name"])
-        async with self.locks[key], self.slots:
+        async with self.locks[key]:
             return await self._reconcile(key, body, cache_policy, routing_policy, children, force=force)
 
     async def _reconcile(self, key: Key, body: Obj, cache_policy: PolicyLookup,
@@ -274,22 +278,32 @@ class Controller:
             digest = hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).hexdigest()
             if applied.get((obj["kind"], obj["metadata"]["name"])) != (owner.uid, digest):
                 todo.append((obj, digest))
-        # The ConfigMap first, so new pods never start without their config; then the Deployment,
-        # so pods get going while the rest is applied.
-        for kind in ("ConfigMap", "Deployment"):
-            for item in [t for t in todo if t[0]["kind"] == kind]:
-                todo.remove(item)
-                await self._apply_one(key, owner, *item)
-        stale = [ref for ref in desired.stale if await self._exists(key, owner, ref, children)]
-        # Every request runs to its end before the first failure is raised: none is left in flight.
-        results = await asyncio.gather(
-            *(self._apply_one(key, owner, obj, digest) for obj, digest in todo),
-            *(self._delete_stale(key, owner, ref.api_version, ref.kind, ref.name) for ref in stale),
-            return_exceptions=True)
-        for result in results:
+        services = [t for t in todo if t[0]["kind"] == "Service"]
+        lane = [asyncio.ensure_future(self._apply_service(key, owner, *item)) for item in services]
+        try:
+            # The ConfigMap first, so new pods never start without their config; then the
+            # Deployment, so pods get going while the rest is applied.
+            async with self.slots:
+                for kind in ("ConfigMap", "Deployment"):
+                    for item in [t for t in todo if t[0]["kind"] == kind]:
+                        await self._apply_one(key, owner, *item)
+            rest = [t for t in todo if t[0]["kind"] not in ("ConfigMap", "Deployment", "Service")]
+            stale = [ref for ref in desired.stale if await self._exists(key, owner, ref, children)]
+            results = await asyncio.gather(
+                *(self._apply_one(key, owner, obj, digest) for obj, digest in rest),
+                *(self._delete_stale(key, owner, ref.api_version, ref.kind, ref.name) for ref in stale),
+                return_exceptions=True)
+        finally:
+            # Every request runs to its end before the first failure is raised: none is left in flight.
+            results_of_lane = await asyncio.gather(*lane, return_exceptions=True)
+        for result in [*results, *results_of_lane]:
             if isinstance(result, BaseException):
                 raise result
         return self.deployments.get(key)
+
+    async def _apply_service(self, key: Key, owner: Owner, obj: Obj, digest: str) -> None:
+        async with self.service_lane:
+            await self._apply_one(key, owner, obj, digest)
 
     async def _exists(self, key: Key, owner: Owner, ref: ObjectRef, children: ChildrenLookup) -> bool:
         """Whether a child of ours may exist: applied by us (an index lags), in the watch-fed index,
