@@ -349,20 +349,29 @@ def rendered_children(namespace: str, name: str) -> list[dict[str, Any]]:
 
 
 async def apply_directly(kubeconfig: str, per_agent: list[list[dict[str, Any]]]) -> None:
-    """Apply every AgentDeployment's children as fast as the API server takes them: ConfigMap and
-    Deployment first, then the rest, 32 AgentDeployments at a time (the operator's own order)."""
+    """Apply every AgentDeployment's children in the operator's order and with its concurrency:
+    the Service (8 at a time) alongside the ConfigMap then the Deployment (32 AgentDeployments
+    at a time), then the rest in parallel."""
     kube = await Kube.connect(kubeconfig)
-    slots = asyncio.Semaphore(32)
+    lane, slots = asyncio.Semaphore(8), asyncio.Semaphore(32)
+
+    async def service(obj: dict[str, Any]) -> None:
+        async with lane:
+            await kube.apply(obj)
+
+    async def workload(config_map: dict[str, Any], deployment: dict[str, Any]) -> None:
+        async with slots:
+            await kube.apply(config_map)
+            await kube.apply(deployment)
 
     async def one(objects: list[dict[str, Any]]) -> None:
-        async with slots:
-            for obj in objects[:2]:
-                await kube.apply(obj)
-        await asyncio.gather(*(kube.apply(obj) for obj in objects[2:]))
+        of_kind = {obj["kind"]: obj for obj in objects}
+        in_lane = asyncio.ensure_future(service(of_kind.pop("Service")))
+        await workload(of_kind.pop("ConfigMap"), of_kind.pop("Deployment"))
+        await asyncio.gather(in_lane, *(kube.apply(obj) for obj in of_kind.values()))
 
     try:
-        order = {"ConfigMap": 0, "Deployment": 1}
-        await asyncio.gather(*(one(sorted(objects, key=lambda o: order.get(o["kind"], 2))) for objects in per_agent))
+        await asyncio.gather(*(one(objects) for objects in per_agent))
     finally:
         await kube.close()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,20 +14,11 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests.operator.fixtures_operator import wait_until
+
 pytestmark = pytest.mark.operator
 
 APP_LABEL = "strata-cp-test"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str = "", interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
 
 
 def deployment(name: str, replicas: int) -> client.V1Deployment:

@@ -641,6 +641,18 @@ class UpstreamApp:
             return self._error(400, "JSON body must be an object", req.keep_alive)
         return body
 
+    def _parse_with_model(self, req: Request) -> tuple[JSON, str] | bytes:
+        """(body, model) of a request naming a model, or the error response to send."""
+        body = self._parse(req)
+        if isinstance(body, bytes):
+            return body
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return self._error(400, "model is required", req.keep_alive)
+        if (failed := self._model_failure(model, req.keep_alive)) is not None:
+            return failed
+        return body, model
+
     def _model_failure(self, model: Any, ka: bool) -> bytes | None:
         if model == "fail-always":
             return self._error(500, "model fail-always always fails", ka)
@@ -655,14 +667,10 @@ class UpstreamApp:
     # chat -------------------------------------------------------------------------------------
     def _chat(self, req: Request, conn: HttpConnection) -> Handled:
         ka = req.keep_alive
-        body = self._parse(req)
-        if isinstance(body, bytes):
-            return body
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return self._error(400, "model is required", ka)
-        if (failed := self._model_failure(model, ka)) is not None:
-            return failed
+        parsed = self._parse_with_model(req)
+        if isinstance(parsed, bytes):
+            return parsed
+        body, model = parsed
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return self._error(400, "messages must be a non-empty list", ka)
@@ -830,14 +838,10 @@ class UpstreamApp:
     # embeddings -------------------------------------------------------------------------------
     def _embeddings(self, req: Request) -> bytes:
         ka = req.keep_alive
-        body = self._parse(req)
-        if isinstance(body, bytes):
-            return body
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return self._error(400, "model is required", ka)
-        if (failed := self._model_failure(model, ka)) is not None:
-            return failed
+        parsed = self._parse_with_model(req)
+        if isinstance(parsed, bytes):
+            return parsed
+        body, model = parsed
         raw = body.get("input")
         inputs: list[str]
         if isinstance(raw, str):
