@@ -111,12 +111,15 @@ def test_a_scale_by_the_autoscaler_is_reported_and_survives_a_re_render(kubectl:
         return obj if obj and c and c["status"] == "True" and obj["status"]["readyReplicas"] == replicas else None
 
     wait_until(lambda: reported(3), 60, "status.readyReplicas == 3")
+    # Right after that write: Ready stays True, only the counts move (a held-back write, flushed later).
+    kubectl("-n", namespace, "scale", "deployment", "support", "--replicas=2")
+    wait_until(lambda: reported(2), 60, "status.readyReplicas == 2 after a scale-down")
     drain = {"terminationGracePeriodSeconds": 30, "preStopSleepSeconds": 3}
     apply_yaml(kubectl, namespace, agent_deployment(namespace, drain=drain))  # a new generation: re-rendered
     rendered = wait_ready(kubectl, namespace, "support")
     assert rendered["metadata"]["generation"] == 2
     deployment = get_json(kubectl, "-n", namespace, "deployment", "support")
-    assert deployment["spec"]["replicas"] == 3, "the operator reset the replicas the autoscaler owns"
+    assert deployment["spec"]["replicas"] == 2, "the operator reset the replicas the autoscaler owns"
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] == 3, "the new generation was not applied"
 
