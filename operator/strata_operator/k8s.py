@@ -107,6 +107,7 @@ class Kube:
         # Bounded, and never more than the connections the pool keeps alive: a request beyond
         # them would pay a new TLS handshake.
         self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._reauth_lock = asyncio.Lock()
         self.requests: Counter[str] = Counter()
         """Requests sent, by "METHOD kind" (logged by the operator; read by the benchmark)."""
         self.seconds: dict[str, float] = defaultdict(float)
@@ -142,18 +143,27 @@ class Kube:
         return f"{self._auth.server.rstrip('/')}{path}"
 
     async def _send(self, method: str, url: str, params: dict[str, str] | None, content: bytes | None,
-                    headers: dict[str, str]) -> tuple[int, bytes]:
+                    headers: dict[str, str]) -> tuple[int, bytes, aiohttp.ClientSession]:
         if self._session is None:
             await self._open_session()
-        assert self._session is not None
+        session = self._session
+        assert session is not None
         extra: dict[str, Any] = {}
         if self._auth.tls_server_name:
             extra["server_hostname"] = self._auth.tls_server_name
         if self._auth.proxy:
             extra["proxy"] = self._auth.proxy
-        async with self._session.request(method, url, params=params, data=content, headers=headers,
-                                         **extra) as response:
-            return response.status, await response.read()
+        async with session.request(method, url, params=params, data=content, headers=headers,
+                                   **extra) as response:
+            return response.status, await response.read(), session
+
+    async def _reauthenticate(self, rejected: aiohttp.ClientSession) -> None:
+        """Reload the credentials after a 401 (a rotated service-account token), once for all the
+        requests that the same session sent: the first one to get here does it."""
+        async with self._reauth_lock:
+            if self._session is rejected:
+                await self._auth.reauthenticate()
+                await self._open_session()
 
     async def _call(self, method: str, version: str, namespace: str | None, url: str, *,
                     params: dict[str, str] | None = None, body: Obj | None = None,
@@ -170,13 +180,12 @@ class Kube:
                 async with self._in_flight:
                     started = time.monotonic()
                     try:
-                        status, body_bytes = await self._send(method, full_url, params, content, headers)
+                        status, body_bytes, session = await self._send(method, full_url, params, content, headers)
                     finally:
                         self.seconds[what] += time.monotonic() - started
                 if status == 401 and not reauthenticated:
-                    reauthenticated = True  # a rotated service-account token: reload once, then retry
-                    await self._auth.reauthenticate()
-                    await self._open_session()
+                    reauthenticated = True
+                    await self._reauthenticate(session)
                     continue
                 if status < 400:
                     return orjson.loads(body_bytes) if body_bytes else {}
