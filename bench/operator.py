@@ -19,7 +19,7 @@ nodes) is deleted at the end, also on Ctrl-C/SIGTERM; the AgentDeployments carry
 finalizer, so the namespace deletion does not need the operator.
 
     eval "$(hack/control-plane.sh env)"
-    .venv/bin/python bench/operator.py [--counts 100,1000] [--idle-seconds 30] [--py-spy PATH]
+    .venv/bin/python bench/operator.py [--counts 100,1000] [--idle-seconds 30] [--floor] [--py-spy PATH]
 
 Prints one JSON line per measurement, then a table.
 """
@@ -267,8 +267,8 @@ def run_one(count: int, *, api: client.ApiClient, kubeconfig: str, idle_seconds:
         start = time.monotonic()
         agents = Watcher(lambda ns, **kw: custom.list_namespaced_custom_object(
             GROUP, VERSION, ns, "agentdeployments", **kw), namespace, agent_ready, start)
-        # Wrapped in lambdas (no return annotation): the watch then yields plain dicts, where typed
-        # V1Pod models would cost the bench more CPU than the operator spends, on the same cores.
+        # Wrapped in lambdas (no return annotation): the watch then yields plain dicts; building
+        # typed V1Pod models took the bench several times more CPU, on the cores the control plane needs.
         pods = Watcher(lambda ns, **kw: core.list_namespaced_pod(ns, **kw), namespace,  # noqa: PLW0108
                        pod_ready, start)
         apps = client.AppsV1Api(api)
