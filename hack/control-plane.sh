@@ -338,8 +338,22 @@ component_args() {
   esac
 }
 
-# Components running with other flags (or GOGC/GOMEMLIMIT) than this script would give them
-# (the script changed since they were started) are stopped, to be started again.
+# CPU priority. On one small machine etcd and the apiserver compete for the same cores as their
+# own clients (controller-manager, scheduler, kwok, the operator, the tests); a real cluster
+# gives them nodes of their own. Letting them go first keeps every client's requests moving:
+# 1,000 AgentDeployments Ready in 65-70 s instead of 78-88 s on 2 cores. Lowering a niceness
+# needs root; otherwise everything runs at 0.
+component_nice() {
+  if ((EUID != 0)); then echo 0; return; fi
+  case "$1" in
+    etcd) echo -10 ;;
+    kube-apiserver) echo -5 ;;
+    *) echo 0 ;;
+  esac
+}
+
+# Components running with other flags (or GOGC/GOMEMLIMIT, or niceness) than this script would
+# give them (the script changed since they were started) are stopped, to be started again.
 component_outdated() {
   local name="$1" pid want have
   pid="$(component_pid "$name")"
@@ -350,7 +364,8 @@ component_outdated() {
   [[ "${have% }" != "$want" ]] && return 0
   local environ
   environ="$(tr '\0' '\n' <"/proc/$pid/environ")"
-  ! grep -qx "GOGC=$CONTROL_PLANE_GOGC" <<<"$environ" || ! grep -qx "GOMEMLIMIT=$CONTROL_PLANE_GOMEMLIMIT" <<<"$environ"
+  ! grep -qx "GOGC=$CONTROL_PLANE_GOGC" <<<"$environ" || ! grep -qx "GOMEMLIMIT=$CONTROL_PLANE_GOMEMLIMIT" <<<"$environ" ||
+    [[ "$(ps -o ni= -p "$pid" | tr -d ' ')" != "$(component_nice "$name")" ]]
 }
 
 restart_changed() {
@@ -376,7 +391,8 @@ start_component() {
   # GOGC: cores are few and memory is plentiful here; the apiserver spent ~20% of its CPU in
   # the garbage collector at the default of 100 during a burst of 1,000 AgentDeployments
   # (time to Ready 132 s -> 108 s at 400). GOMEMLIMIT keeps each heap soft-capped all the same.
-  GOGC="$CONTROL_PLANE_GOGC" GOMEMLIMIT="$CONTROL_PLANE_GOMEMLIMIT" setsid "$BIN_DIR/$name" $(component_args "$name") >>"$LOGS/$name.log" 2>&1 </dev/null 8>&- 9>&- &
+  GOGC="$CONTROL_PLANE_GOGC" GOMEMLIMIT="$CONTROL_PLANE_GOMEMLIMIT" \
+    setsid nice -n "$(component_nice "$name")" "$BIN_DIR/$name" $(component_args "$name") >>"$LOGS/$name.log" 2>&1 </dev/null 8>&- 9>&- &
   echo $! >"$RUN/$name.pid"
   log "started $name (pid $!, log $LOGS/$name.log)"
   STARTED+=("$name")
