@@ -27,6 +27,8 @@ from typing import Any
 
 import httptools
 
+from tests.support.processes import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -228,12 +230,7 @@ class LiteLLM:
         raise TimeoutError("litellm did not start")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process, 15)
         self.log.close()
 
 

@@ -46,11 +46,14 @@ from typing import Any
 
 from kubernetes import client, config, watch
 
-from strata_operator.k8s import Kube
-from strata_operator.models import AgentDeploymentSpec, CachePolicySpec
-from strata_operator.reconcile import Inputs, Owner, render
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from strata_operator.k8s import Kube  # noqa: E402
+from strata_operator.models import AgentDeploymentSpec, CachePolicySpec  # noqa: E402
+from strata_operator.reconcile import Inputs, Owner, render  # noqa: E402
+from tests.support.processes import stop_process  # noqa: E402
+
 GROUP, VERSION = "strata.dev", "v1alpha1"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -325,12 +328,7 @@ def run_one(count: int, *, api: client.ApiClient, kubeconfig: str, idle_seconds:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
         if operator is not None:
-            operator.terminate()
-            try:
-                operator.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                operator.kill()
-                operator.wait()
+            stop_process(operator, 30)
         log.close()
         if not delete_namespace(core, namespace):
             print(f"warning: namespace {namespace} is still terminating", file=sys.stderr)

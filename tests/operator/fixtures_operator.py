@@ -22,6 +22,8 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests.support.processes import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = "strata"
 OPERATOR_NAMESPACE = "strata-system"
@@ -179,12 +181,7 @@ def operator(
     wait_until(alive, timeout=60, what="the operator's liveness endpoint")
     proc.log_path = log_path  # type: ignore[attr-defined]
     yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, 30)
     if os.environ.get("STRATA_SHOW_OPERATOR_LOG"):
         print(log_path.read_text()[-20000:])
 

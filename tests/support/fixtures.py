@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.processes import stop_process
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _START_TIMEOUT_S = 20.0
 
@@ -68,13 +70,7 @@ class UpstreamServer:
         proc, self.process = self.process, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, 5)
         if proc.stdout is not None:
             proc.stdout.close()
 
