@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -104,6 +104,8 @@ class Controller:
         self.pending: dict[Key, Obj] = {}
         """Per AgentDeployment: a progress-only status held back, written by its flush task."""
         self.flushes: dict[Key, asyncio.Task[None]] = {}
+        self.refreshes: dict[Key, asyncio.Task[None]] = {}
+        """Per AgentDeployment: a status refresh queued behind the reconcile holding the object."""
 
     def is_current(self, key: Key, uid: str, generation: int | None) -> bool:
         """Whether this generation of the object was already handled by this process."""
@@ -119,17 +121,19 @@ class Controller:
         self.handled.pop(key, None)
         self.last_write.pop(key, None)
         self.pending.pop(key, None)
-        flush = self.flushes.pop(key, None)
-        if flush is not None and flush is not asyncio.current_task():
-            flush.cancel()
+        for tasks in (self.flushes, self.refreshes):
+            task = tasks.pop(key, None)
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
 
     async def close(self) -> None:
         """Cancel the held-back status writes (the next operator re-renders every object anyway)."""
-        flushes = list(self.flushes.values())
+        tasks = [*self.flushes.values(), *self.refreshes.values()]
         self.flushes.clear()
-        for task in flushes:
+        self.refreshes.clear()
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*flushes, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def reconcile_agent(self, body: Obj, cache_policy: PolicyLookup, routing_policy: PolicyLookup,
                               children: ChildrenLookup, *, force: bool = False) -> Outcome:
@@ -328,31 +332,72 @@ class Controller:
         result = await self.kube.apply(obj)
         self.applied.setdefault(key, {})[(obj["kind"], obj["metadata"]["name"])] = (owner.uid, digest)
         if obj["kind"] == "Deployment":
-            self.deployments[key] = rollout_view(result)
+            self._remember_deployment(key, rollout_view(result))
 
     async def _delete_stale(self, key: Key, owner: Owner, api_version: str, kind: str, name: str) -> None:
         await self.kube.delete(api_version, kind, owner.namespace, name)  # already gone: fine
         self.applied.setdefault(key, {})[(kind, name)] = (owner.uid, "")  # known absent
 
+    def _remember_deployment(self, key: Key, view: Obj) -> None:
+        """Keep the newest of what the watch and our own applies saw of the Deployment. Recorded
+        without waiting for the object's lock: a reconcile that is still applying (its Service
+        queued behind others) then writes the rollout as it is by now, often Ready at once,
+        instead of the apply response's empty status followed by a second write."""
+        seen = self.deployments.get(key)
+        if seen is None or not is_older(view, seen):
+            self.deployments[key] = view
+
     async def observe_deployment(self, key: Key, deployment: Obj, previous_status: Obj) -> None:
-        """A Deployment we own changed: refresh replicas and conditions (no re-render)."""
+        """A Deployment we own changed: refresh replicas and conditions (no re-render). While the
+        object is busy (a reconcile waiting for its Service), one refresh is queued for later and
+        this returns at once: the watch keeps delivering this Deployment's events meanwhile (kopf
+        hands one object's events over one by one), so the reconcile ends with the newest."""
+        if key not in self.rendered and key not in self.locks:
+            return  # never reconciled by this process (or deleted): its first reconcile reads it
+        self._remember_deployment(key, rollout_view(deployment))
+        if not self.locks[key].locked():
+            async with self.locks[key]:
+                await self._refresh_status(key, previous_status)
+        elif key not in self.refreshes:
+            self.refreshes[key] = asyncio.create_task(self._refresh_later(key, previous_status),
+                                                      name=f"strata-refresh-{key[0]}/{key[1]}")
+
+    async def _refresh_later(self, key: Key, previous_status: Obj) -> None:
         async with self.locks[key]:
-            rendered = self.rendered.get(key)
-            if rendered is None:
-                return  # not rendered by this process yet; the create/resume handler will
-            deployment = rollout_view(deployment)
-            self.deployments[key] = deployment
-            previous = self.written.get(key) or dict(previous_status)
-            new = st.agent_status(generation=rendered.generation, previous=previous, now=now(),
-                                  desired=rendered.desired, deployment=deployment)
-            await self._write(key, previous, new)
+            self.refreshes.pop(key, None)  # from here on, a newer event queues the next refresh
+            try:
+                await self._refresh_status(key, previous_status)
+            except ApiError as e:  # the next Deployment event or drift sweep writes it again
+                log.warning("writing the status of %s/%s failed: %s", key[0], key[1], e)
+
+    async def _refresh_status(self, key: Key, previous_status: Obj) -> None:
+        rendered = self.rendered.get(key)
+        if rendered is None:
+            return  # its first reconcile failed to apply; its retry writes the status
+        previous = self.written.get(key) or dict(previous_status)
+        new = st.agent_status(generation=rendered.generation, previous=previous, now=now(),
+                              desired=rendered.desired, deployment=self.deployments.get(key))
+        await self._write(key, previous, new)
+
+def is_older(view: Obj, than: Obj) -> bool:
+    """Whether `view` is an older version of the same object than `than`, by resourceVersion:
+    comparable integers for objects of one resource since Kubernetes 1.35 (KEP-5504). Versions
+    that are not well-formed integers are never called older: the latest arrival wins."""
+    a, b = view["metadata"].get("resourceVersion"), than["metadata"].get("resourceVersion")
+    if not (_well_formed(a) and _well_formed(b)):
+        return False
+    return (len(a), a) < (len(b), b)
+
+
+def _well_formed(version: Any) -> TypeGuard[str]:
+    return isinstance(version, str) and version.isascii() and version.isdigit() and not version.startswith("0")
 
 
 def rollout_view(deployment: Obj) -> Obj:
     """The part of a Deployment that `status.rollout` reads (kept per AgentDeployment in memory)."""
     meta, spec = deployment.get("metadata") or {}, deployment.get("spec") or {}
     template_meta = (spec.get("template") or {}).get("metadata") or {}
-    return {"metadata": {"generation": meta.get("generation")},
+    return {"metadata": {"generation": meta.get("generation"), "resourceVersion": meta.get("resourceVersion")},
             "spec": {"replicas": spec.get("replicas"),
                      "template": {"metadata": {"annotations": dict(template_meta.get("annotations") or {})}}},
             "status": dict(deployment.get("status") or {})}
