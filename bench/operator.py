@@ -5,12 +5,13 @@ manager and kwok do the least work that still ends in Ready pods), measures:
 
 - seconds from the first create until every AgentDeployment reports Ready=True for its
   current generation, and the p50/p99 of the per-object time from its own create to Ready;
-- seconds until every pod is Ready (the control plane's share: controller-manager,
-  scheduler, kwok) — the difference to the above is what the operator adds;
+- seconds until every Deployment reports its pods Ready (the control plane's share:
+  controller-manager, scheduler, kwok) — the difference to the above is what the operator adds;
 - operator CPU seconds and peak RSS during that burst, then CPU (% of one core) and RSS
   while idle with all N objects in place;
 - the CPU seconds of every control-plane process and of the bench itself during the burst
-  (they all share the machine's cores: the sum over the burst's wall time is the load).
+  (they all share the machine's cores: the sum over the burst's wall time is the load);
+- the API server's writes during the burst per AgentDeployment, by verb and resource.
 
 The operator runs as its own process (`strata-operator`, namespace-scoped to the bench
 namespace, standalone), exactly as shipped. Readiness is observed with watches (no
@@ -31,6 +32,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -154,12 +156,12 @@ def bench_nodes(core: client.CoreV1Api, count: int, pods_per_node: int) -> list[
 
 
 class Watcher(threading.Thread):
-    """Records the first time each object of a namespaced list satisfies `done(obj)`."""
+    """Records, per check, the first time each object of a namespaced list satisfies it."""
 
-    def __init__(self, list_fn: Any, namespace: str, done: Any, start: float):
+    def __init__(self, list_fn: Any, namespace: str, checks: dict[str, Any], start: float):
         super().__init__(daemon=True)
-        self.list_fn, self.namespace, self.done, self.start_time = list_fn, namespace, done, start
-        self.seen: dict[str, float] = {}
+        self.list_fn, self.namespace, self.checks, self.start_time = list_fn, namespace, checks, start
+        self.seen: dict[str, dict[str, float]] = {check: {} for check in checks}
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -175,8 +177,9 @@ class Watcher(threading.Thread):
                     if event["type"] in ("BOOKMARK", "DELETED", "ERROR"):
                         continue
                     name = meta["name"]
-                    if name not in self.seen and self.done(obj):
-                        self.seen[name] = time.monotonic() - self.start_time
+                    for check, done in self.checks.items():
+                        if name not in self.seen[check] and done(obj):
+                            self.seen[check][name] = time.monotonic() - self.start_time
                     if self.stop.is_set():
                         break
             except client.ApiException as e:
@@ -190,6 +193,22 @@ class Watcher(threading.Thread):
             finally:
                 w.stop()
 
+    def all_seconds(self, check: str, count: int) -> float | None:
+        """When the last of `count` objects passed `check`; None if not all did."""
+        seen = self.seen[check]
+        return round(max(seen.values()), 2) if len(seen) == count else None
+
+
+def deployment_watcher(api: client.ApiClient, namespace: str, start: float) -> Watcher:
+    """When each Deployment first exists and first reports its pods Ready (what the operator
+    reads). Not a watch on pods: it would cost the API server a JSON encoding of every pod
+    event for this bench alone, and the bench the parsing, on the cores being measured."""
+    apps = client.AppsV1Api(api)
+    # Wrapped in a lambda (no return annotation): the watch then yields plain dicts; building
+    # typed models took the bench several times more CPU, on the cores the control plane needs.
+    return Watcher(lambda ns, **kw: apps.list_namespaced_deployment(ns, **kw), namespace,  # noqa: PLW0108
+                   {"applied": lambda _: True, "ready": deployment_ready}, start)
+
 
 def agent_ready(obj: dict[str, Any]) -> bool:
     status = obj.get("status") or {}
@@ -197,9 +216,34 @@ def agent_ready(obj: dict[str, Any]) -> bool:
     return ready and status.get("observedGeneration") == obj["metadata"].get("generation")
 
 
-def pod_ready(pod: dict[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+def deployment_ready(deployment: dict[str, Any]) -> bool:
+    meta, spec, status = deployment["metadata"], deployment.get("spec") or {}, deployment.get("status") or {}
+    return (int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+            and int(status.get("readyReplicas") or 0) >= int(spec.get("replicas") or 1))
+
+
+def api_writes(api: client.ApiClient) -> dict[str, float]:
+    """The API server's write counters ("VERB resource[/subresource]" -> requests so far)."""
+    method, url, headers, _, _ = api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
+    response = api.call_api(method, url, header_params=headers)
+    response.read()
+    writes: dict[str, float] = {}
+    for line in response.data.decode().splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line[:line.rindex("}")]))
+        if labels.get("verb") in ("GET", "LIST", "WATCH", "CONNECT"):
+            continue
+        key = f"{labels.get('verb')} {labels.get('resource')}" + (f"/{labels['subresource']}"
+                                                                  if labels.get("subresource") else "")
+        writes[key] = writes.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return writes
+
+
+def writes_per_object(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    """API writes during the burst per AgentDeployment, by verb and resource, largest first."""
+    diff = {k: (v - before.get(k, 0.0)) / count for k, v in after.items()}
+    return {k: round(v, 2) for k, v in sorted(diff.items(), key=lambda kv: -kv[1]) if v >= 0.05}
 
 
 def free_port() -> int:
@@ -269,18 +313,13 @@ def run_one(count: int, *, api: client.ApiClient, kubeconfig: str, idle_seconds:
         created_at: dict[str, float] = {}
         start = time.monotonic()
         agents = Watcher(lambda ns, **kw: custom.list_namespaced_custom_object(
-            GROUP, VERSION, ns, "agentdeployments", **kw), namespace, agent_ready, start)
-        # Wrapped in lambdas (no return annotation): the watch then yields plain dicts; building
-        # typed V1Pod models took the bench several times more CPU, on the cores the control plane needs.
-        pods = Watcher(lambda ns, **kw: core.list_namespaced_pod(ns, **kw), namespace,  # noqa: PLW0108
-                       pod_ready, start)
-        apps = client.AppsV1Api(api)
-        deployments = Watcher(lambda ns, **kw: apps.list_namespaced_deployment(ns, **kw),  # noqa: PLW0108
-                              namespace, lambda _: True, start)
-        watchers = [agents, pods, deployments]
+            GROUP, VERSION, ns, "agentdeployments", **kw), namespace, {"ready": agent_ready}, start)
+        deployments = deployment_watcher(api, namespace, start)
+        watchers = [agents, deployments]
         for w in watchers:
             w.start()
         components = {**control_plane_pids(), "operator": operator.pid}
+        writes_start = api_writes(api)
         cpu_start = cpu_by_component(components)
 
         def create(i: int) -> None:
@@ -292,22 +331,23 @@ def run_one(count: int, *, api: client.ApiClient, kubeconfig: str, idle_seconds:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(create, range(count)))
         created = time.monotonic() - start
-        while len(agents.seen) < count and time.monotonic() - start < timeout:
+        ready = agents.seen["ready"]
+        while len(ready) < count and time.monotonic() - start < timeout:
             time.sleep(0.2)
         total = time.monotonic() - start
         cpu_end = cpu_by_component(components)
         burst_cpu = {name: round(cpu_end[name] - cpu_start[name], 1) for name in cpu_end if name in cpu_start}
-        per_object = [agents.seen[n] - created_at[n] for n in agents.seen]
-        all_ready = len(agents.seen) == count
+        per_object = [ready[n] - created_at[n] for n in ready]
+        all_ready = len(ready) == count
         results.append({
-            "bench": "operator", "metric": "time_to_ready", "agent_deployments": count, "ready": len(agents.seen),
+            "bench": "operator", "metric": "time_to_ready", "agent_deployments": count, "ready": len(ready),
             "create_seconds": round(created, 2), "all_ready_seconds": round(total, 2) if all_ready else None,
-            "deployments_applied_seconds": (round(max(deployments.seen.values()), 2)
-                                            if len(deployments.seen) == count else None),
-            "pods_ready_seconds": round(max(pods.seen.values()), 2) if len(pods.seen) == count else None,
+            "deployments_applied_seconds": deployments.all_seconds("applied", count),
+            "pods_ready_seconds": deployments.all_seconds("ready", count),
             "p50_seconds": percentile(per_object, 0.5), "p99_seconds": percentile(per_object, 0.99),
             "burst_cpu_seconds": burst_cpu["operator"], "burst_cpu_seconds_by_process": burst_cpu,
             "burst_peak_rss_mb": round(proc_peak_rss_mb(operator.pid), 1),
+            "api_writes_per_object": writes_per_object(writes_start, api_writes(api), count),
             "timed_out": not all_ready,
         })
         if spy is not None:
@@ -381,28 +421,29 @@ def run_floor(count: int, *, api: client.ApiClient, kubeconfig: str, timeout: fl
     core = client.CoreV1Api(api)
     namespace = f"bench-floor-{count}-{uuid.uuid4().hex[:5]}"
     core.create_namespace({"metadata": {"name": namespace, "labels": {"strata-bench": "operator"}}})
-    pods: Watcher | None = None
+    deployments: Watcher | None = None
     try:
         per_agent = [rendered_children(namespace, f"a{i:04d}") for i in range(count)]
         components = control_plane_pids()
+        writes_start = api_writes(api)
         cpu_start = cpu_by_component(components)
         start = time.monotonic()
-        pods = Watcher(lambda ns, **kw: core.list_namespaced_pod(ns, **kw), namespace,  # noqa: PLW0108
-                       pod_ready, start)
-        pods.start()
+        deployments = deployment_watcher(api, namespace, start)
+        deployments.start()
         asyncio.run(apply_directly(kubeconfig, per_agent))
         applied = time.monotonic() - start
-        while len(pods.seen) < count and time.monotonic() - start < timeout:
+        while len(deployments.seen["ready"]) < count and time.monotonic() - start < timeout:
             time.sleep(0.2)
         cpu_end = cpu_by_component(components)
         return {"bench": "operator", "metric": "control_plane_floor", "agent_deployments": count,
                 "objects_applied": sum(len(objects) for objects in per_agent),
                 "applied_seconds": round(applied, 2),
-                "pods_ready_seconds": round(max(pods.seen.values()), 2) if len(pods.seen) == count else None,
-                "burst_cpu_seconds_by_process": {name: round(cpu_end[name] - cpu_start[name], 1) for name in cpu_end}}
+                "pods_ready_seconds": deployments.all_seconds("ready", count),
+                "burst_cpu_seconds_by_process": {name: round(cpu_end[name] - cpu_start[name], 1) for name in cpu_end},
+                "api_writes_per_object": writes_per_object(writes_start, api_writes(api), count)}
     finally:
-        if pods is not None:
-            pods.stop.set()
+        if deployments is not None:
+            deployments.stop.set()
         if not delete_namespace(core, namespace):
             print(f"warning: namespace {namespace} is still terminating", file=sys.stderr)
 
