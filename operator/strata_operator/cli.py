@@ -10,6 +10,8 @@ distinct priority derived from its pod name, so exactly one works and the others
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -17,6 +19,7 @@ import socket
 import sys
 
 import kopf
+import uvloop
 
 from strata_operator.handlers import register
 from strata_operator.settings import OperatorSettings
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()
     register(registry, settings)
-    kopf.run(
+    operator = kopf.operator(
         registry=registry,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
@@ -76,4 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         liveness_endpoint=settings.liveness_endpoint,
         memo=kopf.Memo(),
     )
+    # uvloop, as in the runtime: its TLS, socket reads and timers cost a fraction of asyncio's, and
+    # at 1,000 objects the operator is mostly reading watch streams and sending API requests.
+    with contextlib.suppress(asyncio.CancelledError):
+        uvloop.run(operator)
     sys.exit(0)
