@@ -379,10 +379,12 @@ class Controller:
                               desired=rendered.desired, deployment=self.deployments.get(key))
         await self._write(key, previous, new)
 
+
 def is_older(view: Obj, than: Obj) -> bool:
     """Whether `view` is an older version of the same object than `than`, by resourceVersion:
-    comparable integers for objects of one resource since Kubernetes 1.35 (KEP-5504). Versions
-    that are not well-formed integers are never called older: the latest arrival wins."""
+    comparable integers within one resource as of Kubernetes 1.35 (apimachinery's
+    `resourceversion.CompareResourceVersion`). Versions that are not well-formed integers are
+    never called older: then the latest arrival wins."""
     a, b = view["metadata"].get("resourceVersion"), than["metadata"].get("resourceVersion")
     if not (_well_formed(a) and _well_formed(b)):
         return False
