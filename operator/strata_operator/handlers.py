@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -26,6 +26,7 @@ from strata_operator.k8s import ApiError, Kube
 from strata_operator.models import API_VERSION, GROUP, VERSION, CachePolicySpec, RoutingPolicySpec
 from strata_operator.reconcile import LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY
 from strata_operator.settings import OperatorSettings
+from strata_operator.watch import ListWatch
 
 Obj = dict[str, Any]
 AD = (GROUP, VERSION, "agentdeployments")
@@ -34,13 +35,14 @@ POLICY_MODELS: dict[str, tuple[str, type[CachePolicySpec] | type[RoutingPolicySp
     "routingpolicies": ("RoutingPolicy", RoutingPolicySpec),
 }
 OWNED = {LABEL_MANAGED_BY: MANAGED_BY}
-CHILDREN = [
-    ("", "v1", "configmaps"),
-    ("", "v1", "services"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-]
+OWNED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+# Children whose deletion by hand triggers a repair at once. Most are watched by lean loops
+# (strata_operator.watch, metadata only); the kinds kopf already watches for its indexes
+# (SWITCHABLE, below) are handled there.
+CHILDREN_WATCHED_LEAN = [("v1", "configmaps"), ("v1", "services"), ("policy/v1", "poddisruptionbudgets")]
+CHILDREN_WATCHED_BY_KOPF = [("networking.k8s.io", "v1", "networkpolicies"),
+                            ("autoscaling", "v2", "horizontalpodautoscalers")]
+STANDBY_RECHECK_SECONDS = 10.0
 
 log = logging.getLogger("strata.operator")
 
@@ -155,24 +157,32 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
                                   discovery_ttl=operator_settings.keda_discovery_ttl_seconds)
         memo["controller"] = Controller(kube)
 
-    def start_resync(memo: Any, ix: Indexes) -> None:
-        """Drift repair: ONE operator-wide task over the live `agents` index. A per-object kopf
+    def start_background(memo: Any, ix: Indexes) -> None:
+        """Drift repair: ONE operator-wide task over the live `agents` index (a per-object kopf
         timer would make kopf put its finalizer on every AgentDeployment, so that none could be
-        deleted (nor its namespace) while the operator is not running. Started from the first
-        handler call, not at startup: it inherits kopf's handler context (event posting needs
-        it), and a standby replica, which gets no events, runs none."""
-        if memo.get("resync") is None:
-            memo["resync"] = asyncio.create_task(resync_forever(memo, ix), name="strata-resync")
+        deleted, nor its namespace, while the operator is not running), and the lean watches of
+        the children. Started from the first handler call, not at startup: they inherit kopf's
+        handler context (event posting needs it), and a standby replica, which gets no events,
+        runs none. Kept here, not in `memo`: kopf gives each object a copy of the memo of its own,
+        which made one sweep per AgentDeployment."""
+        if not background:
+            background.append(asyncio.create_task(resync_forever(memo, ix), name="strata-resync"))
+            background.extend(asyncio.create_task(w.run(), name=f"strata-watch-{w.plural}")
+                              for w in lean_watches(memo, ix))
+            log.info("started the drift repair sweep and %d watches", len(background) - 1)
 
-    @kopf.on.cleanup(id="stop_resync", registry=registry)
-    async def stop_resync(*, memo: Any, **_: Any) -> None:
-        tasks = [t for t in [memo.get("resync"), *retries.values()] if t is not None]
+    background: list[asyncio.Task[None]] = []
+
+    @kopf.on.cleanup(id="stop_background", registry=registry)
+    async def stop_background(*, memo: Any, **_: Any) -> None:
+        tasks = [*background, *retries.values(), *spawned]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         retries.clear()
+        background.clear()
         if "controller" in memo:
             await controller_of(memo).close()
             kube = controller_of(memo).kube
@@ -200,6 +210,75 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         task = retries.pop(key, None)
         if task is not None:
             task.cancel()
+
+    spawned: set[asyncio.Task[None]] = set()
+
+    def spawn(work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `work` on its own (a watch loop must never wait for it); failures are logged."""
+        task = asyncio.create_task(work, name=name)
+        spawned.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            spawned.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s failed", name, exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    standby = {"checked": float("-inf"), "outranked": False}
+
+    async def standing_by(memo: Any) -> bool:
+        """Whether a higher-priority peer works (kopf then pauses its own watches, not the lean
+        ones): asked at most every STANDBY_RECHECK_SECONDS."""
+        if not operator_settings.peering:
+            return False
+        if time.monotonic() - standby["checked"] > STANDBY_RECHECK_SECONDS:
+            standby["outranked"] = await controller_of(memo).kube.outranked(
+                operator_settings.peering, operator_settings.priority, operator_settings.namespaces)
+            standby["checked"] = time.monotonic()
+        return bool(standby["outranked"])
+
+    def lean_watches(memo: Any, ix: Indexes) -> list[ListWatch]:
+        kube = controller_of(memo).kube
+        timeout = operator_settings.watch_server_timeout_seconds
+
+        def owner_key(obj: Obj) -> Key | None:
+            meta = obj.get("metadata") or {}
+            owner = (meta.get("labels") or {}).get(LABEL_OWNER)
+            return (str(meta.get("namespace")), str(owner)) if owner else None
+
+        async def repair(key: Key) -> None:
+            if not await standing_by(memo):
+                await reconcile_by_key(memo, key, ix, force=True)
+
+        async def observe(key: Key, deployment: Obj) -> None:
+            if await standing_by(memo):
+                return
+            for snapshot in ix.agents.get(key) or []:
+                await controller_of(memo).observe_deployment(key, deployment, snapshot.get("status") or {})
+
+        def deployment_changed(kind: str, obj: Obj) -> None:
+            key = owner_key(obj)
+            if key is None:
+                return
+            if kind == "DELETED":  # deleted by hand: re-create it
+                spawn(repair(key), f"strata-repair-{key[0]}/{key[1]}")
+            else:
+                spawn(observe(key, obj), f"strata-observe-{key[0]}/{key[1]}")
+
+        def child_changed(kind: str, obj: Obj) -> None:
+            key = owner_key(obj)
+            if key is not None and kind == "DELETED":
+                spawn(repair(key), f"strata-repair-{key[0]}/{key[1]}")
+
+        watches = []
+        for namespace in operator_settings.namespaces or (None,):
+            watches.append(ListWatch(kube, "apps/v1", "deployments", namespace, OWNED_SELECTOR,
+                                     deployment_changed, timeout_seconds=timeout))
+            watches += [ListWatch(kube, api_version, plural, namespace, OWNED_SELECTOR, child_changed,
+                                  metadata_only=True, timeout_seconds=timeout)
+                        for api_version, plural in CHILDREN_WATCHED_LEAN]
+        return watches
 
     async def resync_forever(memo: Any, ix: Indexes) -> None:
         interval = operator_settings.drift_interval_seconds
@@ -290,7 +369,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         # make the garbage collector delete the children.
         key = (str(namespace), name)
         controller = controller_of(memo)
-        start_resync(memo, Indexes.of(kw))
+        start_background(memo, Indexes.of(kw))
         if event.get("type") == "DELETED":
             cancel_retry(key)
             controller.forget(key)
@@ -344,24 +423,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
             if controller.depends_on((str(namespace), agent), ("Secret", name), version):
                 await reconcile_by_key(memo, (str(namespace), agent), ix)
 
-    # ---- what it owns ----------------------------------------------------------------------
-    @kopf.on.event("apps", "v1", "deployments", labels=OWNED, id="deployment_event", registry=registry)
-    async def deployment_event(*, event: Any, body: Any, namespace: str | None, memo: Any, **kw: Any) -> None:
-        ix = Indexes.of(kw)
-        owner = (body["metadata"].get("labels") or {}).get(LABEL_OWNER)
-        if not owner:
-            return
-        key = (str(namespace), owner)
-        if event.get("type") == "DELETED":
-            await reconcile_by_key(memo, key, ix, force=True)  # deleted by hand: re-create it
-            return
-        for snapshot in ix.agents.get(key) or []:
-            await controller_of(memo).observe_deployment(key, dict(body), snapshot.get("status") or {})
-
-    for group, version, plural in CHILDREN:
+    # ---- what it owns (Deployments and the other children: lean watches, above) -----------
+    for group, version, plural in CHILDREN_WATCHED_BY_KOPF:
         @kopf.on.event(group, version, plural, labels=OWNED, id=f"child-{plural}", registry=registry)
         async def child_event(*, event: Any, body: Any, namespace: str | None, memo: Any, **kw: Any) -> None:
             owner = (body["metadata"].get("labels") or {}).get(LABEL_OWNER)
             if owner and event.get("type") == "DELETED":
                 await reconcile_by_key(memo, (str(namespace), owner), Indexes.of(kw), force=True)
-

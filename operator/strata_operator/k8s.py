@@ -15,6 +15,7 @@ import asyncio
 import base64
 import time
 from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,8 @@ import orjson
 Obj = dict[str, Any]
 
 FIELD_MANAGER = "strata-operator"
+METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 REQUEST_TIMEOUT_SECONDS = 30.0
 
 PLURALS = {
@@ -103,6 +106,9 @@ class Kube:
     def __init__(self, auth: Any, *, discovery_ttl: float = 10.0, max_in_flight: int = MAX_IN_FLIGHT):
         self._auth = auth
         self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
+        """Watches hold their connection for minutes: a pool of their own, so they never take
+        the connections that requests are bounded to."""
         self._max_in_flight = max_in_flight
         # Bounded, and never more than the connections the pool keeps alive: a request beyond
         # them would pay a new TLS handshake.
@@ -131,16 +137,28 @@ class Kube:
         self._session = aiohttp.ClientSession(
             headers=headers, connector=connector, raise_for_status=False,
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS, connect=10))
+        self._watch_session = aiohttp.ClientSession(
+            headers=headers, connector=aiohttp.TCPConnector(limit=0, ssl=await self._auth.ssl_context()),
+            raise_for_status=False)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+        self._session = self._watch_session = None
 
     def _url(self, version: str, namespace: str | None, url: str) -> str:
         root = "/api" if version == "v1" else "/apis"
         path = f"{root}/{version}/namespaces/{namespace}/{url}" if namespace else f"{root}/{version}/{url}"
         return f"{self._auth.server.rstrip('/')}{path}"
+
+    def _request_options(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self._auth.tls_server_name:
+            extra["server_hostname"] = self._auth.tls_server_name
+        if self._auth.proxy:
+            extra["proxy"] = self._auth.proxy
+        return extra
 
     async def _send(self, method: str, url: str, params: dict[str, str] | None, content: bytes | None,
                     headers: dict[str, str]) -> tuple[int, bytes, aiohttp.ClientSession]:
@@ -148,28 +166,25 @@ class Kube:
             await self._open_session()
         session = self._session
         assert session is not None
-        extra: dict[str, Any] = {}
-        if self._auth.tls_server_name:
-            extra["server_hostname"] = self._auth.tls_server_name
-        if self._auth.proxy:
-            extra["proxy"] = self._auth.proxy
         async with session.request(method, url, params=params, data=content, headers=headers,
-                                   **extra) as response:
+                                   **self._request_options()) as response:
             return response.status, await response.read(), session
 
     async def _reauthenticate(self, rejected: aiohttp.ClientSession) -> None:
         """Reload the credentials after a 401 (a rotated service-account token), once for all the
         requests that the same session sent: the first one to get here does it."""
         async with self._reauth_lock:
-            if self._session is rejected:
+            if rejected in (self._session, self._watch_session):
                 await self._auth.reauthenticate()
                 await self._open_session()
 
     async def _call(self, method: str, version: str, namespace: str | None, url: str, *,
                     params: dict[str, str] | None = None, body: Obj | None = None,
-                    content_type: str = "application/json") -> Obj:
+                    content_type: str = "application/json", accept: str | None = None) -> Obj:
         content = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": content_type} if content is not None else {}
+        if accept:
+            headers["Accept"] = accept
         full_url = self._url(version, namespace, url)
         delay = 0.2
         what = f"{method} {url.split('/', 1)[0]}{'/status' if url.endswith('/status') else ''}"
@@ -207,6 +222,45 @@ class Kube:
         return await self._call("PATCH", version, meta.get("namespace"), url,
                                 params={"fieldManager": FIELD_MANAGER, "force": "true"}, body=obj,
                                 content_type="application/apply-patch+yaml")
+
+    async def list_objects(self, api_version: str, plural: str, namespace: str | None, *, label_selector: str,
+                   metadata_only: bool = False) -> Obj:
+        """One list (items and the list's resourceVersion), only the objects' metadata if asked."""
+        accept = f"{METADATA_LIST},application/json" if metadata_only else None
+        return await self._call("GET", api_version, namespace, plural, params={"labelSelector": label_selector},
+                                accept=accept)
+
+    async def watch(self, api_version: str, plural: str, namespace: str | None, *, label_selector: str,
+                    resource_version: str, timeout_seconds: int,
+                    metadata_only: bool = False) -> AsyncIterator[Obj]:
+        """The events of one watch request, decoded as they arrive; ends when the server closes
+        the stream (after `timeout_seconds`). An error status raises ApiError (410 Gone: the
+        resourceVersion is too old, list again)."""
+        url = self._url(api_version, namespace, plural)
+        params = {"watch": "true", "labelSelector": label_selector, "resourceVersion": resource_version,
+                  "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
+        headers = {"Accept": f"{METADATA},application/json" if metadata_only else "application/json"}
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=timeout_seconds + 30)
+        for attempt in range(2):
+            if self._watch_session is None:
+                await self._open_session()
+            session = self._watch_session
+            assert session is not None
+            async with session.get(url, params=params, headers=headers, timeout=timeout,
+                                   **self._request_options()) as response:
+                if response.status == 401 and attempt == 0:
+                    await self._reauthenticate(session)
+                    continue
+                if response.status >= 400:
+                    body = (await response.read()).decode("utf-8", "replace")
+                    raise _error(response.status, "WATCH", f"{api_version}/{plural}", body)
+                pending = b""
+                async for chunk in response.content.iter_any():
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield orjson.loads(line)
+                return
 
     async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Obj | None:
         version, url = object_url(api_version, kind, namespace, name)

@@ -124,6 +124,17 @@ def test_a_scale_by_the_autoscaler_is_reported_and_survives_a_re_render(kubectl:
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] == 3, "the new generation was not applied"
 
 
+def test_one_sweep_and_one_set_of_watches_serve_every_agent_deployment(
+        kubectl: Kubectl, namespace: str, operator: subprocess.Popen[bytes]) -> None:
+    # kopf hands every object a copy of the memo of its own: state kept there was once per object.
+    setup_sample(kubectl, namespace)
+    apply_yaml(kubectl, namespace, agent_deployment(namespace, "second"))
+    wait_ready(kubectl, namespace, "support")
+    wait_ready(kubectl, namespace, "second")
+    log = operator.log_path.read_text()  # type: ignore[attr-defined]
+    assert log.count("started the drift repair sweep") == 1
+
+
 @pytest.mark.usefixtures("operator")
 def test_a_service_deleted_by_hand_is_restored(kubectl: Kubectl, namespace: str) -> None:
     setup_sample(kubectl, namespace)
