@@ -81,8 +81,8 @@ class Indexes:
 
 
 class NoDiffBaseStorage(kopf.DiffBaseStorage):
-    """kopf builds a deep-copied "essence" of EVERY watched object on every event (Deployments
-    with their status, ConfigMaps, ...) for change detection, even with no handler that uses it.
+    """kopf builds a deep-copied "essence" of EVERY watched object on every event (AgentDeployments,
+    NetworkPolicies, Secrets, ...) for change detection, even with no handler that uses it.
     This operator registers no create/update/delete/resume handler, daemon or timer (everything
     is level-triggered from watch events), so the essence is never read: build nothing. Adding
     such a handler requires removing this storage."""
@@ -226,16 +226,19 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         task.add_done_callback(done)
 
     standby = {"checked": float("-inf"), "outranked": False}
+    standby_lock = asyncio.Lock()
 
     async def standing_by(memo: Any) -> bool:
         """Whether a higher-priority peer works (kopf then pauses its own watches, not the lean
-        ones): asked at most every STANDBY_RECHECK_SECONDS."""
+        ones): asked at most every STANDBY_RECHECK_SECONDS, by one caller while the others wait."""
         if not operator_settings.peering:
             return False
         if time.monotonic() - standby["checked"] > STANDBY_RECHECK_SECONDS:
-            standby["outranked"] = await controller_of(memo).kube.outranked(
-                operator_settings.peering, operator_settings.priority, operator_settings.namespaces)
-            standby["checked"] = time.monotonic()
+            async with standby_lock:
+                if time.monotonic() - standby["checked"] > STANDBY_RECHECK_SECONDS:
+                    standby["outranked"] = await controller_of(memo).kube.outranked(
+                        operator_settings.peering, operator_settings.priority, operator_settings.namespaces)
+                    standby["checked"] = time.monotonic()
         return bool(standby["outranked"])
 
     def lean_watches(memo: Any, ix: Indexes) -> list[ListWatch]:
