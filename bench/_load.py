@@ -1,6 +1,6 @@
 """Raw-socket HTTP/1.1 load generator, run as its own process (never shares a core's loop with a server).
 
-    python bench/_load.py --port P --path /v1/chat/completions --body '{"...": 1}' \
+    python -m bench._load --port P --path /v1/chat/completions --body '{"...": 1}' \
         --header 'authorization: Bearer k' --concurrency 32 --duration 5 [--warmup 1]
 
 Each of `concurrency` workers keeps one keep-alive connection and sends requests back to
@@ -8,7 +8,7 @@ back. Prints one JSON object: completed, errors, rps, latency p50/p99 ms and, fo
 response, time to the first body byte (TTFT for SSE streams) p50/p99 ms.
 
 Imported by the benchmarks (bench/gateway.py, bench/cache.py) for what they share around the
-load generator: `run_load` (spawns this file as its own process), per-process-tree CPU and
+load generator: `run_load` (runs this module as its own process), per-process-tree CPU and
 RSS from /proc, and the `LiteLLM` proxy peer.
 """
 
@@ -127,31 +127,38 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 def run_load(port: int, body: dict[str, Any], *, headers: tuple[str, ...] = (), concurrency: int = 1,
              duration: float = 4.0, warmup: float = 0.5, path: str = "/v1/chat/completions") -> dict[str, Any]:
     """Run this load generator in its own process against 127.0.0.1:port; its JSON result."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--port", str(port), "--path", path,
+    cmd = [sys.executable, "-m", "bench._load", "--port", str(port), "--path", path,
            "--body", json.dumps(body), "--concurrency", str(concurrency), "--duration", str(duration),
            "--warmup", str(warmup)]
     for header in headers:
         cmd += ["--header", header]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + warmup + 60).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + warmup + 60,
+                         cwd=ROOT).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
 
 
 def tree_cpu_seconds(pid: int) -> float:
     """utime + stime of a process and all its descendants, from /proc."""
-    total = 0.0
+    return sum(tree_cpu_split(pid))
+
+
+def tree_cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process and all its descendants, from /proc: user-space and kernel seconds."""
+    user = kernel = 0.0
     stack = [pid]
     while stack:
         p = stack.pop()
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+            user += int(fields[11]) / CLK_TCK
+            kernel += int(fields[12]) / CLK_TCK
             for task in Path(f"/proc/{p}/task").iterdir():
                 children = (task / "children").read_text().split()
                 stack.extend(int(c) for c in children)
         except (OSError, IndexError, ValueError):
             continue
-    return total
+    return user, kernel
 
 
 def rss_mb(pid: int) -> float:

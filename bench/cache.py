@@ -1,14 +1,17 @@
 """Response-cache benchmarks; JSON lines on stdout, a human table on stderr.
 
-    .venv/bin/python bench/cache.py                 # default, ~2 min: http + lookup + index (10k, 100k)
-    .venv/bin/python bench/cache.py http [--duration 3] [--rounds 1] [--no-litellm]
-    .venv/bin/python bench/cache.py index [--million] [--milvus]   # numpy (+ milvus-lite) lookup + recall
-    .venv/bin/python bench/cache.py calibrate       # banking77 hit / wrong-hit rates per threshold (~1 min)
-    .venv/bin/python bench/cache.py lookup          # in-process exact / semantic hit latency of CacheService
-    .venv/bin/python bench/cache.py --long          # everything, 1M entries and milvus-lite included
+    .venv/bin/python -m bench.cache                 # default, ~2 min: http + lookup + index (10k, 100k)
+    .venv/bin/python -m bench.cache http [--duration 3] [--rounds 1] [--no-litellm]
+    .venv/bin/python -m bench.cache index [--million] [--milvus]   # numpy (+ milvus-lite) lookup + recall
+    .venv/bin/python -m bench.cache calibrate       # verifier / threshold table on held-back splits
+    .venv/bin/python -m bench.cache calibrate --fit # refit the verifier (writes cache/verifier_params.json)
+    .venv/bin/python -m bench.cache lookup          # in-process exact / semantic hit latency of CacheService
+    .venv/bin/python -m bench.cache --smoke         # seconds: http (no LiteLLM), lookup, index at 2k,
+                                                    # calibrate --fit on a small sample (scratch params file)
+    .venv/bin/python -m bench.cache --long          # everything, 1M entries and milvus-lite included
 
-HTTP: the fake upstream, a Strata runtime (one process, cache on, memory backend, local MiniLM
-embedder, API-key auth) and the LiteLLM proxy (bench/setup_litellm.sh, one worker, `cache: true`
+HTTP: the fake upstream, a Strata runtime (one process, cache on, memory backend, local
+multilingual-e5-small embedder, API-key auth) and the LiteLLM proxy (bench/setup_litellm.sh, one worker, `cache: true`
 with its local in-memory cache), all on loopback; each answer is primed once, then the raw-socket
 load generator (bench/_load.py, its own process) repeats it. Scenarios: exact hit (the same body)
 and semantic hit (a paraphrase of the primed question, which never becomes an exact entry) at
@@ -17,18 +20,19 @@ semantic cache (its semantic caches need Redis Stack or Qdrant), so the semantic
 with its exact hit. Every run checks that the upstream saw no request (all answers were hits).
 Index: per-partition numpy brute force (what the cache uses) vs milvus-lite FLAT, queries are
 perturbed copies of stored vectors; recall@1 is measured against an exact float64 brute force.
-Calibration: banking77 test split, same-intent pairs (should hit) vs cross-intent pairs (must
-miss), cosine from the real local embedder, with and without the hit guard.
+Calibration (bench/_cache_calibrate.py): banking77 (cache-like: same intent should hit, another
+intent must miss), paws-wiki-en and paws-x-zh (paraphrase pairs vs same-words-other-meaning
+pairs); fitted on the fitting halves, measured on the held-back halves; cosine thresholds with
+the hit guard vs the verifier at several `maxWrongHitRate` targets. The data (bench/data/, each
+set with its licence and source) can be swapped: set STRATA_CALIBRATION_DATA to another directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
-import random
 import resource
 import sys
 import tempfile
@@ -40,11 +44,10 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-ROOT = Path(__file__).resolve().parents[1]
-BANKING = ROOT.parent / "shared" / "data" / "banking77"
-sys.path.insert(0, str(ROOT))
+from bench._load import BENCH_KEY, LiteLLM, measured_load, start_strata
 
-from bench._load import BENCH_KEY, LiteLLM, measured_load, start_strata  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+BANKING = ROOT / "bench" / "data" / "banking77"
 
 KEY = BENCH_KEY
 SYSTEM = {"role": "system", "content": "You are a concise banking assistant."}
@@ -124,90 +127,34 @@ def bench_milvus(data: np.ndarray, q: np.ndarray, exact: np.ndarray, n: int) -> 
           f"recall@1 {rec['recall_at_1']:.3f}", file=sys.stderr)
 
 
-def bench_calibrate(pairs: int = 3000) -> None:
-    from strata_runtime.cache.guard import check
-    from strata_runtime.embeddings.minilm import MiniLM
+def bench_calibrate(fit: bool, smoke: bool = False) -> None:
+    from bench._cache_calibrate import run
+    from bench._calibration_data import FULL, SMOKE
 
-    with (BANKING / "test.csv").open() as f:
-        rows = [(r["text"], r["category"]) for r in csv.DictReader(f)]
-    model = MiniLM()
-    t0 = time.perf_counter()
-    vectors = np.vstack([model.encode([t for t, _ in rows[i:i + 64]]) for i in range(0, len(rows), 64)])
-    emit({"bench": "embed_banking77", "sentences": len(rows), "seconds": round(time.perf_counter() - t0, 1)})
-    by_intent: dict[str, list[int]] = {}
-    for i, (_, c) in enumerate(rows):
-        by_intent.setdefault(c, []).append(i)
-    rnd = random.Random(77)
-    intents = sorted(by_intent)
-    same: list[tuple[int, int]] = []
-    while len(same) < pairs:
-        members = by_intent[rnd.choice(intents)]
-        a, b = rnd.sample(members, 2)
-        same.append((a, b))
-    cross: list[tuple[int, int]] = []
-    while len(cross) < pairs:
-        a, b = rnd.randrange(len(rows)), rnd.randrange(len(rows))
-        if rows[a][1] != rows[b][1]:
-            cross.append((a, b))
-    # Hard negatives: for each sentence, its most similar sentence of another intent.
-    sims = vectors @ vectors.T
-    labels = np.array([c for _, c in rows])
-    hard = []
-    for i in rnd.sample(range(len(rows)), min(pairs, len(rows))):
-        s = sims[i].copy()
-        s[labels == labels[i]] = -2
-        hard.append((i, int(np.argmax(s))))
-
-    def rate(pair_list: list[tuple[int, int]], t: float, guarded: bool) -> float:
-        hits = 0
-        for a, b in pair_list:
-            if float(sims[a, b]) >= t and (not guarded or check(rows[a][0], rows[b][0]).allowed):
-                hits += 1
-        return hits / len(pair_list)
-
-    # Cache-like: every other test sentence is stored; each sentence asks; the best match decides.
-    nn_sims = sims.copy()
-    np.fill_diagonal(nn_sims, -2)
-    order = np.argsort(-nn_sims, axis=1)[:, :5]
-
-    def cache_like(t: float, guarded: bool) -> tuple[float, float]:
-        right = wrong = 0
-        for i in range(len(rows)):
-            for j in order[i]:
-                if nn_sims[i, j] < t:
-                    break
-                if guarded and not check(rows[i][0], rows[int(j)][0]).allowed:
-                    continue
-                if labels[i] == labels[int(j)]:
-                    right += 1
-                else:
-                    wrong += 1
-                break
-        return right / len(rows), wrong / len(rows)
-
-    print(f"{'threshold':>9} {'guard':>5} {'same-intent hit':>16} {'random cross wrong-hit':>22} "
-          f"{'hard-negative wrong-hit':>24} {'cache-like hit':>14} {'cache-like wrong':>16}", file=sys.stderr)
-    for t in (0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95):
-        for guarded in (False, True):
-            rec = {"bench": "threshold_calibration", "dataset": "banking77/test", "threshold": t, "guard": guarded,
-                   "pairs": pairs, "same_intent_hit_rate": rate(same, t, guarded),
-                   "cross_intent_wrong_hit_rate": rate(cross, t, guarded),
-                   "hard_negative_wrong_hit_rate": rate(hard, t, guarded)}
-            rec["cache_like_right_hit_rate"], rec["cache_like_wrong_hit_rate"] = cache_like(t, guarded)
-            emit(rec)
-            print(f"{t:>9.2f} {guarded!s:>5} {rec['same_intent_hit_rate']:>16.3f} "
-                  f"{rec['cross_intent_wrong_hit_rate']:>22.4f} {rec['hard_negative_wrong_hit_rate']:>24.4f} "
-                  f"{rec['cache_like_right_hit_rate']:>14.3f} {rec['cache_like_wrong_hit_rate']:>16.4f}",
-                  file=sys.stderr)
+    if smoke:  # a small sample, fitted into a scratch file: the shipped parameters stay as they are
+        with tempfile.TemporaryDirectory(prefix="strata-calibrate-") as tmp:
+            rows = run(True, sizes=SMOKE, params_path=Path(tmp) / "verifier_params.json")
+    else:
+        rows = run(fit, sizes=FULL)
+    sources = ("banking77", "paws-wiki-en", "paws-x-zh")
+    print(f"{'setting':<34} " + " ".join(f"{s + ' right/wrong':>26}" for s in sources), file=sys.stderr)
+    for row in rows:
+        emit(row)
+        cells = []
+        for source in sources:
+            cell = row.get(source)
+            cells.append(f"{cell['correct_hit_rate']:>12.3f} / {cell['wrong_hit_rate']:<11.4f}"
+                         if isinstance(cell, dict) else f"{'-':>26}")
+        print(f"{row['setting']:<34} " + " ".join(cells), file=sys.stderr)
 
 
 async def bench_lookup(iterations: int = 300) -> None:
     from strata_runtime.cache.service import CacheService
     from strata_runtime.config import CachePolicySpec
-    from strata_runtime.embeddings import LocalMiniLMEmbedder
+    from strata_runtime.embeddings import LocalEmbedder
     from strata_runtime.gateway.contract import CallContext
 
-    embedder = LocalMiniLMEmbedder(timeout_seconds=10)
+    embedder = LocalEmbedder(timeout_seconds=10)
     await embedder.start()
     cache = CacheService(CachePolicySpec.model_validate({"backend": "memory"}), embedder=embedder)
     ctx = CallContext(tenant="bench")
@@ -231,7 +178,8 @@ async def bench_lookup(iterations: int = 300) -> None:
             _, result = await cache.complete(body(text), ctx, compute)
             lat.append((time.perf_counter() - t) * 1000)
             assert result == f"hit_{kind}", result
-        rec = {"bench": "cache_hit_in_process", "kind": kind, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
+        rec = {"bench": "cache_hit_in_process", "kind": kind, "embedder": embedder.name, "p50_ms": pct(lat, 50),
+               "p99_ms": pct(lat, 99), "rss_mb": round(rss_mb())}
         emit(rec)
         print(f"in-process {kind:<8} hit p50 {rec['p50_ms']:.3f} ms  p99 {rec['p99_ms']:.3f} ms", file=sys.stderr)
     await embedder.close()
@@ -348,7 +296,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0, help="http: seconds measured per cell")
     parser.add_argument("--rounds", type=int, default=1, help="http: interleaved repetitions (medians)")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--fit", action="store_true", help="calibrate: refit the verifier first")
+    parser.add_argument("--smoke", action="store_true",
+                        help="http, lookup, index at 2k, calibrate on a small sample, no LiteLLM: only that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.what, args.duration, args.rounds, args.no_litellm = ["http", "lookup", "index", "calibrate"], 0.3, 1, True
+        os.environ.setdefault("BENCH_SIZES", "2000")
     unknown = set(args.what) - {"http", "lookup", "index", "calibrate"}
     if unknown:
         parser.error(f"unknown benchmark {sorted(unknown)[0]!r}")
@@ -365,7 +319,7 @@ def main() -> None:
         milvus = [int(s) for s in os.environ.get("BENCH_MILVUS_SIZES", default_milvus).split(",") if s]
         bench_index(sizes, milvus)
     if "calibrate" in what:
-        bench_calibrate()
+        bench_calibrate(args.fit, smoke=args.smoke)
 
 
 if __name__ == "__main__":

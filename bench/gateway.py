@@ -1,6 +1,6 @@
 """Gateway benchmark: Strata runtime vs LiteLLM proxy, same upstream, interleaved in one run.
 
-    .venv/bin/python bench/gateway.py [--duration 4] [--rounds 1] [--no-litellm]
+    .venv/bin/python -m bench.gateway [--duration 4] [--rounds 1] [--no-litellm] [--smoke]
 
 Starts the fake OpenAI upstream (tests/support/upstream.py, zero latency), one Strata runtime
 (single uvicorn process, memory backends, cache off, API-key auth on) and the LiteLLM proxy
@@ -22,11 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench._load import BENCH_KEY, LiteLLM, measured_load, start_strata  # noqa: E402
-from tests.support.fixtures import UpstreamServer  # noqa: E402
+from bench._load import BENCH_KEY, LiteLLM, measured_load, start_strata
+from tests.support.fixtures import UpstreamServer
 
 KEY = BENCH_KEY
 SCENARIOS = [("json", 1), ("json", 32), ("stream", 1), ("stream", 32)]
@@ -45,7 +42,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per (gateway, scenario)")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions (medians reported)")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, no LiteLLM: only that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.duration, args.rounds, args.no_litellm = 0.3, 1, True
     workdir = Path(tempfile.mkdtemp(prefix="strata-bench-gw-"))
     upstream = UpstreamServer().start()
     strata = start_strata(upstream.base_url, workdir)

@@ -20,7 +20,7 @@ nodes) is deleted at the end, also on Ctrl-C/SIGTERM; the AgentDeployments carry
 finalizer, so the namespace deletion does not need the operator.
 
     eval "$(hack/control-plane.sh env)"
-    .venv/bin/python bench/operator.py [--counts 100,1000] [--idle-seconds 30] [--floor] [--py-spy PATH]
+    .venv/bin/python -m bench.operator [--counts 100,1000] [--idle-seconds 30] [--floor] [--py-spy PATH] [--smoke]
 
 Prints one JSON line per measurement, then a table.
 """
@@ -48,13 +48,12 @@ from typing import Any
 
 from kubernetes import client, config, watch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from strata_operator.k8s import Kube
+from strata_operator.models import AgentDeploymentSpec, CachePolicySpec
+from strata_operator.reconcile import Inputs, Owner, render
+from tests.support.processes import stop_process
 
-from strata_operator.k8s import Kube  # noqa: E402
-from strata_operator.models import AgentDeploymentSpec, CachePolicySpec  # noqa: E402
-from strata_operator.reconcile import Inputs, Owner, render  # noqa: E402
-from tests.support.processes import stop_process  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 GROUP, VERSION = "strata.dev", "v1alpha1"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -461,7 +460,10 @@ def main() -> None:
     parser.add_argument("--py-spy", default=None, help="path of py-spy: record the operator during the burst")
     parser.add_argument("--floor", action="store_true",
                         help="also apply the same children without the operator: the control plane's own share")
+    parser.add_argument("--smoke", action="store_true", help="3 objects, 1 s idle: only that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.counts, args.idle_seconds, args.timeout = "3", 1.0, 120.0
     kubeconfig = os.environ.get("KUBECONFIG")
     if not kubeconfig:
         sys.exit('KUBECONFIG is not set: eval "$(hack/control-plane.sh env)"')

@@ -121,7 +121,7 @@ build_kube() {
       k8s.io/kubernetes/cmd/kube-scheduler \
       k8s.io/kubernetes/cmd/kubectl
   ) >"$dir/build.log" 2>&1 8>&- || { tail -30 "$dir/build.log" >&2; rm -rf "$tmp"; die "kube build failed (see $dir/build.log)"; }
-  rm -rf "$dir/bin"; mv "$tmp" "$dir/bin"; echo "$stamp" >"$dir/.stamp"
+  rm -rf "${dir:?}/bin"; mv "$tmp" "$dir/bin"; echo "$stamp" >"$dir/.stamp"
   log "built Kubernetes $K8S_VERSION in $(elapsed "$t0")"
 }
 
@@ -382,7 +382,6 @@ start_component() {
   local name="$1" pid
   pid="$(component_pid "$name")"
   if [[ -n "$pid" ]]; then return 0; fi
-  # shellcheck disable=SC2046
   # keep logs bounded: one previous generation once over 50 MB
   if [[ -f "$LOGS/$name.log" ]] && (($(stat -c %s "$LOGS/$name.log") > 50 * 1024 * 1024)); then
     mv -f "$LOGS/$name.log" "$LOGS/$name.log.1"
@@ -391,6 +390,7 @@ start_component() {
   # GOGC: cores are few and memory is plentiful here; the apiserver spent ~20% of its CPU in
   # the garbage collector at the default of 100 during a burst of 1,000 AgentDeployments
   # (time to Ready 132 s -> 108 s at 400). GOMEMLIMIT keeps each heap soft-capped all the same.
+  # shellcheck disable=SC2046  # component_args is one word per flag
   GOGC="$CONTROL_PLANE_GOGC" GOMEMLIMIT="$CONTROL_PLANE_GOMEMLIMIT" \
     setsid nice -n "$(component_nice "$name")" "$BIN_DIR/$name" $(component_args "$name") >>"$LOGS/$name.log" 2>&1 </dev/null 8>&- 9>&- &
   echo $! >"$RUN/$name.pid"
@@ -449,9 +449,12 @@ check_alive() {
 
 kubectl_admin() { "$BIN_DIR/kubectl" --kubeconfig="$KUBECONFIG_ADMIN" "$@"; }
 
+# (the *_healthy/_ready checks are called through wait_for)
+# shellcheck disable=SC2329
 etcd_healthy() { curl -fsS "http://127.0.0.1:$ETCD_CLIENT_PORT/health" | grep -q '"health":"true"'; }
 apiserver_ready() { kubectl_admin get --raw /readyz; }
 default_sa_exists() { kubectl_admin -n default get serviceaccount default; }
+# shellcheck disable=SC2329
 https_healthz() { curl -fsSk "https://127.0.0.1:$1/healthz"; }
 
 fake_node_names() {
@@ -525,6 +528,9 @@ cmd_up() {
   fi
   gen_pki
   STARTED=()
+  # A failed `up` stops what it started (never what was running before it), so a half-started
+  # control plane does not hold the ports of the next run.
+  trap stop_started_on_failure EXIT
   restart_changed
 
   start_component etcd
@@ -537,6 +543,7 @@ cmd_up() {
   if [[ -z "$(component_pid kwok)" ]]; then
     # A new kwok only takes a node over once the previous kwok's node lease
     # has expired (40s): drop the stale leases so it takes over at once.
+    # shellcheck disable=SC2046  # one argument per node name
     kubectl_admin -n kube-node-lease delete lease --ignore-not-found --wait=false $(fake_node_names) >/dev/null
   fi
   start_component kwok
@@ -546,7 +553,17 @@ cmd_up() {
   wait_for "serviceaccount default/default" "$WAIT_TIMEOUT" default_sa_exists
   wait_for "$FAKE_NODES Ready kwok node(s)" "$WAIT_TIMEOUT" fake_nodes_ready
   log "control plane up in $(elapsed "$t0") (Kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION)"
+  # shellcheck disable=SC2016  # the $(...) is for the reader's shell
   log 'use it with: eval "$('"$0"' env)"'
+}
+
+# shellcheck disable=SC2329  # cmd_up's EXIT trap
+stop_started_on_failure() {
+  local rc=$? i names=()
+  ((rc != 0 && ${#STARTED[@]} > 0)) || return 0
+  for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do names+=("${STARTED[i]}"); done
+  log "up failed: stopping what it started (${names[*]})"
+  stop_components "${names[@]}" || true
 }
 
 cmd_down() {
@@ -560,6 +577,7 @@ cmd_down() {
 
 cmd_env() {
   printf 'export KUBECONFIG=%q\n' "$KUBECONFIG_ADMIN"
+  # shellcheck disable=SC2016  # $PATH is expanded by the shell that evals this
   printf 'export PATH=%q:"$PATH"\n' "$BIN_DIR"
 }
 

@@ -1,6 +1,6 @@
 """Write the CRDs generated from operator/strata_operator/models.py (run by `make crds`).
 
-    .venv/bin/python hack/gen_crds.py           # write crds/ and charts/strata/crds/
+    .venv/bin/python hack/gen_crds.py           # write crds/, the chart's files/crds/ and manifests/base/crds/
     .venv/bin/python hack/gen_crds.py --check   # exit 1 if the checked-in files drifted
 """
 
@@ -13,7 +13,8 @@ from pathlib import Path
 from strata_operator.crdgen import rendered_files
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = [ROOT / "crds", ROOT / "charts" / "strata" / "crds", ROOT / "manifests" / "base" / "crds"]
+# The chart renders its copy as templates (charts/strata/templates/crds.yaml), so helm upgrade updates them.
+TARGETS = [ROOT / "crds", ROOT / "charts" / "strata" / "files" / "crds", ROOT / "manifests" / "base" / "crds"]
 
 
 def main() -> int:

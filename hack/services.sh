@@ -49,11 +49,11 @@ running() { [ -r "/proc/$1/stat" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/
 
 # stop_pidfile PIDFILE PATTERN: TERM (then KILL) the process iff it is still ours
 stop_pidfile() {
-  local f="$1" pat="$2" pid i
+  local f="$1" pat="$2" pid
   if pid_alive "$f" "$pat"; then
     pid="$(head -n1 "$f" | tr -dc 0-9)"
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
       running "$pid" || break
       sleep 0.1
     done
@@ -137,8 +137,7 @@ start_redis() {
 }
 
 wait_redis() {  # wait_redis NAME PORT
-  local i
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     redis_ping "$2" && return 0
     sleep 0.1
   done
@@ -155,6 +154,7 @@ up_redis_standalone() {
   stop_pidfile "$SVC_DIR/redis-$REDIS_PORT/redis.pid" "redis-server.*:$REDIS_PORT "
   redis_ping "$REDIS_PORT" && die "port $REDIS_PORT is used by a redis we did not start; set STRATA_REDIS_PORT"
   log "starting redis standalone on $REDIS_PORT"
+  STARTED+=(redis)
   start_redis "redis-$REDIS_PORT" "$REDIS_PORT"
   wait_redis "redis-$REDIS_PORT" "$REDIS_PORT"
 }
@@ -172,7 +172,7 @@ cluster_healthy() {
 
 up_redis_cluster() {
   if cluster_healthy; then return 0; fi
-  local p i
+  local p
   # Anything half-up: tear the whole cluster down and build it fresh (takes ~2s).
   for p in "${CLUSTER_PORTS[@]}"; do
     stop_pidfile "$SVC_DIR/cluster-$p/redis.pid" "redis-server.*:$p "
@@ -182,6 +182,7 @@ up_redis_cluster() {
     rm -rf "$SVC_DIR/cluster-$p"
   done
   log "starting redis cluster on ${CLUSTER_PORTS[*]}"
+  STARTED+=(cluster)
   for p in "${CLUSTER_PORTS[@]}"; do
     start_redis "cluster-$p" "$p" "cluster-enabled yes" "cluster-config-file nodes.conf" \
       "cluster-node-timeout 5000" "cluster-require-full-coverage yes"
@@ -192,7 +193,7 @@ up_redis_cluster() {
   redis-cli --cluster create "${seeds[@]}" --cluster-replicas 0 --cluster-yes \
     >"$SVC_DIR/cluster-create.log" 2>&1 \
     || { cat "$SVC_DIR/cluster-create.log" >&2; die "redis-cli --cluster create failed"; }
-  for i in $(seq 1 300); do
+  for _ in $(seq 1 300); do
     cluster_healthy && return 0
     sleep 0.1
   done
@@ -254,11 +255,11 @@ up_postgres() {
   pg_ready && die "port $PG_PORT is used by a postgres we did not start; set STRATA_POSTGRES_PORT"
   [ -s "$PG_DATA/PG_VERSION" ] || pg_initdb
   log "starting postgres $PG_VERSION on $PG_PORT"
+  STARTED+=(postgres)
   as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 60 \
     -o "-p $PG_PORT -k $PG_SOCK" start >/dev/null 9>&- \
     || { tail -n 30 "$PG_LOG" >&2 || true; die "pg_ctl start failed; see $PG_LOG"; }
-  local i
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     pg_ready && break
     sleep 0.1
   done
@@ -286,6 +287,37 @@ down_postgres() {
   fi
 }
 
+# ------------------------------------------------------------------- stop ---
+
+down_redis_standalone() { stop_pidfile "$SVC_DIR/redis-$REDIS_PORT/redis.pid" "redis-server.*:$REDIS_PORT "; }
+
+down_redis_cluster() {
+  local p
+  for p in "${CLUSTER_PORTS[@]}"; do
+    stop_pidfile "$SVC_DIR/cluster-$p/redis.pid" "redis-server.*:$p "
+  done
+}
+
+# down_service redis|cluster|postgres
+down_service() {
+  case "$1" in
+    redis) down_redis_standalone ;;
+    cluster) down_redis_cluster ;;
+    postgres) [ ! -x "$PG_BIN/pg_ctl" ] || down_postgres ;;
+  esac
+}
+
+# What this `up` started; its EXIT trap stops them again when `up` fails part-way, so that a failed
+# Postgres start leaves no Redis behind (whose ports a later run, e.g. with another
+# STRATA_SERVICES_DIR, would refuse as "used by a redis we did not start").
+STARTED=()
+stop_started_on_failure() {
+  local rc=$? name
+  [ "$rc" -ne 0 ] && [ "${#STARTED[@]}" -gt 0 ] || return 0
+  log "up failed: stopping what it started (${STARTED[*]})"
+  for name in "${STARTED[@]}"; do down_service "$name" || true; done
+}
+
 # ------------------------------------------------------------------- main ---
 
 print_env() {
@@ -306,6 +338,7 @@ case "$cmd" in
     with_lock
     t0=$(date +%s%N)
     install_packages
+    trap stop_started_on_failure EXIT
     up_redis_standalone
     up_redis_cluster
     up_postgres
@@ -314,11 +347,7 @@ case "$cmd" in
     ;;
   down)
     with_lock
-    stop_pidfile "$SVC_DIR/redis-$REDIS_PORT/redis.pid" "redis-server.*:$REDIS_PORT "
-    for p in "${CLUSTER_PORTS[@]}"; do
-      stop_pidfile "$SVC_DIR/cluster-$p/redis.pid" "redis-server.*:$p "
-    done
-    command -v "$PG_BIN/pg_ctl" >/dev/null 2>&1 && down_postgres
+    for name in redis cluster postgres; do down_service "$name"; done
     log "stopped"
     ;;
   env)

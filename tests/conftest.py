@@ -10,7 +10,7 @@ import pytest
 # each test module, each module would start its own, and same-priority kopf peers pause).
 pytest_plugins = ["tests.support.fixtures", "tests.operator.fixtures_operator"]
 
-_MARKER_BY_DIRECTORY = {"unit": "unit", "integration": "integration", "operator": "operator",
+_MARKER_BY_DIRECTORY = {"unit": "unit", "api": "api", "integration": "integration", "operator": "operator",
                         "e2e": "e2e", "chaos": "chaos"}
 
 

@@ -1,6 +1,7 @@
 """`strata-operator`: run the kopf operator with Strata's handlers.
 
-    strata-operator [--namespace NS ...] [--peering NAME] [--priority N] [--liveness URL]
+    strata-operator [--namespace NS ...] [--peering NAME] [--priority N] [--liveness URL] [--metrics-port PORT]
+                    [--log-level LEVEL] [--version]
 
 Every option has an environment variable (STRATA_WATCH_NAMESPACES is comma-separated), so the
 chart configures the operator without a command line. Without --priority, each replica takes a
@@ -13,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import logging
 import os
 import socket
 import sys
@@ -21,13 +21,31 @@ import sys
 import kopf
 import uvloop
 
+from strata_operator.allowlist import AllowListError, BaseUrlAllowList
 from strata_operator.handlers import register
+from strata_operator.logs import configure_logging
 from strata_operator.settings import OperatorSettings
+from strata_runtime.cliargs import add_common_arguments
 
 
 def _distinct_priority(env: dict[str, str]) -> int:
     identity = env.get("POD_NAME") or socket.gethostname()
     return 1 + int(hashlib.sha256(identity.encode()).hexdigest()[:6], 16) % 1_000_000
+
+
+def _port(parser: argparse.ArgumentParser, value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        parser.error(f"--metrics-port: {value!r} is not a port number (1-65535) or 'none'")
+    return int(value)
+
+
+def _allow_list(parser: argparse.ArgumentParser, text: str | None) -> BaseUrlAllowList | None:
+    if text is None:
+        return None
+    try:
+        return BaseUrlAllowList.parse(text)
+    except AllowListError as e:
+        parser.error(f"--base-url-allow-list / STRATA_BASE_URL_ALLOW_LIST: {e}")
 
 
 def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -44,7 +62,19 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
     parser.add_argument("--drift-interval", type=float,
                         default=float(env.get("STRATA_DRIFT_INTERVAL_SECONDS", "300")))
     parser.add_argument("--kubeconfig", default=env.get("KUBECONFIG") or None)
-    parser.add_argument("--verbose", "-v", action="store_true")
+    parser.add_argument("--metrics-port", default=env.get("STRATA_METRICS_PORT", "8090"),
+                        help="port of GET /metrics (Prometheus), or 'none'")
+    parser.add_argument("--secret-watch-selector", default=env.get("STRATA_SECRET_WATCH_SELECTOR") or None,
+                        help="label selector of Secrets to watch for rotations (needs list/watch on Secrets); "
+                             "default: none, Secrets are read by name only")
+    parser.add_argument("--base-url-allow-list", default=env.get("STRATA_BASE_URL_ALLOW_LIST") or None,
+                        help='origins models may call, JSON: {"cluster": [...], "namespaces": {"ns": [...]}}; '
+                             "default: no check")
+    parser.add_argument("--runtime-pod-role", default=env.get("STRATA_RUNTIME_POD_ROLE") or None,
+                        help="ClusterRole (patch pods) bound to the runtime service account of an AgentDeployment "
+                             "with spec.reportAgentsHash; default: none is bound")
+    parser.add_argument("--verbose", "-v", action="store_true", help="the same as --log-level debug")
+    add_common_arguments(parser, env.get("STRATA_LOG_LEVEL", "info"))
     args = parser.parse_args(argv)
     namespaces = args.namespace or [
         n.strip() for n in env.get("STRATA_WATCH_NAMESPACES", "").split(",") if n.strip()
@@ -56,17 +86,18 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
         peering=args.peering,
         priority=args.priority if args.priority is not None else _distinct_priority(env),
         liveness_endpoint=None if args.liveness == "none" else args.liveness,
-        verbose=args.verbose,
+        metrics_port=None if args.metrics_port == "none" else _port(parser, args.metrics_port),
+        secret_watch_selector=args.secret_watch_selector,
+        base_url_allow_list=_allow_list(parser, args.base_url_allow_list),
+        runtime_pod_role=args.runtime_pod_role,
+        verbose=args.verbose or args.log_level == "DEBUG",
+        log_level="DEBUG" if args.verbose else args.log_level,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
-    logging.basicConfig(level=logging.DEBUG if settings.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("httpx", "aiohttp.access") + (() if settings.verbose else ("kopf.objects",)):
-        # kopf logs every handler success per object at INFO: thousands of lines per minute at scale.
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(settings.log_level)
     registry = kopf.OperatorRegistry()
     register(registry, settings)
     operator = kopf.operator(

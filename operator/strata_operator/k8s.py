@@ -17,11 +17,13 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import kr8s.asyncio
 import orjson
+
+from strata_operator import metrics
 
 Obj = dict[str, Any]
 
@@ -29,9 +31,14 @@ FIELD_MANAGER = "strata-operator"
 METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 REQUEST_TIMEOUT_SECONDS = 30.0
+RETRIABLE_STATUSES = frozenset({0, 409, 429, 500, 502, 503, 504})
+"""Statuses worth another try as they are (0: no answer at all); the others need a change first."""
 
 PLURALS = {
     "ConfigMap": "configmaps",
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
     "Secret": "secrets",
     "Service": "services",
     "Deployment": "deployments",
@@ -45,6 +52,12 @@ PLURALS = {
     "ClusterKopfPeering": "clusterkopfpeerings",
     "KopfPeering": "kopfpeerings",
 }
+
+
+class SecretValues(NamedTuple):
+    version: str  # resourceVersion
+    data: dict[str, str]  # decoded values
+    uid: str  # metadata.uid: random, readable only with the Secret (the secrets-hash key uses it)
 
 
 class ApiError(Exception):
@@ -69,6 +82,15 @@ class Forbidden(ApiError):
 def _error(status: int, method: str, url: str, body: str) -> ApiError:
     cls = {404: NotFound, 409: Conflict, 403: Forbidden}.get(status, ApiError)
     return cls(status, method, url, body)
+
+
+def _verb(method: str, url: str, content_type: str) -> str:
+    """The Kubernetes verb of a request (as the API server's own metrics name it)."""
+    if method == "GET":
+        return "GET" if "/" in url else "LIST"
+    if method == "PATCH" and content_type == "application/apply-patch+yaml":
+        return "APPLY"
+    return method
 
 
 def object_url(api_version: str, kind: str, namespace: str | None, name: str = "") -> tuple[str, str]:
@@ -187,17 +209,24 @@ class Kube:
             headers["Accept"] = accept
         full_url = self._url(version, namespace, url)
         delay = 0.2
-        what = f"{method} {url.split('/', 1)[0]}{'/status' if url.endswith('/status') else ''}"
+        resource = f"{url.split('/', 1)[0] or 'discovery'}{'/status' if url.endswith('/status') else ''}"
+        what = f"{method} {resource}"
+        verb = _verb(method, url, content_type)
+        latency = metrics.API_SECONDS.labels(verb, resource)
         reauthenticated = False
         for attempt in range(self.RETRIES):
             self.requests[what] += 1
+            status = 0
             try:
                 async with self._in_flight:
                     started = time.monotonic()
                     try:
                         status, body_bytes, session = await self._send(method, full_url, params, content, headers)
                     finally:
-                        self.seconds[what] += time.monotonic() - started
+                        elapsed = time.monotonic() - started
+                        self.seconds[what] += elapsed
+                        latency.observe(elapsed)
+                        metrics.API_REQUESTS.labels(verb, resource, str(status or "error")).inc()
                 if status == 401 and not reauthenticated:
                     reauthenticated = True
                     await self._reauthenticate(session)
@@ -208,7 +237,7 @@ class Kube:
             except (aiohttp.ClientError, TimeoutError) as e:
                 error = ApiError(0, method, f"{version}/{url}", f"transport error: {type(e).__name__}")
                 error.__cause__ = e
-            retriable = error.status in (0, 409, 429, 500, 502, 503, 504)
+            retriable = error.status in RETRIABLE_STATUSES
             if not retriable or attempt == self.RETRIES - 1:
                 raise error
             await asyncio.sleep(delay)
@@ -251,6 +280,7 @@ class Kube:
                 if response.status == 401 and attempt == 0:
                     await self._reauthenticate(session)
                     continue
+                metrics.API_REQUESTS.labels("WATCH", plural, str(response.status)).inc()
                 if response.status >= 400:
                     body = (await response.read()).decode("utf-8", "replace")
                     raise _error(response.status, "WATCH", f"{api_version}/{plural}", body)
@@ -283,13 +313,14 @@ class Kube:
         await self._call("PATCH", version, namespace, f"{url}/status", body={"status": status},
                          content_type="application/merge-patch+json")
 
-    async def secret_data(self, namespace: str, name: str) -> tuple[str, dict[str, str]] | None:
-        """(resourceVersion, decoded values) of a Secret, or None when it does not exist."""
+    async def secret_data(self, namespace: str, name: str) -> SecretValues | None:
+        """(resourceVersion, decoded values, uid) of a Secret, or None when it does not exist."""
         secret = await self.get("v1", "Secret", namespace, name)
         if secret is None:
             return None
         data = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (secret.get("data") or {}).items()}
-        return str(secret["metadata"].get("resourceVersion", "")), data
+        metadata = secret["metadata"]
+        return SecretValues(str(metadata.get("resourceVersion", "")), data, str(metadata.get("uid", "")))
 
     async def has_resource(self, group_version: str, plural: str) -> bool:
         """Whether the API server serves `plural` in `group_version` (cached discovery)."""
@@ -312,6 +343,3 @@ class Kube:
         else:
             obj = await self.get("kopf.dev/v1", "ClusterKopfPeering", None, peering)
         return outranked_in(obj, priority, time.time())
-
-    def forget_discovery(self) -> None:
-        self._discovery.clear()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from strata_operator.allowlist import BaseUrlAllowList
+
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -37,5 +39,27 @@ class OperatorSettings:
     watch_server_timeout_seconds: int = 300
     """Server-side timeout of a watch; the stream is re-established after it, never silently stuck."""
 
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int | None = 8090
+    """Where GET /metrics (Prometheus) is served; None: not at all."""
+
+    secret_watch_selector: str | None = None
+    """A label selector: Secrets that match it are watched (metadata only), so that a rotation
+    re-renders the AgentDeployments using them at once. None (the default): Secrets are only read
+    by name (namespaced GET) when an AgentDeployment is reconciled, and re-read by the drift
+    sweep; the operator needs no list/watch on Secrets at all."""
+
+    base_url_allow_list: BaseUrlAllowList | None = None
+    """Origins models and the embedder may call, cluster-wide and per namespace (the chart value
+    baseUrlAllowList, STRATA_BASE_URL_ALLOW_LIST); None: not configured, every origin is accepted."""
+
+    runtime_pod_role: str | None = None
+    """The ClusterRole (patch pods) bound with a RoleBinding to the runtime's service account of an
+    AgentDeployment with spec.reportAgentsHash (the chart's <fullname>-runtime-pod-annotator; the
+    operator holds `bind` on that one ClusterRole, not its permissions); None: none is bound."""
+
     verbose: bool = False
     """Debug logging."""
+
+    log_level: str = "INFO"
+    """Root log level (a validated standard level name, upper case)."""

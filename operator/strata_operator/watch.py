@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from strata_operator import metrics
 from strata_operator.k8s import ApiError, Kube
 
 Obj = dict[str, Any]
@@ -73,6 +74,7 @@ class ListWatch:
                 resource_version = ""
                 await asyncio.sleep(GONE_PAUSE_SECONDS)
             except (ApiError, aiohttp.ClientError, TimeoutError, ValueError) as e:
+                metrics.ERRORS.labels(kind="Operator", reason="WatchFailed").inc()
                 log.warning("watching %s failed (listing again in %.0f s): %s", self.plural, backoff, e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -121,4 +123,5 @@ class ListWatch:
         try:
             self.on_event(kind, obj)
         except Exception:  # one bad event must not end the watch
+            metrics.ERRORS.labels(kind="Operator", reason="WatchEventFailed").inc()
             log.exception("handling a %s event of %s %s/%s failed", kind, self.plural, *_key(obj))

@@ -1,13 +1,24 @@
 """Who is calling: API key → tenant for public routes, a service token for /internal.
 
-Keys are compared in constant time against every configured key, so timing reveals
-neither which tenant a key belongs to nor how much of it matched.
+Keys are kept only as salted hashes (HMAC-SHA256 under a random per-key salt), never as the
+keys themselves, and a presented key is checked against EVERY stored hash with a
+constant-time compare and no early exit, so timing reveals neither which tenant a key
+belongs to nor how much of it matched. API keys are random tokens, not passwords: a slow
+KDF would add milliseconds per request per key and no safety, so one HMAC per stored key
+(about a microsecond each) it is.
+
+A key source (`keyEnv`/`keyFile`) may hold several keys, one per line, and a tenant may be
+listed several times: during a rotation the old and the new key are both valid. A line of the
+form `hmac-sha256$<salt hex>$<digest hex>` is an already hashed key, so a Secret need not
+hold the key itself (`printf %s "$KEY" | openssl dgst -sha256 -mac HMAC -macopt hexkey:$SALT`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +31,8 @@ from strata_runtime.errors import Forbidden, Unauthorized
 log = logging.getLogger("strata.auth")
 
 LOCAL_TENANT = "local"
+HASHED_PREFIX = "hmac-sha256$"
+_SALT_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -28,19 +41,53 @@ class Caller:
     internal: bool = False
 
 
+@dataclass(frozen=True)
+class StoredKey:
+    salt: bytes
+    digest: bytes
+    tenant: str
+
+    @classmethod
+    def from_secret(cls, value: str, tenant: str) -> StoredKey:
+        """A stored key from a plain key (hashed here under a fresh salt) or an `hmac-sha256$…` line."""
+        if not value.startswith(HASHED_PREFIX):
+            salt = os.urandom(_SALT_BYTES)
+            return cls(salt, _digest(salt, value.encode()), tenant)
+        _, salt_hex, digest_hex = value.split("$", 2) if value.count("$") == 2 else ("", "", "")
+        try:
+            salt, digest = bytes.fromhex(salt_hex), bytes.fromhex(digest_hex)
+        except ValueError:
+            salt = digest = b""
+        if not salt or len(digest) != hashlib.sha256().digest_size:
+            raise ValueError("a hashed key is hmac-sha256$<salt hex>$<64 hex digits of HMAC-SHA256>")
+        return cls(salt, digest, tenant)
+
+    def matches(self, presented: bytes) -> bool:
+        return hmac.compare_digest(self.digest, _digest(self.salt, presented))
+
+
+def _digest(salt: bytes, key: bytes) -> bytes:
+    return hmac.new(salt, key, hashlib.sha256).digest()
+
+
 class Authenticator:
     def __init__(self, config: AuthConfig, env: Mapping[str, str]):
         self.mode = config.mode
-        self._keys: list[tuple[bytes, str]] = []
+        self._keys: list[StoredKey] = []
         for ref in config.api_keys:
-            secret = _read_secret(env, ref.key_env, ref.key_file)
-            if secret:
-                self._keys.append((secret.encode(), ref.tenant))
-            else:
+            source = ref.key_env or ref.key_file
+            lines = _secret_lines(_read_secret(env, ref.key_env, ref.key_file))
+            if not lines:
                 log.warning("API key for a tenant is not set; that tenant cannot authenticate",
-                            extra={"tenant": ref.tenant, "source": ref.key_env or ref.key_file})
+                            extra={"tenant": ref.tenant, "source": source})
+            for line in lines:
+                try:
+                    self._keys.append(StoredKey.from_secret(line, ref.tenant))
+                except ValueError as e:
+                    log.warning("ignoring a malformed hashed API key", extra={"tenant": ref.tenant,
+                                                                               "source": source, "error": str(e)})
         token = _read_secret(env, config.internal_token_env, None)
-        self._internal_token = token.encode() if token else None
+        self._internal_token = StoredKey.from_secret(token, "") if token else None
         if self.mode == "none":
             log.warning("auth.mode is none: every caller is trusted (local development only)")
         elif self._internal_token is None:
@@ -49,23 +96,32 @@ class Authenticator:
     def tenant_for_key(self, presented: str) -> str | None:
         candidate = presented.encode()
         found: str | None = None
-        for secret, tenant in self._keys:
-            if hmac.compare_digest(secret, candidate):
-                found = tenant
+        for key in self._keys:  # no early exit: the time taken does not depend on which key matched
+            if key.matches(candidate):
+                found = key.tenant
         return found
 
-    def public_caller(self, request: Request, claimed_tenant: str | None = None) -> Caller:
+    def public_caller(self, request: Request) -> Caller:
         if self.mode == "none":
-            return Caller(tenant=claimed_tenant or request.headers.get("x-strata-tenant") or LOCAL_TENANT)
+            return Caller(tenant=request.headers.get("x-strata-tenant") or LOCAL_TENANT)
         key = _bearer(request) or request.headers.get("x-api-key")
         if not key:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         tenant = self.tenant_for_key(key)
         if tenant is None:
             raise Unauthorized("invalid API key")
-        if claimed_tenant is not None and claimed_tenant != tenant:
-            raise Forbidden("tenant_id does not match the API key's tenant", field="tenant_id")
         return Caller(tenant=tenant)
+
+    def tenant_of(self, caller: Caller, claimed: str | None, field: str = "tenant_id") -> str:
+        """The tenant a request acts for: the key's; a body that names another one is refused.
+
+        With `auth.mode: none` (local development) the claimed tenant is taken as given.
+        """
+        if claimed is None or claimed == caller.tenant:
+            return caller.tenant
+        if self.mode == "none":
+            return claimed
+        raise Forbidden(f"{field} does not match the API key's tenant", field=field)
 
     def internal_caller(self, request: Request) -> Caller:
         if self.mode == "none":
@@ -73,15 +129,25 @@ class Authenticator:
         presented = request.headers.get("x-strata-internal-token") or _bearer(request)
         if not presented:
             raise Unauthorized("missing internal service token")
-        if self._internal_token is None or not hmac.compare_digest(self._internal_token, presented.encode()):
+        if self._internal_token is None or not self._internal_token.matches(presented.encode()):
             raise Forbidden("invalid internal service token")
         return Caller(tenant="", internal=True)
+
+    def any_caller(self, request: Request) -> Caller:
+        """An internal caller when the internal-token header is sent, else a tenant's key."""
+        if request.headers.get("x-strata-internal-token") is not None:
+            return self.internal_caller(request)
+        return self.public_caller(request)
 
 
 def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _secret_lines(secret: str | None) -> list[str]:
+    return [line.strip() for line in (secret or "").splitlines() if line.strip()]
 
 
 def _read_secret(env: Mapping[str, str], env_name: str | None, file_path: str | None) -> str | None:

@@ -1,11 +1,19 @@
-"""Structured JSON logs on stdout, with request/tenant/agent ids from a context variable."""
+"""Structured JSON logs on stdout, with request/tenant/agent ids from a context variable.
+
+Request ids: a client's `X-Request-ID` is kept when it is 1-128 printable ASCII characters
+(no spaces or control characters); anything else (too long, non-ASCII, not UTF-8) is replaced
+by a fresh `req_<32 hex>` id rather than rejected, because a tracing header should never be
+the reason a request fails. The id is in every log line of the request (`request_context`).
+"""
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -13,6 +21,21 @@ import orjson
 request_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "strata_request_context", default=None
 )
+
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+
+
+def request_id_from(header: bytes | None) -> tuple[str, bool]:
+    """The request's id and whether it is the client's own: a valid header value, else a new id."""
+    if header is not None and _REQUEST_ID.fullmatch(header):
+        return header.decode("ascii"), True
+    return f"req_{uuid.uuid4().hex}", False
+
+
+def current_request_id() -> str | None:
+    context = request_context.get()
+    return context.get("request_id") if context else None
+
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {"message", "asctime"}
 _SECRET_HINTS = ("key", "token", "secret", "password", "authorization", "dsn")

@@ -18,12 +18,19 @@ from strata_runtime.auth import Authenticator
 from strata_runtime.cache.service import CacheService
 from strata_runtime.config import RuntimeConfig, config_hash
 from strata_runtime.embeddings.factory import EmbedderImpl, build_embedder
+from strata_runtime.evolution.service import EvolutionService
 from strata_runtime.gateway.gateway import Gateway
 from strata_runtime.metrics import Metrics
+from strata_runtime.routing.router import Router
 from strata_runtime.stores.health import BackendHealth
 from strata_runtime.stores.redis import RedisConnector
 from strata_runtime.stores.sql import SqlConnector
 from strata_runtime.stores.vectors import VectorConnector
+from strata_runtime.tools.cascade import CascadeGuard
+from strata_runtime.tools.ledger import ToolLedger
+from strata_runtime.tools.loop import ToolLoop
+from strata_runtime.tools.registry import ToolRegistry
+from strata_runtime.tools.wiring import ServedAgents, build_tools
 
 log = logging.getLogger("strata.runtime")
 
@@ -49,11 +56,17 @@ class Services:
     redis: RedisConnector
     sql: SqlConnector
     vectors: VectorConnector
-    draining: bool = False
+    draining: bool = False  # SIGTERM came: not ready, every answer says `Connection: close`
+    closing: bool = False  # the serving window after SIGTERM is over: no new turns or model calls
+    drain_deadline: float | None = None  # (monotonic) when in-flight work is cut, once draining
     embedder: EmbedderImpl | None = None
     cache: CacheService | None = None
+    evolution: EvolutionService | None = None
     gateway: Gateway = field(init=False)
+    router: Router = field(init=False)
     conversations: Conversations = field(init=False)
+    tools: ToolRegistry = field(init=False)
+    cascade: CascadeGuard = field(init=False)
     lifecycle: list[Lifecycle] = field(default_factory=list)
 
     def connectors(self) -> list[BackendConnector]:
@@ -96,8 +109,11 @@ def build_services(config: RuntimeConfig, env: Mapping[str, str]) -> Services:
     )
     metrics.watch_backends(services.backends)
     services.lifecycle.extend([services.redis, services.sql, services.vectors])
+    services.evolution = EvolutionService(services.sql)
     _add_cache(services)
     _add_gateway(services)
+    _add_router(services)
+    _add_tools(services)
     _add_conversations(services)
     return services
 
@@ -105,7 +121,19 @@ def build_services(config: RuntimeConfig, env: Mapping[str, str]) -> Services:
 def _add_conversations(services: Services) -> None:
     """Agents + memory: last, so in-flight turns drain before the gateway and stores close."""
     services.conversations = build_conversations(services)
+    services.tools.agents = ServedAgents(services.conversations.agents.registry)
+    ledger = ToolLedger(services.redis, services.config.memory.checkpoint_ttl_seconds)
+    services.conversations.tool_loop = ToolLoop(services.tools, ledger, services.cascade)
     services.lifecycle.append(services.conversations)
+
+
+def _add_tools(services: Services) -> None:
+    """Toolcore: the registry, its executors (MCP servers connect in the background) and the cascade guard."""
+    services.tools, lifecycle = build_tools(services.config, services.env, services.metrics,
+                                            lambda: services.gateway.usage)
+    services.cascade = CascadeGuard(services.redis, services.metrics,
+                                    lambda: services.config.memory.checkpoint_ttl_seconds)
+    services.lifecycle.extend(lifecycle)
 
 
 def _add_cache(services: Services) -> None:
@@ -118,9 +146,16 @@ def _add_cache(services: Services) -> None:
     services.lifecycle.extend([services.embedder, services.cache])
 
 
+def _add_router(services: Services) -> None:
+    """The skill router (RoutingPolicy): it indexes the configured agents' skills at start."""
+    services.router = Router(services.config.routing, services.embedder, lambda: services.gateway,
+                             services.metrics, agents=lambda: services.config.agents)
+    services.lifecycle.append(services.router)
+
+
 def _add_gateway(services: Services) -> None:
     """The LLM gateway: after the cache and stores, so it is closed (usage flushed) before them."""
     services.gateway = Gateway(services.config, services.env, services.redis, services.metrics,
                                cache=services.cache, embedder=services.embedder,
-                               is_draining=lambda: services.draining)
+                               is_closing=lambda: services.closing)
     services.lifecycle.append(services.gateway)

@@ -54,6 +54,7 @@ class StreamResult:
     turn_seq: int | None = None
     done: dict[str, Any] | None = None
     reconnects: int = 0
+    tools: list[tuple[str, Any]] = field(default_factory=list)  # tool_call / tool_result / status events
 
 
 class ResumingClient:
@@ -100,6 +101,10 @@ class ResumingClient:
             assert event_id is not None
             result.ids.append(event_id)
             result.text += payload["delta"]
+        elif event in ("tool_call", "tool_result", "status"):
+            assert event_id is not None
+            result.ids.append(event_id)
+            result.tools.append((event, payload))
         elif event == "done":
             result.done = payload
         elif event == "error":

@@ -7,7 +7,6 @@ archives are not what this test is about; the milvus-lite path is covered in tes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import uuid
 from pathlib import Path
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from tests.chaos.conftest import ResumingClient, StreamResult, memory_runtime_config, services_env, start_runtime
+from tests.support.drill import end_kill_drill
 from tests.support.fixtures import UpstreamServer
 
 pytestmark = pytest.mark.chaos
@@ -85,10 +85,4 @@ async def test_sessions_survive_repeated_sigkill_mid_stream_with_no_gap_and_no_d
                 reconnects += result.reconnects
         assert reconnects > 0, "no stream was interrupted: the test did not exercise resumption"
     finally:
-        kill_task.cancel()
-        with contextlib.suppress(BaseException):
-            await kill_task
-        await client.close()
-        await http.aclose()
-        victim.stop()
-        survivor.stop()
+        await end_kill_drill(kill_task, client, http, victim, survivor)

@@ -60,13 +60,16 @@ def test_a_required_redis_that_is_down_makes_readiness_fail_and_names_redis(tmp_
         runtime.stop()
 
 
-def test_auto_redis_that_is_down_degrades_to_memory_and_stays_ready(tmp_path: Path) -> None:
+def test_auto_redis_that_is_down_is_live_but_not_ready(tmp_path: Path) -> None:
+    """Under `auto`, the cache may degrade to memory but sessions may not: a pod that cannot
+    persist sessions stays alive (no restart loop) and is taken out of rotation."""
     config = embedded_config(tmp_path, stores={"redis": {"backend": "auto", "url": f"redis://127.0.0.1:{free_port()}"},
                                                "sql": {"backend": "memory"}, "vectors": {"backend": "memory"}})
-    runtime = RuntimeProcess(config, tmp_path).start()
+    runtime = RuntimeProcess(config, tmp_path).start(wait_ready=False)
     try:
+        assert runtime.get("/healthz")[0] == 200
         status, body = runtime.get("/readyz")
-        assert status == 200
+        assert status == 503
         assert body["backends"]["redis"]["state"] == "degraded"
         _, metrics = runtime.get("/metrics")
         assert 'strata_backend_degraded{backend="redis"} 1.0' in metrics

@@ -122,6 +122,21 @@ def pg_schema() -> str:
 
 
 @pytest.fixture
+async def pg_private_dsn(postgres_dsn: str, pg_schema: str) -> AsyncIterator[str]:
+    """A DSN whose tables live in ``pg_schema``, a schema private to this test (dropped at teardown):
+    for runtime code that scans a shared table (e.g. every pod's parked archive batches), so that a
+    test run elsewhere on the same database cannot take this test's rows, nor this test theirs."""
+    admin = await asyncpg.connect(postgres_dsn, timeout=10)
+    try:
+        await admin.execute(f'CREATE SCHEMA "{pg_schema}"')
+        separator = "&" if "?" in postgres_dsn else "?"
+        yield f"{postgres_dsn}{separator}search_path={pg_schema}"  # asyncpg: unknown parameters are settings
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{pg_schema}" CASCADE')
+        await admin.close()
+
+
+@pytest.fixture
 async def pg_conn(postgres_dsn: str, pg_schema: str) -> AsyncIterator[asyncpg.Connection]:
     """``asyncpg`` connection whose ``search_path`` starts with ``pg_schema``, a schema private to
     this test; it is dropped with CASCADE at teardown, taking every table the test created with it."""

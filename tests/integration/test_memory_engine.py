@@ -19,6 +19,7 @@ from strata_runtime.gateway.contract import CallContext
 from strata_runtime.memory.state import batch_id
 from strata_runtime.services import Services, build_services
 from tests.support.fixtures import UpstreamServer
+from tests.support.turns import run_turn
 
 pytestmark = pytest.mark.integration
 
@@ -58,16 +59,6 @@ async def services(request: pytest.FixtureRequest, tmp_path: Path,
         await services.close()
 
 
-async def _turn(conv: Conversations, session_id: str, message: str, tenant: str = "acme") -> str:
-    started = await conv.start_turn(tenant=tenant, session_id=session_id, chatbot_id="support", message=message,
-                                    md5_checksum=None, channel_id=None, request_id=None)
-    async for event in conv.events(tenant, session_id, started.seq, 0):
-        if event.kind == "done":
-            return event.text
-        assert event.kind == "chunk", event
-    raise AssertionError("no done event")
-
-
 def _conv(services: Services) -> Conversations:
     return services.conversations
 
@@ -85,7 +76,7 @@ async def test_a_released_partial_buffer_comes_back_from_sql_and_archives_only_a
     engine = conv.engine
     sid = f"rel-{uuid.uuid4().hex[:6]}"
     for i in range(3):
-        assert await _turn(conv, sid, f"question {i}") == f"echo: question {i}"
+        assert (await run_turn(conv, sid, f"question {i}")).text == f"echo: question {i}"
     state = engine.l1.get("acme", sid)
     assert state is not None and len(state.buffered()) == 6
     await engine.release(state)  # spill to SQL, drop L2 and L1
@@ -96,10 +87,10 @@ async def test_a_released_partial_buffer_comes_back_from_sql_and_archives_only_a
     assert [t.content for t in back.buffered()] == ["question 0", "echo: question 0", "question 1",
                                                      "echo: question 1", "question 2", "echo: question 2"]
     assert back.archived_batches == 0, "a partial buffer is never archived"
-    await _turn(conv, sid, "question 3")
+    await run_turn(conv, sid, "question 3")
     await _settle(conv)
     assert engine.l1.get("acme", sid).archived_batches == 0  # type: ignore[union-attr]
-    await _turn(conv, sid, "question 4")  # the 10th turn: archive now
+    await run_turn(conv, sid, "question 4")  # the 10th turn: archive now
     await _settle(conv)
     state = engine.l1.get("acme", sid)
     assert state is not None and state.archived_batches == 1 and state.buffered() == []
@@ -115,7 +106,7 @@ async def test_duplicate_and_racing_archives_of_one_batch_leave_exactly_one_row(
     sid = f"dup-{uuid.uuid4().hex[:6]}"
     engine.config = engine.config.model_copy(update={"buffer_turns": 1000})  # keep the workflow from archiving
     for i in range(5):
-        await _turn(conv, sid, f"fact number {i}")
+        await run_turn(conv, sid, f"fact number {i}")
     state = engine.l1.get("acme", sid)
     assert state is not None
     engine.config = engine.config.model_copy(update={"buffer_turns": 10})
@@ -142,12 +133,12 @@ async def test_a_stale_l1_copy_is_detected_by_the_sequence_check_and_nothing_is_
     conv = _conv(services)
     engine = conv.engine
     sid = f"stale-{uuid.uuid4().hex[:6]}"
-    await _turn(conv, sid, "first")
+    await run_turn(conv, sid, "first")
     stale = copy.deepcopy(engine.l1.get("acme", sid))
-    await _turn(conv, sid, "second")  # the "other pod"
+    await run_turn(conv, sid, "second")  # the "other pod"
     assert stale is not None
     engine.l1.put(stale)  # this pod still believes the session is at seq 2
-    await _turn(conv, sid, "third")
+    await run_turn(conv, sid, "third")
     history: Any = await engine.history("acme", sid)
     assert [t["content"] for t in history["turns"]] == ["first", "echo: first", "second", "echo: second", "third",
                                                          "echo: third"]
@@ -157,7 +148,7 @@ async def test_another_tenant_never_sees_the_session_or_its_memories(services: S
     conv = _conv(services)
     engine = conv.engine
     sid = f"iso-{uuid.uuid4().hex[:6]}"
-    await _turn(conv, sid, "my card number ends in 4242")
+    await run_turn(conv, sid, "my card number ends in 4242")
     assert engine.long_term is not None
     await engine.long_term.upsert(row_id="acme-note", tenant="acme", agent_id="support", channel="", kind="kb",
                                   content="card number ends in 4242", source="test")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from strata_runtime.config import RedisStoreConfig, SqlStoreConfig, VectorStoreConfig
+from strata_runtime.stores.health import StoreUnavailable
 from strata_runtime.stores.redis import RedisConnector
 from strata_runtime.stores.sql import SqlConnector
 from strata_runtime.stores.vectors import VectorConnector, VectorRow
@@ -130,6 +131,29 @@ async def test_auto_sql_with_postgres_unreachable_falls_back_to_sqlite(tmp_path:
         assert connector.health.state == "degraded"
         assert connector.db.dialect == "sqlite"
         assert "strata:strata" not in connector.health.detail, "health details must not echo credentials"
+    finally:
+        await connector.close()
+
+
+@pytest.mark.parametrize("backend", ["milvus", "auto"])
+async def test_unreachable_milvus_server_is_503_when_required_and_the_local_index_under_auto(backend: str) -> None:
+    """A required Milvus that cannot be reached is a 503 with Retry-After, never a write into the
+    pod-local index that would be acknowledged and never reach Milvus; `auto` degrades to it."""
+    config = VectorStoreConfig(backend=backend, uri=f"http://127.0.0.1:{free_port()}", connectTimeoutSeconds=0.5,
+                               recoverIntervalSeconds=2)
+    connector = VectorConnector(config, {})
+    await connector.start()
+    try:
+        if backend == "milvus":
+            assert connector.health.state == "down"
+            with pytest.raises(StoreUnavailable) as refused:
+                _ = connector.index
+            assert refused.value.headers() == {"Retry-After": "2"}
+            assert isinstance(connector.failed(RuntimeError("gone")), StoreUnavailable)
+        else:
+            assert connector.health.state == "degraded" and connector.index.kind == "memory"
+            error = RuntimeError("gone")
+            assert connector.failed(error) is error
     finally:
         await connector.close()
 

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RELEASE = "strata"
 OPERATOR_NAMESPACE = "strata-system"
 SERVICE_ACCOUNT = "strata-operator"
+SECRET_READER = "strata-operator-secret-reader"  # the chart's ClusterRole <fullname>-secret-reader
+RUNTIME_POD_ROLE = "strata-operator-runtime-pod-annotator"  # the chart's <fullname>-runtime-pod-annotator
 KWOK_POD = {
     "nodeSelector": {"type": "kwok"},
     "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
@@ -75,10 +77,12 @@ def get_json(kubectl: Kubectl, *args: str) -> Any:
 
 @pytest.fixture(scope="session")
 def crds(kubectl: Kubectl) -> list[str]:
-    files = sorted((ROOT / "crds").glob("*.yaml"))
+    # Ours, and kopf's peering CRDs (the chart ships them; its releases here run with crds.install=false).
+    peerings = ROOT / "charts" / "strata" / "files" / "crds" / "kopf.dev-peerings.yaml"
+    files = [*sorted((ROOT / "crds").glob("*.yaml")), peerings]
     for path in files:
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    names = [yaml.safe_load(p.read_text())["metadata"]["name"] for p in files]
+    names = [doc["metadata"]["name"] for p in files for doc in yaml.safe_load_all(p.read_text()) if doc]
     for name in names:
         kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
     return names
@@ -102,6 +106,8 @@ def helm_release(crds: list[str], kubeconfig: str) -> Iterator[str]:
         "--create-namespace",
         "--set",
         "replicaCount=0",
+        "--set",
+        "crds.install=false",  # the `crds` fixture applied them with kubectl already
         "--set",
         f"serviceAccount.name={SERVICE_ACCOUNT}",
         "--wait",
@@ -147,11 +153,12 @@ def operator(
     work = tmp_path_factory.mktemp("operator")
     sa_kubeconfig = work / "operator.kubeconfig"
     service_account_kubeconfig(kubectl, kubeconfig, sa_kubeconfig)
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     log_dir = ROOT / ".cache" / "operator-tests"  # gitignored; kept for reading after a failure
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(sa_kubeconfig), "POD_NAME": "test-operator-0"}
+    env = {**os.environ, "KUBECONFIG": str(sa_kubeconfig), "POD_NAME": "test-operator-0",
+           "STRATA_RUNTIME_POD_ROLE": RUNTIME_POD_ROLE}
     binary = Path(sys.executable).with_name("strata-operator")
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -163,6 +170,8 @@ def operator(
                 f"http://127.0.0.1:{port}/healthz",
                 "--drift-interval",
                 "20",
+                "--metrics-port",
+                str(metrics_port),
             ],
             env=env,
             stdout=log,
@@ -180,6 +189,7 @@ def operator(
 
     wait_until(alive, timeout=60, what="the operator's liveness endpoint")
     proc.log_path = log_path  # type: ignore[attr-defined]
+    proc.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # type: ignore[attr-defined]
     yield proc
     stop_process(proc, 30)
     if os.environ.get("STRATA_SHOW_OPERATOR_LOG"):
@@ -193,7 +203,20 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
     return None
 
 
+def secret_reader_binding(namespace: str) -> dict[str, Any]:
+    """What a namespace owner runs to let the operator read the namespace's Secrets: the chart binds
+    its secret-reader ClusterRole nowhere by itself (secretAccess in values.yaml)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "strata-operator-secrets", "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": SECRET_READER},
+        "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE}],
+    }
+
+
 def secrets(namespace: str) -> list[dict[str, Any]]:
+    """The sample's Secrets, and the namespace owner's grant that lets the operator read them."""
     def secret(name: str, data: dict[str, str]) -> dict[str, Any]:
         return {
             "apiVersion": "v1",
@@ -207,6 +230,7 @@ def secrets(namespace: str) -> list[dict[str, Any]]:
         secret("acme-keys", {"acme": "key-acme"}),
         secret("openai", {"apiKey": "sk-test"}),
         secret("strata-redis", {"url": "redis://redis:6379/0"}),
+        secret_reader_binding(namespace),
     ]
 
 
@@ -252,7 +276,8 @@ def agent_deployment(
             "agents": [{"id": "support", "tenant": "acme", "model": "gpt-4.1-mini"}],
         },
         "secretEnv": [{"name": "OPENAI_API_KEY", "secretKeyRef": {"name": "openai", "key": "apiKey"}}],
-        "stores": {"redis": {"urlSecretRef": {"name": "strata-redis", "key": "url"}}},
+        # Operator tests run no Postgres or Milvus: each fake pod may keep its own (see PodLocalState).
+        "stores": {"redis": {"urlSecretRef": {"name": "strata-redis", "key": "url"}}, "allowPodLocalState": True},
         "apiKeysSecretRef": {"name": "acme-keys"},
         "routingPolicyRef": {"name": "default"},
         "drain": {"terminationGracePeriodSeconds": 30, "preStopSleepSeconds": 2},

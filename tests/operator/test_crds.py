@@ -76,9 +76,10 @@ def test_a_valid_resource_is_stored_with_defaults(kubectl: Kubectl, namespace: s
     stored = json.loads(kubectl("-n", namespace, "get", "cachepolicy", "defaults", "-o", "json").stdout)
     from strata_runtime.config import CachePolicySpec
 
-    assert stored["spec"]["semantic"]["threshold"] == CachePolicySpec().semantic.threshold
+    assert stored["spec"]["semantic"].get("threshold") == CachePolicySpec().semantic.threshold  # unset: verifier
+    assert stored["spec"]["semantic"]["maxWrongHitRate"] == CachePolicySpec().semantic.max_wrong_hit_rate
     assert stored["spec"]["exact"]["ttlSeconds"] == 3600
-    assert stored["spec"]["scope"] == "tenant"
+    assert stored["spec"]["scope"] == "user"
 
 
 @pytest.mark.usefixtures("crds")
@@ -86,9 +87,10 @@ def test_samples_are_accepted_by_the_api_server(kubectl: Kubectl, namespace: str
     from tests.operator.fixtures_operator import ROOT
 
     for sample in ("cachepolicy-default", "routingpolicy-default", "agentdeployment-support"):
-        kubectl(
-            "-n", namespace, "apply", "--dry-run=server", "-f", str(ROOT / "manifests" / "samples" / f"{sample}.yaml")
-        )
+        path = ROOT / "manifests" / "samples" / "agents" / f"{sample}.yaml"
+        kubectl("-n", namespace, "apply", "--dry-run=server", "-f", str(path))
+    # the same agents on a Redis Cluster (a kustomize overlay of them)
+    kubectl("-n", namespace, "apply", "--dry-run=server", "-k", str(ROOT / "manifests" / "samples" / "redis-cluster"))
 
 
 @pytest.mark.usefixtures("crds")

@@ -75,7 +75,7 @@ def test_with_keda_installed_a_scaled_object_replaces_the_hpa(kubectl: Kubectl, 
     wait_until(keda_scaled, 90, "KedaScaling=True")
     so = get_json(kubectl, "-n", namespace, "scaledobject", "support")
     assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (2, 7)
-    assert {t["name"] for t in so["spec"]["triggers"]} == {"active-sessions", "pending-requests"}
+    assert {t["name"] for t in so["spec"]["triggers"]} == {"session-depth", "pending-requests"}
     assert get_json(kubectl, "-n", namespace, "horizontalpodautoscaler", "support") is None
     deployment = get_json(kubectl, "-n", namespace, "deployment", "support", "--show-managed-fields")
     managers = {

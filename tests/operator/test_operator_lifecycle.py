@@ -259,11 +259,15 @@ def test_operator_rbac_is_least_privilege(kubectl: Kubectl, namespace: str) -> N
     assert can("create", "configmaps") == "yes"
     assert can("patch", "agentdeployments.strata.dev/status") == "yes"
     assert can("delete", "horizontalpodautoscalers.autoscaling") == "yes"
-    assert can("get", "secrets") == "yes"  # read only, to hash referenced Secrets
+    assert can("get", "secrets") == "no"  # granted per namespace only (tests/operator/test_rbac.py)
     assert can("create", "secrets") == "no"
     assert can("update", "secrets") == "no"
     assert can("delete", "deployments.apps") == "no"
     assert can("delete", "configmaps") == "no"
     assert can("create", "pods") == "no"
-    assert can("create", "rolebindings.rbac.authorization.k8s.io") == "no"
+    # RoleBindings for the runtime pods, but no escalation: no `bind`/`escalate`, no cluster-admin
+    assert can("create", "rolebindings.rbac.authorization.k8s.io") == "yes"
+    assert can("bind", "clusterroles.rbac.authorization.k8s.io/cluster-admin") == "no"
+    assert can("escalate", "roles.rbac.authorization.k8s.io") == "no"
+    assert can("patch", "pods") == "no"
     assert can("delete", "agentdeployments.strata.dev") == "no"

@@ -50,7 +50,10 @@ class RuntimeProcess:
         self.port = free_port()
         self.workdir = workdir
         self.config_path = workdir / f"runtime-{self.port}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
+        # A test process stops at once on SIGTERM (no Kubernetes hand-over window: nothing routes to
+        # it), unless the test sets the window itself.
+        server = {"keepAliveDrainSeconds": 0, **config.get("server", {})}
+        self.config_path.write_text(yaml.safe_dump({**config, "server": server}))
         self.log_path = workdir / f"runtime-{self.port}.log"
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None

@@ -17,6 +17,9 @@ Determinism (what tests may rely on):
   ``max_tokens`` / ``max_completion_tokens`` truncate the reply to that many words and set
   ``finish_reason: length``.
 * ``total_tokens`` = prompt + completion.
+* ``loop tool <name> {json}`` in the last user message: a tool call at every step, even after
+  tool results (a model stuck in a loop). ``say tool <name> {json}``: the text reply
+  ``TOOL: <name> {json}`` (the convention for models without tool calling).
 * Tool calls: when the request has ``tools``, the last message is not a ``tool`` result, and
   either the last message is a user message containing ``call tool <name>`` (several allowed) or
   ``tool_choice`` names a function (or is ``"required"``: first tool), the reply is ``tool_calls``.
@@ -37,6 +40,21 @@ Run-time behaviour injection (per server instance): ``POST /_control`` with JSON
 ``x-upstream-chunks``, ``x-upstream-chunk-delay-ms``; model ``fail-always`` (500) or
 ``fail-<status>`` always fails. ``GET /_stats`` returns counters, ``GET /_requests`` the recorded
 requests (when ``record`` is on).
+
+Misbehaviours of real servers, chosen by the model name (``misbehave-<name>``), each one a
+thing the gateway must survive (the answer is ``echo: ...`` as usual where there is one):
+
+* ``misbehave-close-delimited``: no Content-Length, no chunked encoding, ``connection: close``;
+  the body (JSON, or SSE when streaming) ends when the server closes: valid HTTP/1.1.
+* ``misbehave-no-terminal``: a stream that ends cleanly (last chunk sent) after some content,
+  with no ``finish_reason`` and no ``[DONE]``.
+* ``misbehave-cut-stream``: a chunked stream whose connection drops after some content.
+* ``misbehave-undelimited``: a close-delimited SSE body of 20 MB (``x-upstream-bytes``) with
+  no blank line anywhere: one endless event.
+* ``misbehave-context-length``: HTTP 400 with OpenAI's ``context_length_exceeded`` error.
+* ``misbehave-key-echo``: HTTP 400 whose ``code``, ``param`` and message quote the bearer token
+  the request carried (as a careless upstream does).
+* ``misbehave-midstream-error``: a stream that sends some content, then an ``error`` event.
 """
 
 from __future__ import annotations
@@ -50,6 +68,7 @@ import math
 import os
 import re
 import signal
+import ssl
 import sys
 import time
 from array import array
@@ -66,6 +85,8 @@ DEFAULT_EMBEDDING_DIM = 384
 MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo", "text-embedding-3-small", "fail-always")
 _FINGERPRINT = "fp_strata_upstream"
 _CALL_TOOL_RE = re.compile(r"call tool ([A-Za-z0-9_.\-]+)")
+_LOOP_TOOL_RE = re.compile(r"loop tool ([A-Za-z0-9_.\-]+)")
+_SAY_TOOL_RE = re.compile(r"say tool ([A-Za-z0-9_.\-]+)")
 _WORD_RE = re.compile(r"\w+")
 _FAIL_MODEL_RE = re.compile(r"fail-(\d{3})$")
 _RECORD_LIMIT = 200
@@ -455,7 +476,7 @@ def _json_after(text: str, pos: int) -> JSON | None:
     return None
 
 
-def plan_tool_calls(body: JSON, last_user: str) -> list[tuple[str, str]]:
+def plan_tool_calls(body: JSON, last_user: str, pattern: re.Pattern[str] = _CALL_TOOL_RE) -> list[tuple[str, str]]:
     """Decide which tools to "call": list of (name, arguments JSON string)."""
     tools = body.get("tools")
     if not isinstance(tools, list) or not tools:
@@ -470,7 +491,7 @@ def plan_tool_calls(body: JSON, last_user: str) -> list[tuple[str, str]]:
         args = explicit if explicit is not None else _schema_arguments(by_name.get(name))
         calls.append((name, orjson.dumps(args).decode()))
 
-    for match in _CALL_TOOL_RE.finditer(last_user):
+    for match in pattern.finditer(last_user):
         add(match.group(1), _json_after(last_user, match.end()))
     if calls:
         return calls
@@ -671,6 +692,8 @@ class UpstreamApp:
         if isinstance(parsed, bytes):
             return parsed
         body, model = parsed
+        if model.startswith("misbehave-"):
+            return self._misbehave(model, body, req, conn)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return self._error(400, "messages must be a non-empty list", ka)
@@ -679,6 +702,8 @@ class UpstreamApp:
         last_role = _role(messages[-1])
         # After a tool result the turn must end in text, or agent loops against us would never stop.
         calls = [] if last_role == "tool" else plan_tool_calls(body, last_user if last_role == "user" else "")
+        if not calls:  # a model stuck in a loop: it calls the tool whatever the results say
+            calls = plan_tool_calls(body, last_user, _LOOP_TOOL_RE)
         finish = "stop"
         content: str | None
         if calls:
@@ -688,6 +713,10 @@ class UpstreamApp:
             self.stats.tool_call_responses += 1
         else:
             content = "tool result: " + message_text(messages[-1]) if last_role == "tool" else "echo: " + last_user
+            said = _SAY_TOOL_RE.search(last_user) if last_role == "user" else None
+            if said:  # a model without tool calling, using the text convention
+                args = _json_after(last_user, said.end())
+                content = f"TOOL: {said.group(1)} {orjson.dumps(args or {}).decode()}"
             limit = body.get("max_completion_tokens") or body.get("max_tokens")
             words = content.split()
             if isinstance(limit, int) and 0 < limit < len(words):
@@ -835,6 +864,79 @@ class UpstreamApp:
             _add_usage(self.stats.usage, usage)
         conn.write(chunked(_SSE_DONE) + _CHUNKED_END)
 
+    # misbehaviours ----------------------------------------------------------------------------
+    def _misbehave(self, model: str, body: JSON, req: Request, conn: HttpConnection) -> Handled:
+        stream = bool(body.get("stream"))
+        messages = body.get("messages") or []
+        reply = "echo: " + next((message_text(m) for m in reversed(messages) if _role(m) == "user"), "")
+        cid, created = self._next_id(), int(time.time())
+        events = self._stream_events(cid=cid, created=created, model=model, content=reply, calls=[],
+                                     finish="stop", n_chunks=None)
+        kind = model.removeprefix("misbehave-")
+        self.stats.by_status["200"] = self.stats.by_status.get("200", 0) + 1
+        if kind == "close-delimited":
+            head, answer = self._close_delimited_answer(stream, events, reply)
+            return self._close_delimited(conn, head, answer)
+        if kind in ("no-terminal", "cut-stream", "midstream-error"):
+            out = [sse_head(req.keep_alive)] + [chunked(sse_event(e)) for e in events[:-1]]
+            if kind == "midstream-error":
+                error = {"message": "The server had an error while processing your request. Sorry about that!",
+                         "type": "server_error", "param": None, "code": "server_error"}
+                out.append(chunked(sse_event({"error": error})))
+            if kind != "cut-stream":
+                out.append(_CHUNKED_END)
+            return self._write_then(conn, b"".join(out), close=kind == "cut-stream")
+        if kind == "undelimited":
+            size = int(req.header_float(b"x-upstream-bytes") or 20 * 1024 * 1024)
+            return self._undelimited(conn, size)
+        if kind == "context-length":
+            error = {"message": "This model's maximum context length is 8192 tokens. However, your messages "
+                                "resulted in 9001 tokens. Please reduce the length of the messages.",
+                     "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}
+            return self._json(400, {"error": error}, req.keep_alive)
+        if kind == "key-echo":
+            token = (req.header(b"authorization") or b"").decode("latin-1").removeprefix("Bearer ")
+            error = {"message": f"Incorrect API key provided: {token}. Authorization: Bearer {token}",
+                     "type": "invalid_request_error", "param": token, "code": token}
+            return self._json(400, {"error": error}, req.keep_alive)
+        return self._error(400, f"unknown misbehaviour {model}", req.keep_alive)
+
+    @staticmethod
+    def _close_delimited_answer(stream: bool, events: list[JSON], reply: str) -> tuple[bytes, bytes]:
+        if stream:
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+            return head, b"".join(sse_event(e) for e in events) + _SSE_DONE
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
+        first = events[0]
+        return head, orjson.dumps({"id": first["id"], "object": "chat.completion", "created": first["created"],
+                                   "model": first["model"],
+                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                                                "finish_reason": "stop", "logprobs": None}],
+                                   "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    async def _close_delimited(self, conn: HttpConnection, head: bytes, body: bytes) -> None:
+        # The head, then the body and the FIN in one burst: what a simple server or proxy sends.
+        conn.write(head)
+        await asyncio.sleep(0)
+        conn.write(body)
+        conn.close()
+
+    async def _write_then(self, conn: HttpConnection, data: bytes, *, close: bool) -> None:
+        conn.write(data)
+        if close:
+            await asyncio.sleep(0.01)  # the content is on its way before the connection drops
+            conn.close()
+
+    async def _undelimited(self, conn: HttpConnection, size: int) -> None:
+        conn.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: ")
+        piece = b"x" * 65536
+        sent = 0
+        while sent < size and not conn.closed:
+            conn.write(piece)
+            sent += len(piece)
+            await asyncio.sleep(0)  # let the transport drain instead of buffering 20 MB
+        conn.close()
+
     # embeddings -------------------------------------------------------------------------------
     def _embeddings(self, req: Request) -> bytes:
         ka = req.keep_alive
@@ -931,12 +1033,12 @@ def _role(message: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-async def serve(host: str, port: int, *, exit_with_parent: bool = True) -> None:
-    """Bind, announce ``LISTENING host:port`` on stdout, serve until SIGTERM/SIGINT."""
+async def serve(host: str, port: int, *, exit_with_parent: bool = True, tls: ssl.SSLContext | None = None) -> None:
+    """Bind, announce ``LISTENING host:port`` on stdout, serve until SIGTERM/SIGINT (HTTPS with ``tls``)."""
     loop = asyncio.get_running_loop()
     app = UpstreamApp()
     server = await loop.create_server(
-        lambda: HttpConnection(app), host, port, backlog=4096, reuse_address=True
+        lambda: HttpConnection(app), host, port, backlog=4096, reuse_address=True, ssl=tls
     )
     bound = server.sockets[0].getsockname()
     sys.stdout.write(f"LISTENING {bound[0]}:{bound[1]}\n")
@@ -965,14 +1067,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
     parser.add_argument("--stay-orphaned", action="store_true", help="keep serving if the parent exits")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain")
+    parser.add_argument("--tls-key", help="the private key of --tls-cert")
     args = parser.parse_args(argv)
+    tls: ssl.SSLContext | None = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     runner: Any = asyncio.run
     if not args.no_uvloop:
         with contextlib.suppress(ImportError):
             import uvloop
 
             runner = uvloop.run
-    runner(serve(args.host, args.port, exit_with_parent=not args.stay_orphaned))
+    runner(serve(args.host, args.port, exit_with_parent=not args.stay_orphaned, tls=tls))
 
 
 if __name__ == "__main__":

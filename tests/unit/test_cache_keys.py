@@ -30,7 +30,21 @@ def test_delivery_fields_do_not_change_the_key():
 def test_tenants_and_users_get_different_namespaces():
     a, b = namespace(CallContext(tenant="a"), "tenant"), namespace(CallContext(tenant="b"), "tenant")
     assert request_keys(BASE, a).exact != request_keys(BASE, b).exact
-    assert namespace(CallContext(tenant="a"), "user") is None  # no user identity: nothing shared
+    u1 = namespace(CallContext(tenant="a", user="u1"), "user")
+    u2 = namespace(CallContext(tenant="a", user="u2"), "user")
+    assert request_keys(BASE, u1).exact != request_keys(BASE, u2).exact
+    # no end user named: the tenant is the only identity, so the call uses the tenant's namespace
+    assert namespace(CallContext(tenant="a"), "user") == a
+
+
+def test_the_default_scope_keeps_end_users_apart_unless_the_policy_says_tenant():
+    from strata_runtime.config import CachePolicySpec
+
+    default = CachePolicySpec().scope
+    one, two = CallContext(tenant="a", user="u1"), CallContext(tenant="a", user="u2")
+    assert request_keys(BASE, namespace(one, default)).exact != request_keys(BASE, namespace(two, default)).exact
+    shared = CachePolicySpec.model_validate({"scope": "tenant"}).scope
+    assert request_keys(BASE, namespace(one, shared)).exact == request_keys(BASE, namespace(two, shared)).exact
 
 
 def test_fingerprint_ignores_only_the_last_user_message():

@@ -107,7 +107,7 @@ def test_a_dumped_config_validates_back_to_the_same_model() -> None:
 
 
 def test_the_local_embedder_only_accepts_the_model_it_ships() -> None:
-    with pytest.raises(ConfigError, match=r"embedder: .*only ships all-MiniLM-L6-v2"):
+    with pytest.raises(ConfigError, match=r"embedder: .*ships multilingual-e5-small"):
         parse_config(_minimal(embedder={"provider": "local", "model": "bge-large"}))
 
 

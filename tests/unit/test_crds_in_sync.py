@@ -1,4 +1,4 @@
-"""The checked-in CRDs are exactly what the models generate (SPEC 1: one source of truth)."""
+"""The checked-in CRDs are exactly what the models generate."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("directory", ["crds", "charts/strata/crds", "manifests/base/crds"])
+@pytest.mark.parametrize("directory", ["crds", "charts/strata/files/crds", "manifests/base/crds"])
 def test_checked_in_crds_match_the_models(directory: str) -> None:
     for name, text in rendered_files().items():
         path = ROOT / directory / name

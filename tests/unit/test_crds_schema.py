@@ -1,4 +1,4 @@
-"""The generated schemas are structural: what Kubernetes accepts, with the SPEC 6.3 field names."""
+"""The generated schemas are structural: what Kubernetes accepts."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_agent_deployment_spec_uses_the_spec_field_names() -> None:
     spec = schema_of("agentdeployments.strata.dev.yaml")["properties"]["spec"]["properties"]
     assert {"image", "replicas", "resources", "runtime", "stores", "apiKeysSecretRef", "cachePolicyRef",
             "routingPolicyRef", "scaling", "drain", "sessionAffinity", "networkPolicy"} <= set(spec)
-    assert set(spec["stores"]["properties"]) == {"redis", "postgres", "milvus"}
+    assert set(spec["stores"]["properties"]) == {"redis", "postgres", "milvus", "allowPodLocalState"}
     assert "urlSecretRef" in spec["stores"]["properties"]["redis"]["properties"]
     assert set(spec["scaling"]["properties"]["keda"]["properties"]) >= {
         "enabled", "activeSessionsPerPod", "pendingRequestsPerPod", "prometheusAddress", "cooldownSeconds"}
@@ -68,8 +68,10 @@ def test_cache_policy_spec_matches_the_runtime_defaults() -> None:
     spec = schema_of("cachepolicies.strata.dev.yaml")["properties"]["spec"]
     from strata_runtime.config import CachePolicySpec
 
-    threshold = spec["properties"]["semantic"]["properties"]["threshold"]["default"]
-    assert threshold == CachePolicySpec().semantic.threshold
+    semantic = spec["properties"]["semantic"]["properties"]
+    assert semantic["threshold"].get("default") == CachePolicySpec().semantic.threshold  # unset: the verifier
+    assert semantic["maxWrongHitRate"]["default"] == CachePolicySpec().semantic.max_wrong_hit_rate
+    assert spec["properties"]["scope"]["default"] == CachePolicySpec().scope
     assert spec["properties"]["scope"]["enum"] == ["tenant", "user", "shared"]
     assert spec["default"] == {}
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from collections.abc import Awaitable
+
 import numpy as np
 
 from strata_runtime.stores.vectors import MemoryVectorIndex, VectorRow
@@ -50,3 +53,57 @@ async def test_growing_past_the_initial_capacity_keeps_every_row() -> None:
     await index.upsert("c", [VectorRow(str(i), [1.0, float(i)], {}) for i in range(300)])
     assert await index.count("c", where={}) == 300
     assert len(await index.search("c", [0, 1], where={}, limit=500)) == 300
+
+
+async def test_the_index_keeps_at_most_max_rows_dropping_the_least_recently_written() -> None:
+    index = MemoryVectorIndex(max_rows=100)
+    await index.upsert("c", [VectorRow(f"r{i}", [1.0, float(i)], {"tenant": "t"}) for i in range(100)])
+    await index.upsert("c", [VectorRow("r0", [1.0, 0.0], {"tenant": "t"})])  # written again: now the newest
+    await index.upsert("c", [VectorRow(f"r{i}", [1.0, float(i)], {"tenant": "t"}) for i in range(100, 250)])
+    assert await index.count("c", where={"tenant": "t"}) == 100
+    kept = {h.id for h in await index.search("c", [0, 1], where={}, limit=1000)}
+    assert kept == {f"r{i}" for i in range(150, 250)}
+    await index.upsert("c", [VectorRow("r0", [1.0, 0.0], {"tenant": "t"})])
+    assert {h.id for h in await index.search("c", [1, 0], where={"tenant": "t"}, limit=1)} == {"r0"}
+    assert await index.count("c", where={}) == 100
+
+
+
+async def _churn(index: MemoryVectorIndex, first: int, last: int) -> None:
+    """Rounds of 200 rows with fields of their own (a ~3 KB content, like archived summaries), each
+    round deleted after it was written."""
+    for r in range(first, last):
+        await index.upsert("c", [VectorRow(f"{r}-{i}", [1.0, float(i)],
+                                           {"tenant": "t", "session": f"s{r}", "content": f"{r}-{i} " * 500})
+                                 for i in range(200)])
+        await index.delete("c", where={"session": f"s{r}"})
+
+
+async def _write(index: MemoryVectorIndex, first: int, last: int) -> None:
+    for i in range(first, last):
+        await index.upsert("c", [VectorRow(f"r{i}", [1.0, float(i)], {"tenant": "t", "content": f"{i} " * 1000})])
+
+
+async def _growth(write: Awaitable[None], warm_up: Awaitable[None]) -> int:
+    tracemalloc.start()
+    try:
+        await warm_up
+        before = tracemalloc.get_traced_memory()[0]
+        await write
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+async def test_deleted_rows_give_their_memory_back() -> None:
+    index = MemoryVectorIndex()
+    grown = await _growth(_churn(index, 2, 40), warm_up=_churn(index, 0, 2))
+    assert await index.count("c", where={}) == 0
+    assert grown < 1_000_000  # 7,600 rows of ~3 KB went through
+
+
+async def test_rows_pushed_out_by_the_bound_give_their_memory_back() -> None:
+    index = MemoryVectorIndex(max_rows=200)
+    grown = await _growth(_write(index, 400, 8_000), warm_up=_write(index, 0, 400))
+    assert await index.count("c", where={}) == 200
+    assert grown < 1_000_000  # 7,600 rows of ~5 KB went through

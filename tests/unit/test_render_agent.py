@@ -68,7 +68,8 @@ def container(desired: Desired) -> dict[str, Any]:
 def test_every_child_is_owned_by_the_agent_deployment_as_controller() -> None:
     desired = render(inputs())
     assert {o["kind"] for o in desired.objects} == {
-        "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "ScaledObject", "NetworkPolicy"}
+        "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "ScaledObject", "NetworkPolicy",
+        "ServiceAccount", "Role", "RoleBinding"}
     for obj in desired.objects:
         [ref] = obj["metadata"]["ownerReferences"]
         assert ref == {"apiVersion": "strata.dev/v1alpha1", "kind": "AgentDeployment", "name": "support",
@@ -130,20 +131,26 @@ def test_replicas_are_left_to_the_autoscaler() -> None:
     fixed = render(inputs(spec=spec(scaling={"keda": {"enabled": False}}, replicas={"min": 3, "max": 3})))
     assert kind(fixed, "Deployment")["spec"]["replicas"] == 3
     assert fixed.scaler == "none"
-    assert {r.kind for r in fixed.stale} == {"ScaledObject", "HorizontalPodAutoscaler"}
+    assert {r.kind for r in fixed.stale} == {"ScaledObject", "HorizontalPodAutoscaler", "RoleBinding"}
 
 
-def test_keda_scaled_object_scales_on_sessions_and_pending_requests() -> None:
+def test_keda_scaled_object_scales_on_session_depth_and_pending_requests() -> None:
     desired = render(inputs())
     so = kind(desired, "ScaledObject")["spec"]
     assert (so["minReplicaCount"], so["maxReplicaCount"], so["cooldownPeriod"]) == (2, 20, 300)
     queries = {t["name"]: t["metadata"] for t in so["triggers"]}
-    assert "strata_active_sessions" in queries["active-sessions"]["query"]
-    assert queries["active-sessions"]["threshold"] == "200"
+    # Every pod reports the deployment's count: max, never sum (which would multiply it by the replicas).
+    assert queries["session-depth"]["query"].startswith("max(strata_session_depth{")
+    assert queries["session-depth"]["threshold"] == "200"
+    assert queries["pending-requests"]["query"].startswith("sum(strata_pending_requests{")
     assert queries["pending-requests"]["threshold"] == "20"
     assert 'namespace="acme"' in queries["pending-requests"]["query"]
+    # A missing scrape target is an error (KEDA falls back), not a 0 that scales the deployment in.
+    assert {q["ignoreNullValues"] for q in queries.values()} == {"false"}
+    assert {t["metricType"] for t in so["triggers"]} == {"AverageValue"}
     assert so["fallback"] == {"failureThreshold": 3, "replicas": 2}
-    assert [(r.kind, r.name) for r in desired.stale] == [("HorizontalPodAutoscaler", "support")]
+    assert [(r.kind, r.name) for r in desired.stale] == [("HorizontalPodAutoscaler", "support"),
+                                                        ("RoleBinding", "support-runtime-pods")]
 
 
 def test_without_keda_an_hpa_takes_its_place() -> None:
@@ -153,8 +160,32 @@ def test_without_keda_an_hpa_takes_its_place() -> None:
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 20)
     assert {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"} == {
-        "strata_active_sessions", "strata_pending_requests"}
+        "strata_pod_session_depth", "strata_pending_requests"}
     assert not [o for o in desired.objects if o["kind"] == "ScaledObject"]
+
+
+def test_the_metrics_api_trigger_reads_session_depth_from_the_runtime_service() -> None:
+    scaling = {"keda": {"trigger": "metricsApi", "activeSessionsPerPod": 10, "fallbackReplicas": 4}}
+    desired = render(inputs(spec=spec(scaling=scaling)))
+    so = kind(desired, "ScaledObject")["spec"]
+    assert so["triggers"] == [{
+        "type": "metrics-api", "name": "session-depth", "metricType": "AverageValue",
+        "metadata": {"url": "http://support.acme.svc/metrics/session-depth", "format": "json",
+                     "valueLocation": "sessionDepth", "targetValue": "10"}}]
+    assert so["fallback"] == {"failureThreshold": 3, "replicas": 4}
+
+
+def test_the_network_policy_admits_keda_only_for_the_metrics_api_trigger() -> None:
+    def peers(scaling: dict[str, object], keda: bool = True) -> list[object]:
+        desired = render(inputs(spec=spec(scaling=scaling, networkPolicy={"enabled": True}), keda_available=keda))
+        return list(kind(desired, "NetworkPolicy")["spec"]["ingress"][0]["from"])
+
+    keda_peer = {"namespaceSelector": {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["autoscalers"]}]}}
+    metrics_api = {"keda": {"trigger": "metricsApi", "kedaNamespace": "autoscalers"}}
+    assert keda_peer in peers(metrics_api)
+    assert keda_peer not in peers({"keda": {"kedaNamespace": "autoscalers"}})
+    assert keda_peer not in peers(metrics_api, keda=False)
 
 
 def test_probes_drain_and_grace_period_follow_the_spec() -> None:
@@ -227,3 +258,30 @@ def test_without_an_api_keys_secret_the_runtime_runs_without_auth() -> None:
 def test_replicas_min_above_max_is_rejected_by_the_model() -> None:
     with pytest.raises(ValueError, match=r"replicas.min"):
         spec(replicas={"min": 5, "max": 2})
+
+
+def test_the_runtime_container_alone_gets_a_token_of_the_pods_own_service_account() -> None:
+    from strata_runtime.agents.in_cluster import SERVICE_ACCOUNT_DIR
+
+    for reporting in (kind(render(inputs(spec=spec(reportAgentsHash=flag))), "Deployment")["spec"]["template"]["spec"]
+                      for flag in (False, True)):  # the token serves the ConfigMap watch either way
+        _only_the_runtime_container_gets_the_token(reporting, SERVICE_ACCOUNT_DIR)
+        assert reporting["serviceAccountName"] == "support-runtime"
+
+
+def test_only_pods_that_may_report_their_agents_hash_are_told_their_name() -> None:
+    # Without spec.reportAgentsHash no RoleBinding lets the pod patch itself: a runtime that knew its
+    # name would try anyway and log a 403 five times on every reload.
+    for flag in (False, True):
+        pod = kind(render(inputs(spec=spec(reportAgentsHash=flag))), "Deployment")["spec"]["template"]["spec"]
+        names = {e["name"] for e in pod["containers"][0]["env"]}
+        assert ("STRATA_POD_NAME" in names) is flag
+
+
+def _only_the_runtime_container_gets_the_token(reporting: dict[str, Any], SERVICE_ACCOUNT_DIR: Any) -> None:
+    assert reporting["automountServiceAccountToken"] is False  # only this container gets the token
+    [volume] = [v for v in reporting["volumes"] if v["name"] == "kube-api-access"]
+    paths = {s.get("serviceAccountToken", {}).get("path") for s in volume["projected"]["sources"]}
+    assert "token" in paths
+    [mount] = [m for m in reporting["containers"][0]["volumeMounts"] if m["name"] == "kube-api-access"]
+    assert mount == {"name": "kube-api-access", "mountPath": str(SERVICE_ACCOUNT_DIR), "readOnly": True}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from strata_operator.cli import parse_settings
-from strata_operator.handlers import _references
+from strata_operator.handlers import references as _references
 
 pytestmark = pytest.mark.unit
 

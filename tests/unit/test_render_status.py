@@ -14,10 +14,44 @@ pytestmark = pytest.mark.unit
 T0, T1 = "2025-01-01T00:00:00Z", "2025-01-01T00:05:00Z"
 
 
-def desired() -> Desired:
+def desired(**spec: Any) -> Desired:
     from strata_operator.models import AgentDeploymentSpec
 
-    return render(Inputs(owner=Owner("a", "ns", "u"), spec=AgentDeploymentSpec(), keda_available=False))
+    spec = spec or {"stores": {"allowPodLocalState": True}}
+    return render(Inputs(owner=Owner("a", "ns", "u"), spec=AgentDeploymentSpec.model_validate(spec),
+                         keda_available=False))
+
+
+SHARED = {"redis": {"urlSecretRef": {"name": "r", "key": "url"}},
+          "postgres": {"dsnSecretRef": {"name": "p", "key": "dsn"}},
+          "milvus": {"uriSecretRef": {"name": "m", "key": "uri"}}}
+
+
+@pytest.mark.parametrize(("stores", "local"), [
+    ({}, ["stores.redis", "stores.postgres", "stores.milvus"]),
+    ({**SHARED, "redis": {"backend": "memory"}}, ["stores.redis"]),
+    ({k: v for k, v in SHARED.items() if k != "postgres"}, ["stores.postgres"]),
+    ({k: v for k, v in SHARED.items() if k != "milvus"}, ["stores.milvus"]),
+])
+def test_pod_local_state_with_several_replicas_is_not_ready(stores: dict[str, Any], local: list[str]) -> None:
+    d = desired(stores=stores)
+    assert d.pod_local_state is not None and all(name in d.pod_local_state for name in local)
+    status = st.agent_status(generation=1, previous={}, now=T0, desired=d, deployment=deployment(d))
+    assert (condition(status, "Ready")["status"], condition(status, "Ready")["reason"]) == ("False", "PodLocalState")
+    assert condition(status, "Degraded")["reason"] == "PodLocalState"
+    assert d.objects, "the pods are still rolled out"
+
+
+@pytest.mark.parametrize("spec", [
+    {"stores": SHARED},
+    {"replicas": {"min": 1, "max": 1}},
+    {"stores": {"allowPodLocalState": True}},
+])
+def test_shared_stores_one_replica_or_the_opt_in_are_ready(spec: dict[str, Any]) -> None:
+    d = desired(**spec)
+    assert d.pod_local_state is None
+    status = st.agent_status(generation=1, previous={}, now=T0, desired=d, deployment=deployment(d))
+    assert condition(status, "Ready")["status"] == "True"
 
 
 def deployment(d: Desired, *, replicas: int = 2, ready: int = 2, updated: int = 2, generation: int = 1,

@@ -32,7 +32,7 @@ class RecordingKube:
 def controller() -> tuple[Controller, RecordingKube]:
     kube = RecordingKube()
     c = Controller(kube, progress_write_interval=INTERVAL)  # type: ignore[arg-type]
-    c.rendered[KEY] = Rendered(generation=1, desired=desired())
+    c.record(KEY).rendered = Rendered(generation=1, desired=desired())
     return c, kube
 
 
@@ -42,7 +42,7 @@ def ready_replicas(kube: RecordingKube) -> list[int]:
 
 async def test_progress_right_after_a_write_is_held_back_then_written_with_the_latest_counts() -> None:
     c, kube = controller()
-    d = c.rendered[KEY].desired
+    d = desired()  # what controller() rendered
     await c.observe_deployment(KEY, deployment(d, replicas=2, ready=0, updated=2), {})
     await c.observe_deployment(KEY, deployment(d, replicas=2, ready=1, updated=2), {})
     await c.observe_deployment(KEY, deployment(d, replicas=3, ready=1, updated=3), {})
@@ -53,7 +53,7 @@ async def test_progress_right_after_a_write_is_held_back_then_written_with_the_l
 
 async def test_a_condition_flip_is_written_at_once_and_supersedes_held_back_progress() -> None:
     c, kube = controller()
-    d = c.rendered[KEY].desired
+    d = desired()  # what controller() rendered
     await c.observe_deployment(KEY, deployment(d, replicas=2, ready=0, updated=2), {})
     await c.observe_deployment(KEY, deployment(d, replicas=2, ready=1, updated=2), {})
     await c.observe_deployment(KEY, deployment(d), {})  # every pod ready: Ready flips to True
@@ -64,7 +64,7 @@ async def test_a_condition_flip_is_written_at_once_and_supersedes_held_back_prog
 
 async def test_closing_cancels_held_back_writes() -> None:
     c, kube = controller()
-    d = c.rendered[KEY].desired
+    d = desired()  # what controller() rendered
     await c.observe_deployment(KEY, deployment(d, replicas=2, ready=0, updated=2), {})
     await c.observe_deployment(KEY, deployment(d, replicas=2, ready=1, updated=2), {})
     await c.close()
@@ -93,7 +93,8 @@ class ApplyingKube(RecordingKube):
 
 def agent_body() -> dict[str, Any]:
     # The same owner as `desired()`, so the config hashes agree.
-    return {"metadata": {"name": "a", "namespace": "ns", "uid": "u", "generation": 1}, "spec": {}, "status": {}}
+    return {"metadata": {"name": "a", "namespace": "ns", "uid": "u", "generation": 1},
+            "spec": {"stores": {"allowPodLocalState": True}}, "status": {}}
 
 
 def ready_deployment(resource_version: str, **counts: int) -> dict[str, Any]:

@@ -58,10 +58,30 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch, delete]
-# Referenced Secrets are read (never written) to hash them, so a rotation rolls the pods.
+# Runtime pods: read only, for the agent definitions hash each one reports in an annotation.
 - apiGroups: [""]
-  resources: [secrets]
-  verbs: [get, list, watch]
+  resources: [pods]
+  verbs: [list, watch]
+# Each AgentDeployment's runtime pods get a ServiceAccount of their own and a Role reading exactly
+# their ConfigMap (get/list/watch by resourceNames): no escalation needed, the operator holds that
+# read itself. roles/rolebindings only as far as RBAC's escalation check lets it: it can grant
+# nothing it does not hold, apart from the one ClusterRole below.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, create, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles]
+  verbs: [get, create, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [rolebindings]
+  verbs: [get, create, patch, delete]
+# spec.reportAgentsHash: bind (only) the runtime-pod-annotator ClusterRole (patch pods), which the
+# operator does not hold: `bind` on that one name instead of `patch pods` or `escalate`.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [clusterroles]
+  resourceNames: [{{ include "strata.fullname" . }}-runtime-pod-annotator]
+  verbs: [bind]
+# No Secrets here: they are granted one namespace (and name) at a time, see secretAccess.
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]
@@ -70,4 +90,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [kopfpeerings]
   verbs: [get, list, watch, patch]
 {{- end }}
+{{- end -}}
+
+{{- define "strata.peeringHook" -}}
+helm.sh/hook: post-install,post-upgrade
+helm.sh/hook-delete-policy: before-hook-creation
 {{- end -}}

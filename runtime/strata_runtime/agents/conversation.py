@@ -17,6 +17,10 @@ readers. So whatever a client has seen is in Redis, and any pod can continue fro
 
 A producer that lost its claim (a paused pod came back) stops writing: its flushes are
 refused by the owner check, and its own readers switch to tailing Redis.
+
+A nested turn (one that came with a depth and a call chain from an internal caller) keeps them
+across a takeover: they are stored with its prompt, in the same write that makes the turn exist,
+and the pod that takes it over continues at that depth, in that chain.
 """
 
 from __future__ import annotations
@@ -32,12 +36,17 @@ from typing import Any
 
 import orjson
 
+from strata_runtime.agents.depth import SessionDepth
 from strata_runtime.agents.manager import Agent, AgentManager
 from strata_runtime.errors import Conflict, Draining, NotFound, ServiceUnavailable, StrataError, UpstreamError
 from strata_runtime.gateway.contract import CallContext, ChatGateway
 from strata_runtime.memory.engine import MemoryEngine
 from strata_runtime.memory.retrieval import build_messages
 from strata_runtime.memory.state import SessionState, StreamInfo, Turn
+from strata_runtime.routing.decision import RouteDecision
+from strata_runtime.routing.prompt import system_prompt
+from strata_runtime.stores.health import StoreUnavailable
+from strata_runtime.tools.loop import ToolLoop, TurnRef, answer_text
 
 log = logging.getLogger("strata.agents")
 
@@ -46,6 +55,7 @@ CONTINUE_INSTRUCTION = (
     "anything already written and without any preamble."
 )
 POLL_SECONDS = 0.02
+CALL_CHAIN_KEY = "strata_call_chain"  # in a stored prompt only: {depth, chain} of a nested turn
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,19 @@ class Event:
     index: int
     text: str = ""
     error: StrataError | None = None
+
+
+async def _follow_producer(producer: Producer, start: int) -> AsyncIterator[Event]:
+    """The chunks of the answer this pod is producing, live, then `done` or `error` when it ended
+    here; nothing more when the producer lost its claim (the caller goes on from Redis)."""
+    i = start
+    async for index, text in producer.follow(i):
+        yield Event("chunk", index, text)
+        i = index + 1
+    if producer.turn is not None:
+        yield Event("done", len(producer.durable), producer.turn.content)
+    elif producer.error is not None:
+        yield Event("error", i, error=producer.error)
 
 
 def _deltas(chunk: dict[str, Any]) -> str:
@@ -84,6 +107,8 @@ class Producer:
         self.turn: Turn | None = None
         self.error: StrataError | None = None
         self.first_chunk_at: float | None = None
+        self.tools: TurnRef | None = None  # set when the agent has tools: the agent loop produces the turn
+        self.task: asyncio.Task[None] | None = None
 
     # readers ---------------------------------------------------------------------------------
     def _notify(self) -> None:
@@ -105,6 +130,9 @@ class Producer:
         gateway = self.conv.gateway()
         heartbeat = asyncio.create_task(self._heartbeat())
         flusher = asyncio.create_task(self._flusher())
+        depth = self.conv.depth
+        if depth is not None:
+            depth.turn_started(self.state.tenant, self.state.session_id)
         try:
             if gateway is None:
                 raise ServiceUnavailable("no LLM gateway is configured in this runtime")
@@ -119,12 +147,12 @@ class Producer:
             await flusher
             if self.lost:
                 return
-            self.turn = await self.engine.complete(self.state, self.seq, "".join(self.durable),
+            self.turn = await self.engine.complete(self.state, self.seq, answer_text(self.durable),
                                                    owner=self.conv.pod_id)
             if self.turn is None:
                 self.lost = True
-            elif self.engine.archive_due(self.state):
-                self.engine.spawn(self.conv.archive(self.state, self.ctx))
+            else:
+                self.conv.schedule_archive(self.state, self.ctx)
         except StrataError as e:
             self.error = e
         except Exception as e:
@@ -133,12 +161,23 @@ class Producer:
         finally:
             heartbeat.cancel()
             flusher.cancel()
-            if self.error is not None and not self.lost:
-                with contextlib.suppress(Exception):
-                    await self.engine.fail(self.state, self.seq, owner=self.conv.pod_id, error=self.error.message)
+            if depth is not None:
+                depth.turn_ended(self.state.tenant, self.state.session_id)
+            if self.error is not None and not self.lost and not isinstance(self.error, (StoreUnavailable, Draining)):
+                # A store outage or this pod shutting down is not the turn's failure: its record
+                # stays `producing`, and a client resuming elsewhere gets it finished (taken over
+                # once stale).
+                await self._record_failure(self.error)
             self.finished = True
             self._notify()
             self.conv.producers.pop((self.state.tenant, self.state.session_id, self.seq), None)
+
+    async def _record_failure(self, error: StrataError) -> None:
+        try:
+            await self.engine.fail(self.state, self.seq, owner=self.conv.pod_id, error=error.message)
+        except StoreUnavailable:
+            log.warning("could not record a failed turn; it is finished by the next resume",
+                        extra={"session_id": self.state.session_id, "seq": self.seq})
 
     async def _stream(self, gateway: ChatGateway, body: dict[str, Any]) -> AsyncIterator[str]:
         stream = await gateway.stream(body, self.ctx)
@@ -154,16 +193,22 @@ class Producer:
                 with contextlib.suppress(Exception):
                     await closer()
 
+    def _source(self, gateway: ChatGateway) -> AsyncIterator[str]:
+        loop = self.conv.tool_loop
+        if self.tools is not None and loop is not None:
+            return loop.run(gateway, self.body, self.ctx, self.tools)
+        return self._stream(gateway, self.body)
+
     async def _generate(self, gateway: ChatGateway) -> AsyncIterator[str]:
         prefix = "".join(self.durable)
         if not prefix:
-            async for text in self._stream(gateway, self.body):
+            async for text in self._source(gateway):
                 yield text
             return
         # Takeover: regenerate; keep the delivered prefix, deliver only what follows it.
         acc = ""
         through = False
-        async for text in self._stream(gateway, self.body):
+        async for text in self._source(gateway):
             if through:
                 yield text
                 continue
@@ -181,6 +226,10 @@ class Producer:
                 return
         if through:
             return
+        if self.tools is not None:
+            # The agent loop replays its recorded steps, so its stream repeats the delivered one; a
+            # difference means the tool ledger expired: the turn fails rather than guess.
+            raise Conflict("the interrupted turn's tool steps are no longer recorded; send the message again")
         body = dict(self.body)
         body["messages"] = [*self.body["messages"], {"role": "assistant", "content": prefix},
                             {"role": "user", "content": CONTINUE_INSTRUCTION}]
@@ -218,6 +267,24 @@ class Producer:
                 return
 
 
+def stored_prompt(body: dict[str, Any], depth: int, chain: str | None) -> bytes:
+    """The prompt as stored with the turn; a nested turn's depth and chain ride along (a takeover needs them)."""
+    if depth == 0 and chain is None:
+        return orjson.dumps(body)
+    return orjson.dumps({**body, CALL_CHAIN_KEY: {"depth": depth, "chain": chain}})
+
+
+def loaded_prompt(raw: bytes) -> tuple[dict[str, Any], int, str | None]:
+    """A stored prompt: the model's request body, and the depth and chain the turn runs at."""
+    body: dict[str, Any] = orjson.loads(raw)
+    recorded = body.pop(CALL_CHAIN_KEY, None)
+    if not isinstance(recorded, dict):
+        return body, 0, None
+    depth, chain = recorded.get("depth"), recorded.get("chain")
+    return (body, depth if isinstance(depth, int) and depth >= 0 else 0,
+            chain if isinstance(chain, str) else None)
+
+
 @dataclass
 class TurnStart:
     agent: Agent
@@ -228,24 +295,44 @@ class TurnStart:
 
 class Conversations:
     def __init__(self, engine: MemoryEngine, agents: AgentManager, gateway_source: Callable[[], ChatGateway | None],
-                 *, stale_seconds: float, drain_seconds: float, is_draining: Callable[[], bool],
-                 pod_id: str | None = None):
+                 *, stale_seconds: float, drain_seconds: float, is_closing: Callable[[], bool],
+                 drain_deadline: Callable[[], float | None] = lambda: None, pod_id: str | None = None,
+                 depth: SessionDepth | None = None):
         self.engine = engine
+        self.depth = depth
         self.agents = agents
         self._gateway_source = gateway_source
         self.stale_seconds = stale_seconds
         self.drain_seconds = drain_seconds
-        self._is_draining = is_draining
+        self._is_closing = is_closing
+        self._drain_deadline = drain_deadline
         self.pod_id = pod_id or uuid.uuid4().hex
         self.producers: dict[tuple[str, str, int], Producer] = {}
+        self.tool_loop: ToolLoop | None = None
 
     def gateway(self) -> ChatGateway | None:
         return self._gateway_source()
 
+    async def _tool_turn(self, state: SessionState, seq: int, agent_id: str, *, depth: int = 0,
+                         chain: str | None = None) -> TurnRef | None:
+        """The agent loop's view of the turn, when the agent may use tools."""
+        if self.tool_loop is None:
+            return None
+        agent = self.tool_loop.registry.agents.lookup(state.tenant, agent_id)
+        if agent is None:
+            return None
+        tools = await self.tool_loop.registry.allowed(state.tenant, agent_id)
+        if not tools:
+            return None
+        return TurnRef(tenant=state.tenant, session_id=state.session_id, seq=seq, agent=agent, tools=tools,
+                       depth=depth, chain=chain)
+
     # a new turn ------------------------------------------------------------------------------
     async def start_turn(self, *, tenant: str, session_id: str, chatbot_id: str, message: str,
-                         md5_checksum: str | None, channel_id: str | None, request_id: str | None) -> TurnStart:
-        if self._is_draining():
+                         md5_checksum: str | None, channel_id: str | None, request_id: str | None,
+                         routing: RouteDecision | None = None, depth: int = 0,
+                         chain: str | None = None) -> TurnStart:
+        if self._is_closing():
             raise Draining("this runtime is shutting down; retry on another pod")
         agent = self.agents.get(tenant, chatbot_id, md5_checksum)
         state = await self.engine.session(tenant, session_id, agent.id)
@@ -256,19 +343,22 @@ class Conversations:
         turn_id = uuid.uuid4().hex
         for _ in range(5):
             recalled = await self.engine.recall(state, message, channel=channel_id)
-            messages = build_messages(system_prompt=agent.config.system_prompt, state=state, recalled=recalled,
-                                      message=message, max_recent=self.engine.config.buffer_turns * 2)
+            messages = build_messages(system_prompt=system_prompt(agent.config, routing), state=state,
+                                      recalled=recalled, message=message,
+                                      max_recent=self.engine.config.buffer_turns * 2)
             body = {"model": agent.config.model, "messages": messages}
-            turn = await self.engine.append_user(state, message, turn_id, prompt=orjson.dumps(body),
-                                                 model=agent.config.model, owner=self.pod_id)
+            turn = await self.engine.append_user(state, message, turn_id, prompt=stored_prompt(body, depth, chain),
+                                                 model=agent.config.model, owner=self.pod_id,
+                                                 routing=routing.summary() if routing else None)
             if turn is not None:
                 break
         else:
             raise Conflict("the session is being written concurrently; retry")
         seq = turn.seq + 1
         producer = Producer(self, state, seq, body=body, ctx=ctx, prefix=[])
+        producer.tools = await self._tool_turn(state, seq, agent.id, depth=depth, chain=chain)
         self.producers[(tenant, session_id, seq)] = producer
-        self.engine.spawn(producer.run())
+        producer.task = self.engine.spawn(producer.run())
         self._recover_orphans(state)
         return TurnStart(agent=agent, state=state, seq=seq, producer=producer)
 
@@ -279,21 +369,24 @@ class Conversations:
                 self.engine.spawn(self._drain(state.tenant, state.session_id, seq))
 
     async def _drain(self, tenant: str, session_id: str, seq: int) -> None:
-        with contextlib.suppress(Exception):
-            async for _ in self.events(tenant, session_id, seq, 0):
-                pass
+        async for event in self.events(tenant, session_id, seq, 0):
+            if event.kind == "error" and event.error is not None:
+                log.info("an orphaned turn could not be finished now; the next resume retries it",
+                         extra={"session_id": session_id, "seq": seq, "code": event.error.code})
 
-    async def archive(self, state: SessionState, ctx: CallContext) -> None:
+    def schedule_archive(self, state: SessionState, ctx: CallContext) -> None:
+        """Archive in the background when a batch is due (one at a time per session, see MemoryEngine.maintain)."""
         gateway = self.gateway()
-        if gateway is None:
-            return
+        if gateway is not None and self.engine.archive_due(state):
+            self.engine.spawn(self._archive(state, gateway, ctx))
+
+    async def _archive(self, state: SessionState, gateway: ChatGateway, ctx: CallContext) -> None:
         try:
             agent = self.agents.get(state.tenant, state.agent_id)
-            while self.engine.archive_due(state):
-                if not await self.engine.archive(state, gateway, agent.config.model, ctx):
-                    break
-        except Exception:
-            log.warning("archiving a session batch failed; retried after the next turn", exc_info=True)
+            await self.engine.maintain(state, gateway, agent.config.model, ctx)
+        except StrataError as e:
+            log.warning("session archive postponed to the next turn",
+                        extra={"session_id": state.session_id, "code": e.code, "error": e.message})
 
     # following / resuming a turn, on any pod --------------------------------------------------
     async def exists(self, tenant: str, session_id: str, seq: int) -> bool:
@@ -301,22 +394,29 @@ class Conversations:
             return True
         if await self.engine.l2(lambda s: s.get_turn(tenant, session_id, seq)) is not None:
             return True
-        return await self.engine.l2(lambda s: s.stream_info(tenant, session_id, seq, from_index=0)) is not None
+        if await self.engine.l2(lambda s: s.stream_info(tenant, session_id, seq, from_index=0)) is not None:
+            return True
+        # A finished answer whose stream record expired (memory.resumeWindowSeconds): still in the history.
+        return (await self._done_from_history(tenant, session_id, seq, 0)).kind == "done"
 
     async def events(self, tenant: str, session_id: str, seq: int, start: int) -> AsyncIterator[Event]:
+        """The turn's events from chunk `start`; a store outage ends them with a retryable error event."""
+        try:
+            async for event in self._events(tenant, session_id, seq, start):
+                yield event
+        except StoreUnavailable as e:
+            yield Event("error", -1, error=e)
+
+    async def _events(self, tenant: str, session_id: str, seq: int, start: int) -> AsyncIterator[Event]:
         i = start
         while True:
             producer = self.producers.get((tenant, session_id, seq))
             if producer is not None:
-                async for index, text in producer.follow(i):
-                    yield Event("chunk", index, text)
-                    i = index + 1
-                if producer.turn is not None:
-                    yield Event("done", len(producer.durable), producer.turn.content)
-                    return
-                if producer.error is not None:
-                    yield Event("error", i, error=producer.error)
-                    return
+                async for event in _follow_producer(producer, i):
+                    yield event
+                    if event.kind != "chunk":
+                        return
+                    i = event.index + 1
                 # The producer lost its claim: continue from Redis like any other pod.
             turn = await self.engine.l2(lambda s: s.get_turn(tenant, session_id, seq))
             info = await self._stream_info(tenant, session_id, seq, i)
@@ -326,8 +426,8 @@ class Conversations:
                     i += 1
                 yield Event("done", i if info else -1, turn.content)
                 return
-            if info is None:
-                yield Event("error", i, error=NotFound("no such turn in this session (or it expired)"))
+            if info is None:  # never existed, or finished and its stream record expired
+                yield await self._done_from_history(tenant, session_id, seq, i)
                 return
             if info.state == "failed":
                 yield Event("error", i, error=UpstreamError(info.error or "the model call failed"))
@@ -335,11 +435,29 @@ class Conversations:
             for text in info.chunks:
                 yield Event("chunk", i, text)
                 i += 1
-            if info.state == "producing" and time.time() - info.heartbeat >= self.stale_seconds:
-                await self._take_over(tenant, session_id, seq)
-                continue
-            if info.state == "producing":
-                await asyncio.sleep(POLL_SECONDS)
+            if info.state == "done":
+                # Completed, but the turn itself has left Redis (its session was released or archived
+                # to SQL since): the answer is read from the session's history.
+                yield await self._done_from_history(tenant, session_id, seq, i)
+                return
+            await self._wait_or_take_over(tenant, session_id, seq, info)
+
+    async def _wait_or_take_over(self, tenant: str, session_id: str, seq: int, info: StreamInfo) -> None:
+        """A turn still being produced: take it over once its producer went quiet, else wait a moment."""
+        if info.state == "producing" and time.time() - info.heartbeat >= self.stale_seconds \
+                and not self._is_closing():  # a closing pod leaves it to a pod that stays
+            await self._take_over(tenant, session_id, seq)
+            if (tenant, session_id, seq) in self.producers:
+                return
+        await asyncio.sleep(POLL_SECONDS)
+
+    async def _done_from_history(self, tenant: str, session_id: str, seq: int, index: int) -> Event:
+        history = await self.engine.history(tenant, session_id)
+        turn = next((t for t in (history or {}).get("turns", []) if t["seq"] == seq and t["role"] == "assistant"),
+                    None)
+        if turn is None:
+            return Event("error", index, error=NotFound("no such turn in this session (or it expired)"))
+        return Event("done", index, str(turn["content"]))
 
     async def _stream_info(self, tenant: str, session_id: str, seq: int, start: int) -> StreamInfo | None:
         return await self.engine.l2(lambda s: s.stream_info(tenant, session_id, seq, from_index=start))
@@ -354,7 +472,7 @@ class Conversations:
         info = await self.engine.l2(lambda s: s.stream_info(tenant, session_id, seq, from_index=0))
         if info is None or info.state != "producing" or not info.prompt:
             return
-        body = orjson.loads(info.prompt)
+        body, depth, chain = loaded_prompt(info.prompt)
         state = self.engine.l1.get(tenant, session_id)
         if state is None:
             loaded = await self.engine.l2(lambda s: s.load(tenant, session_id))
@@ -365,10 +483,13 @@ class Conversations:
         state.pending.add(seq)
         ctx = CallContext(tenant=tenant, agent_id=state.agent_id)
         log.info("taking over an interrupted stream", extra={"session_id": session_id, "seq": seq,
-                                                              "prefix_chunks": len(info.chunks)})
+                                                              "prefix_chunks": len(info.chunks), "depth": depth})
         producer = Producer(self, state, seq, body=body, ctx=ctx, prefix=info.chunks)
+        producer.tools = await self._tool_turn(state, seq, state.agent_id, depth=depth, chain=chain)
+        if (tenant, session_id, seq) in self.producers:
+            return
         self.producers[(tenant, session_id, seq)] = producer
-        self.engine.spawn(producer.run())
+        producer.task = self.engine.spawn(producer.run())
 
     # lifecycle -------------------------------------------------------------------------------
     def busy(self, state: SessionState) -> bool:
@@ -377,7 +498,31 @@ class Conversations:
     async def start(self) -> None:
         await self.agents.start()
         self.engine.start_idle_loop(self.busy)
+        if self.depth is not None:
+            self.depth.start()
+        self.engine.start_redrive_loop()
 
     async def close(self) -> None:
-        await self.engine.shutdown(self.drain_seconds)
+        await self._finish_producers()
+        await self.engine.shutdown(self._grace())
         await self.agents.close()
+        if self.depth is not None:
+            await self.depth.close()
+
+    def _grace(self) -> float:
+        deadline = self._drain_deadline()
+        return self.drain_seconds if deadline is None else max(0.0, deadline - time.monotonic())
+
+    async def _finish_producers(self) -> None:
+        """Answers in production get until the drain deadline; any still running then is cut, its
+        record left `producing` (not failed), so a client resuming on another pod has it taken over."""
+        tasks = [p.task for p in self.producers.values() if p.task is not None and not p.task.done()]
+        if not tasks:
+            return
+        _, cut = await asyncio.wait(tasks, timeout=self._grace())
+        if cut:
+            log.warning("answers still in production at the drain deadline are left to other pods",
+                        extra={"count": len(cut)})
+            for task in cut:
+                task.cancel()
+            await asyncio.gather(*cut, return_exceptions=True)

@@ -7,14 +7,13 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from strata_runtime.api.deps import InternalCaller, ServicesDep
+from strata_runtime.api.bodies import documented_body, read_json
+from strata_runtime.api.deps import INTERNAL, ServicesDep
 from strata_runtime.cache.service import CacheService
-from strata_runtime.errors import BadRequest, ServiceUnavailable, ValidationFailed
+from strata_runtime.errors import ServiceUnavailable, ValidationFailed
 from strata_runtime.services import Services
 
-router = APIRouter()
-
-_MAX_BODY_BYTES = 16 * 1024
+router = APIRouter(dependencies=INTERNAL)
 
 
 def _cache(services: Services) -> CacheService:
@@ -28,26 +27,15 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 @router.get("/internal/cache/stats")
-async def internal_cache_stats(services: ServicesDep, caller: InternalCaller) -> Response:
+async def internal_cache_stats(services: ServicesDep) -> Response:
     return _json(await _cache(services).snapshot())
 
 
-@router.get("/api/v1/config/cache/stats")
-async def config_cache_stats(services: ServicesDep, caller: InternalCaller) -> Response:
-    return _json(await _cache(services).snapshot())
-
-
-@router.post("/internal/cache/invalidate")
-async def invalidate(request: Request, services: ServicesDep, caller: InternalCaller) -> Response:
-    raw = await request.body()
-    if len(raw) > _MAX_BODY_BYTES:
-        raise BadRequest("request body too large")
-    try:
-        body = orjson.loads(raw or b"{}")
-    except orjson.JSONDecodeError as e:
-        raise BadRequest("body is not valid JSON") from e
-    if not isinstance(body, dict):
-        raise ValidationFailed("body must be an object {pattern?, tenant?}")
+@router.post("/internal/cache/invalidate", openapi_extra=documented_body({
+    "type": "object", "properties": {"pattern": {"type": "string", "minLength": 1, "maxLength": 256},
+                                     "tenant": {"type": "string", "minLength": 1, "maxLength": 256}}}))
+async def invalidate(request: Request, services: ServicesDep) -> Response:
+    body = await read_json(request)
     unknown = sorted(set(body) - {"pattern", "tenant"})
     if unknown:
         raise ValidationFailed(f"unknown field {unknown[0]!r}", field=unknown[0])
@@ -56,7 +44,8 @@ async def invalidate(request: Request, services: ServicesDep, caller: InternalCa
         if value is not None and (not isinstance(value, str) or not value or len(value) > 256):
             raise ValidationFailed(f"{name} must be a non-empty string (at most 256 characters)", field=name)
     if pattern is None and tenant is None:
-        raise ValidationFailed("give a pattern (glob over model names, '*' for everything) or a tenant",
+        raise ValidationFailed("give a pattern (glob over cached prompts or entry keys, '*' for everything) "
+                               "or a tenant",
                                field="pattern")
     removed = await _cache(services).invalidate(tenant=tenant, pattern=pattern)
     return _json({"ok": True, "removed": removed, "tenant": tenant, "pattern": pattern})

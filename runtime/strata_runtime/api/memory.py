@@ -1,4 +1,4 @@
-"""`/internal/agent-memory/query|store|summarize` (SPEC 3.1): the memory orchestrator for agents and tools.
+"""`/internal/agent-memory/query|store|summarize`: the memory orchestrator for agents and tools.
 
 Internal (service token). Every call is scoped by tenant and agent (and channel when given);
 a search never returns another tenant's or another agent's items.
@@ -6,33 +6,36 @@ a search never returns another tenant's or another agent's items.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Literal, TypeVar
+from collections.abc import Iterator
+from typing import Literal
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from strata_runtime.api.deps import InternalCaller, ServicesDep
+from strata_runtime.api.bodies import documented_body, read_model
+from strata_runtime.api.deps import INTERNAL, ServicesDep
 from strata_runtime.api.query import conversations
+from strata_runtime.embeddings.bounded import unavailable_error
+from strata_runtime.embeddings.contract import EmbeddingUnavailable
 from strata_runtime.errors import ServiceUnavailable, StrataError, ValidationFailed
 from strata_runtime.gateway.contract import CallContext
+from strata_runtime.ids import ID_PATTERN
 from strata_runtime.memory.l3 import LongTermMemory, item_id
-from strata_runtime.memory.retrieval import summary_request
+from strata_runtime.memory.retrieval import summary_request, summary_text
 from strata_runtime.services import Services
 
-router = APIRouter()
-
-M = TypeVar("M", bound=BaseModel)
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+router = APIRouter(dependencies=INTERNAL)
 
 
 class Scope(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    agent_id: str = Field(pattern=_ID)
-    tenant_id: str = Field(pattern=_ID)
-    channel_id: str | None = Field(None, pattern=_ID)
+    agent_id: str = Field(pattern=ID_PATTERN)
+    tenant_id: str = Field(pattern=ID_PATTERN)
+    channel_id: str | None = Field(None, pattern=ID_PATTERN)
 
 
 class QueryBody(Scope):
@@ -52,16 +55,6 @@ class SummarizeBody(Scope):
     store: bool = False
 
 
-def _parse(model: type[M], raw: bytes) -> M:
-
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as e:
-        first = e.errors(include_url=False, include_input=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        raise ValidationFailed(f"{field or 'body'}: {first['msg']}", field=field) from None
-
-
 def _long_term(services: Services) -> LongTermMemory:
     long_term = conversations(services).engine.long_term
     if long_term is None:
@@ -69,34 +62,45 @@ def _long_term(services: Services) -> LongTermMemory:
     return long_term
 
 
+@contextlib.contextmanager
+def _embedder_errors() -> Iterator[None]:
+    """A memory call cannot skip its embedding: an embedder that is busy or failing is a 503."""
+    try:
+        yield
+    except EmbeddingUnavailable as e:
+        raise unavailable_error(e) from None
+
+
 def _json(data: object) -> Response:
     return Response(orjson.dumps(data), media_type="application/json")
 
 
-@router.post("/internal/agent-memory/query")
-async def memory_query(request: Request, caller: InternalCaller, services: ServicesDep) -> Response:
-    body = _parse(QueryBody, await request.body())
-    hits = await _long_term(services).search(tenant=body.tenant_id, agent_id=body.agent_id, query=body.query,
-                                             limit=body.limit, channel=body.channel_id, kind=body.kind)
+@router.post("/internal/agent-memory/query", openapi_extra=documented_body(QueryBody))
+async def memory_query(request: Request, services: ServicesDep) -> Response:
+    body = await read_model(request, QueryBody)
+    with _embedder_errors():
+        hits = await _long_term(services).search(tenant=body.tenant_id, agent_id=body.agent_id, query=body.query,
+                                                 limit=body.limit, channel=body.channel_id, kind=body.kind)
     return _json({"items": [{"id": h.id, "kind": h.kind, "score": round(h.score, 6), "content": h.content,
                              "meta": {"source": h.source, "timestamp": h.timestamp,
                                       "session_id": h.session_id or None}} for h in hits]})
 
 
-@router.post("/internal/agent-memory/store")
-async def memory_store(request: Request, caller: InternalCaller, services: ServicesDep) -> Response:
-    body = _parse(StoreBody, await request.body())
+@router.post("/internal/agent-memory/store", openapi_extra=documented_body(StoreBody))
+async def memory_store(request: Request, services: ServicesDep) -> Response:
+    body = await read_model(request, StoreBody)
     channel = body.channel_id or ""
     row_id = item_id(body.tenant_id, body.agent_id, channel, body.kind, body.content)
-    await _long_term(services).upsert(row_id=row_id, tenant=body.tenant_id, agent_id=body.agent_id, channel=channel,
-                                      kind=body.kind, content=body.content, source=body.source)
+    with _embedder_errors():
+        await _long_term(services).upsert(row_id=row_id, tenant=body.tenant_id, agent_id=body.agent_id,
+                                          channel=channel, kind=body.kind, content=body.content, source=body.source)
     return _json({"ok": True, "id": row_id})
 
 
-@router.post("/internal/agent-memory/summarize")
-async def memory_summarize(request: Request, caller: InternalCaller, services: ServicesDep) -> Response:
+@router.post("/internal/agent-memory/summarize", openapi_extra=documented_body(SummarizeBody))
+async def memory_summarize(request: Request, services: ServicesDep) -> Response:
     """Summarise the given texts with the agent's model; optionally store the summary as a memory."""
-    body = _parse(SummarizeBody, await request.body())
+    body = await read_model(request, SummarizeBody)
     conv = conversations(services)
     agent = conv.agents.get(body.tenant_id, body.agent_id)
     gateway = conv.gateway()
@@ -111,13 +115,14 @@ async def memory_summarize(request: Request, caller: InternalCaller, services: S
         result = await gateway.complete(summary_request(agent.config.model, "", turns), ctx)
     except StrataError:
         raise
-    summary = str(result.response["choices"][0]["message"].get("content") or "").strip()
+    summary = summary_text(result.response)
     out: dict[str, object] = {"summary": summary, "stored": False, "id": None, "created": time.time()}
     if body.store and summary:
         channel = body.channel_id or ""
         row_id = item_id(body.tenant_id, body.agent_id, channel, "conversation", summary)
-        await _long_term(services).upsert(row_id=row_id, tenant=body.tenant_id, agent_id=body.agent_id,
-                                          channel=channel, kind="conversation", content=summary,
-                                          source="summarize")
+        with _embedder_errors():
+            await _long_term(services).upsert(row_id=row_id, tenant=body.tenant_id, agent_id=body.agent_id,
+                                              channel=channel, kind="conversation", content=summary,
+                                              source="summarize")
         out.update(stored=True, id=row_id)
     return _json(out)

@@ -2,7 +2,10 @@
 
 The tenant comes from the API key; a `tenant_id` in the body (or `metadata.tenant_id`) that
 disagrees is a 403. The agent is named by the `X-Strata-Agent-Id` header or
-`metadata.agent_id`. Bodies are parsed with orjson and answered with pre-serialised bytes.
+`metadata.agent_id`; only the tenant's configured agents have a rate-limit budget of their own
+(any other name is kept for usage accounting and shares one budget, so a client cannot
+multiply its budget by inventing names). Bodies are parsed with orjson and answered with
+pre-serialised bytes. Every route is authenticated by the router, before the body is read.
 
 Response cache, over HTTP (the body shape never changes when the cache is on):
 
@@ -17,47 +20,26 @@ Response cache, over HTTP (the body shape never changes when the cache is on):
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 
-from strata_runtime.api.deps import ServicesDep
+from strata_runtime.api.bodies import CHAT_BODY, EMBEDDINGS_BODY, documented_body, read_json
+from strata_runtime.api.deps import PUBLIC, PublicCaller, ServicesDep, streaming
+from strata_runtime.api.sse import Framing, SSEResponse
+from strata_runtime.auth import Caller
 from strata_runtime.cache.keys import merge_cache_control_header
-from strata_runtime.errors import BadRequest, NotFound, PayloadTooLarge, StrataError
-from strata_runtime.gateway.contract import CallContext, ChatStream
+from strata_runtime.errors import BadRequest, NotFound, StrataError
+from strata_runtime.gateway.contract import CallContext
+from strata_runtime.ids import checked_id
 from strata_runtime.services import Services
 
-router = APIRouter()
+router = APIRouter(dependencies=PUBLIC)
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ACL_SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/=@+-]{0,255}$")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
-
-
-async def read_json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"request body over {MAX_BODY_BYTES} bytes")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return body
-
-
-def checked_id(value: Any, field: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _ID.match(value):
-        raise BadRequest(f"{field} must match {_ID.pattern}", field=field)
-    return value
 
 
 def _metadata(body: dict[str, Any]) -> dict[str, Any]:
@@ -90,76 +72,78 @@ def with_cache_control(request: Request, body: dict[str, Any]) -> dict[str, Any]
     return body
 
 
-def public_context(services: Services, request: Request, body: dict[str, Any]) -> CallContext:
-    """Authenticate, then check any tenant the body claims against the key's tenant."""
-    auth = services.auth
-    caller = auth.public_caller(request)
+def public_context(services: Services, request: Request, caller: Caller, body: dict[str, Any]) -> CallContext:
+    """The call's context; any tenant the body claims must be the key's tenant."""
     metadata = _metadata(body)
-    claims = {c for c in (body.get("tenant_id"), metadata.get("tenant_id")) if c is not None}
+    claims = {c for c in (checked_id(body.get("tenant_id"), "tenant_id"),
+                          checked_id(metadata.get("tenant_id"), "metadata.tenant_id")) if c is not None}
     if len(claims) > 1:
         raise BadRequest("tenant_id and metadata.tenant_id disagree", field="tenant_id")
-    if claims:
-        caller = auth.public_caller(request, claimed_tenant=checked_id(claims.pop(), "tenant_id"))
-    tenant = checked_id(caller.tenant, "tenant_id") or caller.tenant
-    agent = checked_id(request.headers.get("x-strata-agent-id") or metadata.get("agent_id"), "agent_id")
+    tenant = services.auth.tenant_of(caller, claims.pop() if claims else None)
+    header_agent = checked_id(request.headers.get("x-strata-agent-id"), "X-Strata-Agent-Id")
+    agent = header_agent or checked_id(metadata.get("agent_id"), "metadata.agent_id")
     gateway = services.gateway
     user = body.get("user") if isinstance(body.get("user"), str) else None
-    return CallContext(tenant=tenant, agent_id=agent, channel_id=checked_id(metadata.get("channel_id"), "channel_id"),
+    return CallContext(tenant=tenant, agent_id=agent,
+                       channel_id=checked_id(metadata.get("channel_id"), "metadata.channel_id"),
                        user=user, request_id=request.headers.get("x-request-id"),
                        caching_disabled=gateway.caching_disabled(tenant, agent),
-                       acl_scope=acl_scope(request, metadata))
+                       acl_scope=acl_scope(request, metadata),
+                       agent_configured=gateway.has_agent(tenant, agent))
 
 
 def _call_headers(provider: str, model: str, cache: str) -> dict[str, str]:
     return {"x-strata-provider": provider, "x-strata-model-resolved": model, "x-strata-cache": cache}
 
 
-async def sse_chunks(stream: ChatStream) -> AsyncIterator[bytes]:
-    """OpenAI SSE framing; an error after the first byte becomes an `error` event (the status is sent)."""
-    try:
-        async for chunk in stream.chunks:
-            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-    except StrataError as e:
-        yield b"data: " + orjson.dumps(e.body()) + b"\n\n"
-        return
-    yield _DONE
+class ChatFraming(Framing):
+    """OpenAI SSE framing of a chat stream's chunks, `[DONE]` at the end; an error after the first
+    byte becomes an `error` event (the status is already sent). Applied by the relay loop itself."""
+
+    end = _DONE
+
+    def frame(self, item: Any) -> bytes:
+        raw = getattr(item, "raw", None)  # the upstream's own bytes, when nothing changed them
+        return b"data: " + (raw if raw is not None else orjson.dumps(item)) + b"\n\n"
+
+    def error(self, exc: Exception) -> bytes | None:
+        return b"data: " + orjson.dumps(exc.body()) + b"\n\n" if isinstance(exc, StrataError) else None
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request, services: ServicesDep) -> Response:
-    services.auth.public_caller(request)  # 401 before looking at the body
+CHAT_FRAMING = ChatFraming()
+
+
+@router.post("/v1/chat/completions", openapi_extra=documented_body(CHAT_BODY))
+async def chat_completions(request: Request, services: ServicesDep, caller: PublicCaller) -> Response:
     body = with_cache_control(request, await read_json(request))
-    ctx = public_context(services, request, body)
-    if body.get("stream"):
+    ctx = public_context(services, request, caller, body)
+    if body.get("stream") is True:
+        streaming(request)
         stream = await services.gateway.stream(body, ctx)
-        return StreamingResponse(sse_chunks(stream), media_type="text/event-stream",
-                                 headers={**SSE_HEADERS, **_call_headers(stream.provider, stream.model_resolved,
-                                                                         stream.cache)})
+        return SSEResponse(stream.chunks, headers={**SSE_HEADERS, **_call_headers(
+            stream.provider, stream.model_resolved, stream.cache)}, framing=CHAT_FRAMING)
     result = await services.gateway.complete(body, ctx)
     return Response(orjson.dumps(result.response), media_type="application/json",
                     headers=_call_headers(result.provider, result.model_resolved, result.cache))
 
 
 @router.get("/v1/models")
-async def list_models(request: Request, services: ServicesDep) -> Response:
-    services.auth.public_caller(request)
+async def list_models(services: ServicesDep) -> Response:
     return Response(orjson.dumps({"object": "list", "data": services.gateway.model_list()}),
                     media_type="application/json")
 
 
 @router.get("/v1/models/{model_id:path}")
-async def get_model(model_id: str, request: Request, services: ServicesDep) -> Response:
-    services.auth.public_caller(request)
+async def get_model(model_id: str, services: ServicesDep) -> Response:
     for model in services.gateway.model_list():
         if model["id"] == model_id:
             return Response(orjson.dumps(model), media_type="application/json")
     raise NotFound(f"model {model_id!r} is not configured on this gateway", field="model")
 
 
-@router.post("/v1/embeddings")
-async def embeddings(request: Request, services: ServicesDep) -> Response:
-    services.auth.public_caller(request)
+@router.post("/v1/embeddings", openapi_extra=documented_body(EMBEDDINGS_BODY))
+async def embeddings(request: Request, services: ServicesDep, caller: PublicCaller) -> Response:
     body = await read_json(request)
-    ctx = public_context(services, request, body)
+    ctx = public_context(services, request, caller, body)
     response = await services.gateway.embeddings(body, ctx)
     return Response(orjson.dumps(response), media_type="application/json")

@@ -9,17 +9,17 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, Response
 
-from strata_runtime.api.deps import PublicCaller, ServicesDep
+from strata_runtime.api.deps import PUBLIC, PublicCaller, ServicesDep
 from strata_runtime.api.query import conversations
 from strata_runtime.errors import NotFound, ValidationFailed
-from strata_runtime.memory.state import SESSION_ID_RE
+from strata_runtime.ids import ID_RE, ID_RULE
 
-router = APIRouter()
+router = APIRouter(dependencies=PUBLIC)
 
 
 def _check(session_id: str) -> None:
-    if not SESSION_ID_RE.match(session_id):
-        raise ValidationFailed("session_id has invalid characters or length", field="session_id")
+    if not ID_RE.match(session_id):
+        raise ValidationFailed(f"session_id must be an id: {ID_RULE}", field="session_id")
 
 
 @router.get("/api/v1/sessions/{session_id}")

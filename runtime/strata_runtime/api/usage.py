@@ -9,15 +9,15 @@ from __future__ import annotations
 import datetime as dt
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
-from strata_runtime.api.deps import ServicesDep
-from strata_runtime.api.openai_compat import checked_id
-from strata_runtime.errors import BadRequest, Forbidden
+from strata_runtime.api.deps import ANY_CALLER, AnyCaller, ServicesDep
+from strata_runtime.errors import BadRequest
+from strata_runtime.ids import checked_id
 from strata_runtime.usage import UsageQuery
 from strata_runtime.usage.recorder import MAX_RANGE_DAYS
 
-router = APIRouter()
+router = APIRouter(dependencies=ANY_CALLER)
 
 _GROUPS = ("date", "tenant", "agent", "model")
 
@@ -32,18 +32,12 @@ def _date(value: str | None, field: str, default: dt.date) -> dt.date:
 
 
 @router.get("/api/v1/usage")
-async def usage(request: Request, services: ServicesDep, *, tenant: str | None = None, agent: str | None = None,
+async def usage(services: ServicesDep, caller: AnyCaller, *, tenant: str | None = None, agent: str | None = None,
                 model: str | None = None, start: str | None = None, end: str | None = None,
                 groupBy: str | None = None) -> Response:
-    internal = request.headers.get("x-strata-internal-token") is not None
-    if internal:
-        services.auth.internal_caller(request)
-    else:
-        caller = services.auth.public_caller(request)
-        if tenant is not None and tenant != caller.tenant and services.auth.mode != "none":
-            raise Forbidden("a tenant can only read its own usage", field="tenant")
-        if services.auth.mode != "none":
-            tenant = caller.tenant
+    tenant = checked_id(tenant, "tenant")
+    if not caller.internal and services.auth.mode != "none":  # a tenant reads its own usage only
+        tenant = services.auth.tenant_of(caller, tenant, field="tenant")
     today = dt.datetime.now(dt.UTC).date()
     end_date = _date(end, "end", today)
     start_date = _date(start, "start", end_date - dt.timedelta(days=6))
@@ -54,7 +48,7 @@ async def usage(request: Request, services: ServicesDep, *, tenant: str | None =
     group_by = tuple(g.strip() for g in (groupBy or "tenant,agent,model").split(",") if g.strip())
     if not group_by or any(g not in _GROUPS for g in group_by):
         raise BadRequest(f"groupBy is a comma list of {', '.join(_GROUPS)}", field="groupBy")
-    query = UsageQuery(start=start_date, end=end_date, tenant=checked_id(tenant, "tenant"),
+    query = UsageQuery(start=start_date, end=end_date, tenant=tenant,
                        agent=checked_id(agent, "agent"), model=model, group_by=group_by)
     result = await services.gateway.usage.query(query)
     return Response(orjson.dumps(result), media_type="application/json")

@@ -21,9 +21,7 @@ class Flight:
         self.completion: JSON | None = None
         self.error: BaseException | None = None
         self.done = False
-        self.followers = 0
         self._changed = asyncio.Event()
-        self.pump: asyncio.Task[None] | None = None
 
     def push(self, chunk: JSON) -> None:
         self.chunks.append(chunk)

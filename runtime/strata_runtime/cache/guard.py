@@ -4,8 +4,11 @@ Embeddings put "What is 2+3?" next to "What is 2+4?", "enable 2FA" next to "disa
 and "weather in Paris" next to "weather in London". A semantic hit is rejected when the two
 queries differ in any of:
 
-* numbers (Arabic digits, English number words, Chinese numerals 一二三…万亿, full-width digits);
-* negation (not/no/never/n't/without…, 不/没/别/未/无/非/勿…) or a polar verb pair
+* numbers (Arabic digits, English number words, Chinese numerals 一二三…万亿, full-width digits),
+  compared by value (23 = 二十三); a lone 一 counts as 1 or as nothing, since it is mostly the
+  article "a" (一个, 一种) or part of a word (一起, 统一);
+* negation (not/no/never/n't/without…, 不/没/别/未/无/非/勿…, simplified or traditional; not in
+  words such as 南非, 非常, 分别, 未来, 是否) or a polar verb pair
   (enable/disable, lock/unlock, 开启/关闭…);
 * quoted strings ("…", '…', “…”, 「…」, 《…》);
 * named entities: capitalised or mixed-case words, acronyms and alphanumeric tokens
@@ -21,6 +24,7 @@ wrong answer.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import unicodedata
 from collections import Counter
@@ -32,14 +36,29 @@ _NUMBER_WORDS = {
     "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "hundred", "thousand", "million",
     "billion", "first", "second", "third", "fourth", "fifth", "half", "once", "twice", "dozen",
 }
-_CJK_NUMERALS = "零〇一二两三四五六七八九十百千万亿壹贰叁肆伍陆柒捌玖拾佰仟"
+_CJK_DIGITS = {c: i % 10 for i, c in enumerate("零一二三四五六七八九〇壹贰叁肆伍陆柒捌玖")} | {"两": 2}
+_CJK_UNITS = {"十": 10, "拾": 10, "百": 100, "佰": 100, "千": 1000, "仟": 1000}
+_CJK_BIG = {"万": 10**4, "萬": 10**4, "亿": 10**8, "億": 10**8}
+_CJK_NUMERALS = "".join([*_CJK_DIGITS, *_CJK_UNITS, *_CJK_BIG])
+# Banker's numerals are everyday characters when alone: 陆军 (army), 伍斯特 (Worcester), 收拾 (tidy).
+_CJK_FINANCIAL = set("壹贰叁肆伍陆柒捌玖拾佰仟")
 _NUMBER_RE = re.compile(r"\d+(?:[.,:/]\d+)*|[" + _CJK_NUMERALS + "]+")
 _EN_NEGATIONS = {
     "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without", "cannot", "cant",
     "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont", "wouldnt", "shouldnt",
     "couldnt", "havent", "hasnt", "hadnt", "unable", "nowhere",
 }
-_ZH_NEGATIONS = ("没有", "不要", "不能", "不是", "不", "没", "别", "未", "无", "非", "勿", "莫", "否")
+_ZH_NEGATIONS = (
+    "没有", "沒有", "不要", "不能", "不是", "不", "没", "沒", "别", "別", "未", "无", "無", "非", "勿", "否",
+)
+# Words that contain a negation character without negating anything: 南非 (South Africa), 非常 (very),
+# 分别 (respectively), 类别 (category), 未来 (future), 是否 (whether), 不列颠 (Britain)...
+# 莫 is not a marker at all: in today's Chinese it is mostly a sound in a name (莫斯科, 蒂莫西).
+_ZH_NOT_NEGATIONS = (
+    "非常", "南非", "非洲", "是非", "分别", "類別", "类别", "特别", "特別", "区别", "區別", "别人", "別人",
+    "别的", "别名", "告别", "级别", "性别", "识别", "个别", "差别", "派别", "杜尚别", "未来", "未來",
+    "是否", "否则", "能否", "可否", "与否", "不列颠", "不仅", "不但", "不断", "不久", "不过",
+)
 # Word pairs with opposite meaning that embeddings place close together.
 _POLAR_PAIRS = [
     ("enable", "disable"), ("activate", "deactivate"), ("lock", "unlock"), ("block", "unblock"),
@@ -85,28 +104,84 @@ class GuardVerdict:
     reason: str | None = None
 
 
+# Per-text analyses are memoised: a lookup checks one question against up to five candidates, and
+# stored questions come back in many lookups. Their results are read, never mutated.
+_per_text = functools.lru_cache(maxsize=4096)
+
+
+@_per_text
 def _normalise(text: str) -> str:
     return unicodedata.normalize("NFKC", text)
 
 
-def _numbers(text: str) -> Counter[str]:
-    found: Counter[str] = Counter(m.group(0).replace(",", "") for m in _NUMBER_RE.finditer(text))
+def _cjk_value(run: str) -> str:
+    """二十三 -> "23", 三千 -> "3000", 百万 -> "1000000", 二〇〇四 -> "2004" (digits read one by one)."""
+    if not any(c in _CJK_UNITS or c in _CJK_BIG for c in run):
+        return "".join(str(_CJK_DIGITS[c]) for c in run)
+    total = section = digit = 0
+    for c in run:
+        if c in _CJK_DIGITS:
+            digit = _CJK_DIGITS[c]
+        elif c in _CJK_UNITS:
+            section += (digit or 1) * _CJK_UNITS[c]
+            digit = 0
+        else:
+            total += (section + digit or 1) * _CJK_BIG[c]
+            section = digit = 0
+    return str(total + section + digit)
+
+
+def _number_value(token: str) -> str:
+    token = token.replace(",", "")
+    if token[0].isdigit():
+        return str(int(token)) if token.isdigit() else token
+    return _cjk_value(token)
+
+
+@_per_text
+def _numbers(text: str) -> tuple[Counter[str], int]:
+    """The numbers of a text as values, and how many lone 一 it has.
+
+    A lone 一 is mostly the article "a" (一个, 一种, 一位) or part of a word (一起, 统一, 唯一): it
+    may stand for 1 against the other text, or for nothing. Arabic and Chinese numerals compare
+    by value (23 = 二十三); a lone banker's numeral is an ordinary character.
+    """
+    found: Counter[str] = Counter()
+    lone_one = 0
+    for m in _NUMBER_RE.finditer(text):
+        token = m.group(0)
+        if token == "一":
+            lone_one += 1
+        elif not (len(token) == 1 and token in _CJK_FINANCIAL):
+            found[_number_value(token)] += 1
     for word in re.findall(r"[a-z]+", text.lower()):
         if word in _NUMBER_WORDS:
             found[word] += 1
-    return found
+    return found, lone_one
 
 
+def numbers_differ(a: str, b: str) -> bool:
+    """The two texts name different numbers (a lone 一 may stand for 1 or for nothing)."""
+    (found_a, ones_a), (found_b, ones_b) = _numbers(a), _numbers(b)
+    only_a, only_b = found_a - found_b, found_b - found_a
+    return not (set(only_a) <= {"1"} and set(only_b) <= {"1"}
+                and only_a["1"] <= ones_b and only_b["1"] <= ones_a)
+
+
+@_per_text
 def _negations(text: str) -> int:
     lowered = re.sub(r"n['’]t\b", " not", text.lower())  # noqa: RUF001
     count = sum(1 for w in re.findall(r"[a-z]+", lowered) if w in _EN_NEGATIONS)
     han = text
+    for word in _ZH_NOT_NEGATIONS:
+        han = han.replace(word, " ")
     for marker in _ZH_NEGATIONS:  # longest first, so 没有 counts once
         count += han.count(marker)
         han = han.replace(marker, " ")
     return count
 
 
+@_per_text
 def _polar(text: str) -> set[str]:
     lowered = text.lower()
     found = {_POLAR_WORDS[w] + ":" + w for w in re.findall(r"[a-z]+", lowered) if w in _POLAR_WORDS}
@@ -127,10 +202,12 @@ def _polar_conflict(a: set[str], b: set[str]) -> bool:
     return any(pair in groups_b and groups_b[pair] != words for pair, words in groups_a.items())
 
 
+@_per_text
 def _quoted(text: str) -> set[str]:
     return {next(g for g in m.groups() if g).strip().lower() for m in _QUOTE_RE.finditer(text)}
 
 
+@_per_text
 def _entities(text: str) -> set[str]:
     out = set()
     for token in _WORD_RE.findall(text):
@@ -148,6 +225,7 @@ def _entities(text: str) -> set[str]:
     return out
 
 
+@_per_text
 def _tokens(text: str) -> list[str]:
     return re.findall(r"[\w'’]+", text.lower())  # noqa: RUF001
 
@@ -187,7 +265,7 @@ def check(query: str, cached_query: str) -> GuardVerdict:
     a, b = _normalise(query), _normalise(cached_query)
     if a.strip().lower() == b.strip().lower():
         return GuardVerdict(True)
-    if _numbers(a) != _numbers(b):
+    if numbers_differ(a, b):
         return GuardVerdict(False, "numbers")
     if _negations(a) != _negations(b):
         return GuardVerdict(False, "negation")

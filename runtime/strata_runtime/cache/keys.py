@@ -44,10 +44,9 @@ def namespace(ctx: CallContext, scope: Scope) -> dict[str, Any] | None:
     acl = ctx.acl_scope
     if scope == "shared":
         return {"ns": "shared", "acl": acl}
-    if scope == "user":
-        if not ctx.user:
-            return None  # per-user isolation without a user identity: never share, never store
+    if scope == "user" and ctx.user:
         return {"ns": "user", "tenant": ctx.tenant, "user": ctx.user, "acl": acl}
+    # scope tenant, or scope user for a call that names no end user (the tenant is the only identity)
     return {"ns": "tenant", "tenant": ctx.tenant, "acl": acl}
 
 

@@ -24,6 +24,7 @@ class _Item:
     tenant: str
     model: str
     size: int
+    query: str = ""
 
 
 class MemoryStore:
@@ -52,13 +53,14 @@ class MemoryStore:
         self._items.move_to_end(key)
         return item.value
 
-    def set(self, key: str, value: bytes, ttl_seconds: float, *, tenant: str, model: str) -> bool:
+    def set(self, key: str, value: bytes, ttl_seconds: float, *, tenant: str, model: str,
+            query: str = "") -> bool:
         size = len(value) + len(key) + ENTRY_OVERHEAD_BYTES
         if size > self.max_bytes:
             return False  # one oversized answer must not flush the whole cache
         if key in self._items:
             self._drop(key, notify=False)
-        self._items[key] = _Item(value, time.monotonic() + ttl_seconds, tenant, model, size)
+        self._items[key] = _Item(value, time.monotonic() + ttl_seconds, tenant, model, size, query)
         self.bytes += size
         while len(self._items) > self.max_entries or self.bytes > self.max_bytes:
             oldest = next(iter(self._items))
@@ -81,14 +83,12 @@ class MemoryStore:
     def invalidate(self, *, tenant: str | None, pattern: str | None) -> int:
         doomed = [k for k, item in self._items.items()
                   if (tenant is None or item.tenant == tenant)
-                  and (pattern is None or fnmatch.fnmatchcase(item.model, pattern))]
+                  and (pattern is None or matches(pattern, k, item.query))]
         for key in doomed:
             self._drop(key)
         return len(doomed)
 
-    def purge_expired(self, limit: int = 1000) -> int:
-        now = time.monotonic()
-        expired = [k for k, item in self._items.items() if item.expires <= now][:limit]
-        for key in expired:
-            self._drop(key)
-        return len(expired)
+
+def matches(pattern: str, key: str, query: str) -> bool:
+    """`invalidate(pattern)`: a glob over the entry's key or its prompt (the last user message)."""
+    return fnmatch.fnmatchcase(key, pattern) or fnmatch.fnmatchcase(query, pattern)

@@ -5,6 +5,14 @@ Keys (every command touches one key, so nothing needs a shared hash slot):
     {prefix}:cache:{tenant-tag}:e:{exact-key}   the stored answer (bytes), with a TTL
     {prefix}:cache:{tenant-tag}:s:{fingerprint} hash: exact-key -> expiry + vector + query text
     {prefix}:cache:{tenant-tag}:l:{exact-key}   single-flight lock across pods (SET NX PX)
+    {prefix}:cache:{bound}:order                 sorted set: entry key -> time stored (oldest first)
+    {prefix}:cache:{bound}:sizes                 hash: entry key -> bytes, and `~total`
+
+`maxEntries` and `maxBytes` bound the whole backend: every store runs one script on the two
+`{bound}` keys (one hash slot, so it works on a Cluster too) that records the entry and pops
+the oldest ones while either bound is exceeded; the popped entries are then unlinked. Entries
+that expired on their own stay counted until they are popped (they are the oldest), so the
+bounds err on the side of evicting.
 
 Debian's Redis has no vector search, and milvus-lite is ~40 ms per search at 100k (numbers in
 bench/cache.py), so the vectors of a partition are loaded lazily from its hash into the same
@@ -15,7 +23,6 @@ that another pod added entries (checked at most once per `refresh_seconds` per p
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import hashlib
 import re
 import struct
@@ -27,9 +34,38 @@ import numpy as np
 import orjson
 
 from strata_runtime.cache.index import F32, SemanticIndex
+from strata_runtime.cache.memory import matches
 from strata_runtime.stores.redis import RedisClient
 
 _SAFE_TAG = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_ACCOUNT = """
+local old = redis.call('hget', KEYS[2], ARGV[1])
+redis.call('hset', KEYS[2], ARGV[1], ARGV[2])
+local total = redis.call('hincrby', KEYS[2], '~total', tonumber(ARGV[2]) - tonumber(old or '0'))
+redis.call('zadd', KEYS[1], ARGV[3], ARGV[1])
+local evicted = {}
+while redis.call('zcard', KEYS[1]) > tonumber(ARGV[4]) or total > tonumber(ARGV[5]) do
+  local popped = redis.call('zpopmin', KEYS[1])
+  if #popped == 0 then break end
+  local size = redis.call('hget', KEYS[2], popped[1])
+  redis.call('hdel', KEYS[2], popped[1])
+  total = redis.call('hincrby', KEYS[2], '~total', -tonumber(size or '0'))
+  evicted[#evicted + 1] = popped[1]
+end
+return evicted
+"""
+_FORGET = """
+local removed = 0
+for i = 1, #ARGV do
+  local size = redis.call('hget', KEYS[2], ARGV[i])
+  if size then
+    redis.call('hdel', KEYS[2], ARGV[i])
+    redis.call('hincrby', KEYS[2], '~total', -tonumber(size))
+  end
+  removed = removed + redis.call('zrem', KEYS[1], ARGV[i])
+end
+return removed
+"""
 _RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
@@ -61,8 +97,12 @@ class _LoadedPartition:
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, prefix: str, *, refresh_seconds: float = 1.0, max_local_vectors: int = 1_000_000):
+    def __init__(self, prefix: str, *, refresh_seconds: float = 1.0, max_local_vectors: int = 1_000_000,
+                 max_entries: int = 10_000, max_bytes: int = 256 * 1024 * 1024):
         self.prefix = prefix
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.evictions = 0
         self.refresh_seconds = refresh_seconds
         self.max_local_vectors = max_local_vectors
         self.index = SemanticIndex()
@@ -77,6 +117,9 @@ class RedisStore:
 
     def lock_key(self, tenant: str | None, key: str) -> str:
         return f"{self.prefix}:cache:{tenant_tag(tenant)}:l:{key}"
+
+    def bound_keys(self) -> list[str]:
+        return [f"{self.prefix}:cache:{{bound}}:order", f"{self.prefix}:cache:{{bound}}:sizes"]
 
     async def get(self, client: RedisClient, tenant: str | None, key: str) -> bytes | None:
         value = await client.get(self.entry_key(tenant, key))
@@ -94,6 +137,15 @@ class RedisStore:
             pipe.hset(hkey, key, pack_member(time.time() + semantic_ttl, vector, query))
             pipe.pexpire(hkey, max(1, int(semantic_ttl * 1000)))
         await pipe.execute()
+        entry_key = self.entry_key(tenant, key)
+        size = len(value) + len(entry_key) + (4 * semantic[1].shape[0] + len(semantic[2]) if semantic else 0)
+        evicted = await client.eval(_ACCOUNT, 2, *self.bound_keys(), entry_key, size, time.time(),
+                                    self.max_entries, self.max_bytes)
+        if evicted:
+            self.evictions += len(evicted)
+            await _unlink_many(client, list(evicted))
+            if entry_key.encode() in evicted or entry_key in evicted:
+                return  # larger than the whole bound: not kept
         if semantic is not None:
             fingerprint, vector, query, _ = semantic
             if fingerprint in self._loaded:
@@ -171,9 +223,10 @@ class RedisStore:
             if pattern is not None:
                 values = await _get_many(client, keys)
                 keys = [k for k, v in zip(keys, values, strict=True) if v is not None and
-                        fnmatch.fnmatchcase(_model_of(v), pattern)]
+                        matches(pattern, _exact_key(k), _query_of(v))]
             if not keys:
                 return 0
+            await client.eval(_FORGET, 2, *self.bound_keys(), *keys)
             return await _unlink_many(client, keys)
 
         async for raw in client.scan_iter(match=f"{self.prefix}:cache:{tag}:e:*", count=500):
@@ -214,8 +267,12 @@ async def _get_many(client: RedisClient, keys: list[bytes]) -> list[bytes | None
     return list(await pipe.execute())
 
 
-def _model_of(value: bytes) -> str:
+def _query_of(value: bytes) -> str:
     try:
-        return str(orjson.loads(value).get("model", ""))
+        return str(orjson.loads(value).get("query") or "")
     except orjson.JSONDecodeError:
         return ""
+
+
+def _exact_key(redis_key: bytes) -> str:
+    return redis_key.decode(errors="replace").rsplit(":e:", 1)[-1]

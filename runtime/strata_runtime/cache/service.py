@@ -13,6 +13,14 @@ Decisions (where the spec is silent):
 * Concurrent identical misses wait for one computation; callers that joined another's
   computation are reported as `hit_exact` (they caused no upstream call and cost nothing).
   Across pods a `SET NX PX` lock makes the others poll for the stored entry.
+* Semantic candidates: the nearest entries above a low recall cosine, each checked by the hit
+  guard (a hard veto) and then by the verifier fitted for the embedder (cache/verifier.py) at
+  the policy's `semantic.maxWrongHitRate`. An embedder with no fitted verifier falls back to
+  one cosine threshold (`semantic.threshold`, else 0.93) plus the guard.
+* An answer produced by a fallback model is stored under the fallback's model (the key of the
+  same request sent to that model), never under the model asked for.
+* Streams: the upstream's usage chunk is always passed on to the caller of `stream` (the
+  gateway records real usage from it and shows it to the client only when asked for).
 * The cache never fails a request: a Redis error degrades to the memory store for that call
   (and flags the backend degraded), an embedding error or deadline makes it an exact-only call.
 """
@@ -40,6 +48,7 @@ from strata_runtime.cache.index import F32, SemanticIndex
 from strata_runtime.cache.keys import CacheControls, RequestKeys, namespace, pop_controls, request_keys
 from strata_runtime.cache.memory import MemoryStore
 from strata_runtime.cache.redis_store import RedisStore
+from strata_runtime.cache.verifier import Verifier, verifier_for
 from strata_runtime.config import CachePolicySpec
 from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable
 from strata_runtime.gateway.contract import CacheResult, CallContext
@@ -51,6 +60,7 @@ JSON = dict[str, Any]
 Pricing = Callable[[str], tuple[float, float]]  # model -> (USD per 1M prompt, per 1M completion)
 _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _OFFLOAD_ROWS = 20_000  # partitions larger than this are scored in a worker thread
+_FALLBACK_THRESHOLD = 0.93  # cosine threshold for an embedder without a fitted verifier
 
 
 @dataclass
@@ -78,6 +88,8 @@ class _Plan:
     exact: bool
     semantic: bool
     tenant_label: str
+    body: JSON = field(default_factory=dict)  # the request, to re-key an answer from a fallback model
+    ns: JSON = field(default_factory=dict)
 
 
 class CacheService:
@@ -87,13 +99,16 @@ class CacheService:
         self.policy = policy
         self.redis = redis if policy.backend != "memory" else None
         self.embedder = embedder
+        self.verifier: Verifier | None = (
+            verifier_for(embedder.name, policy.semantic.max_wrong_hit_rate) if embedder is not None else None)
         self.pricing = pricing
         self.metrics = metrics
         self.lock_ttl_ms = int(lock_ttl_seconds * 1000)
         self.lock_wait_seconds = lock_wait_seconds
         self.memory = MemoryStore(max_entries=policy.max_entries, max_bytes=policy.max_bytes)
         prefix = redis.prefix if redis is not None else "strata"
-        self.redis_store = RedisStore(prefix, max_local_vectors=max(policy.max_entries, 100_000))
+        self.redis_store = RedisStore(prefix, max_local_vectors=max(policy.max_entries, 100_000),
+                                      max_entries=policy.max_entries, max_bytes=policy.max_bytes)
         self.stats = CacheStats()
         self._flights: dict[str, Flight] = {}
         self._pod = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -130,7 +145,6 @@ class CacheService:
 
     async def stream(self, body: JSON, ctx: CallContext,
                      compute: ComputeStream) -> tuple[AsyncIterator[JSON], CacheResult]:
-        include_usage = streams.wants_usage(body)
         plan, result = self._plan(body, ctx, streaming=True)
         if plan is None:
             return await compute(), self._count(result)
@@ -141,12 +155,12 @@ class CacheService:
             if hit is not None:
                 stored, kind = hit
                 chunks = streams.for_replay(stored.get("_chunks") or streams.synthesise(stored["response"]),
-                                            stored["response"], include_usage)
+                                            stored["response"], include_usage=True)
                 return _iterate(chunks), self._count_hit(kind, stored["response"], plan.keys.model)
             flight = self._flights.get(plan.keys.exact)
             if flight is not None:
                 self._count_hit("hit_coalesced", None, plan.keys.model)
-                return self._follow(flight, include_usage), "hit_exact"
+                return self._follow(flight), "hit_exact"
         flight = Flight(streaming=True)
         if not plan.controls.no_cache:
             self._flights[plan.keys.exact] = flight
@@ -159,10 +173,12 @@ class CacheService:
             self._flights.pop(plan.keys.exact, None)
             raise
         task = asyncio.create_task(self._pump(plan, client, vector, flight, upstream), name="cache-stream-pump")
-        flight.pump = task
         self._pumps.add(task)
         task.add_done_callback(self._pumps.discard)
-        return self._follow(flight, include_usage), "miss"
+        return self._follow(flight), "miss"
+
+    def may_store(self, ctx: CallContext) -> bool:
+        return self.policy.enabled and not ctx.caching_disabled
 
     # planning -------------------------------------------------------------------------------
     def _plan(self, body: JSON, ctx: CallContext, *, streaming: bool) -> tuple[_Plan | None, CacheResult]:
@@ -193,7 +209,7 @@ class CacheService:
         if not (exact or semantic):
             return None, "bypass"
         tenant = None if policy.scope == "shared" else ctx.tenant
-        return _Plan(keys, tenant, controls, exact, semantic, ctx.tenant), "miss"
+        return _Plan(keys, tenant, controls, exact, semantic, ctx.tenant, body=body, ns=ns), "miss"
 
     def _client(self) -> RedisClient | None:
         return self.redis.client if self.redis is not None else None
@@ -259,20 +275,25 @@ class CacheService:
     async def _semantic(self, plan: _Plan, client: RedisClient | None, vector: F32) -> JSON | None:
         fingerprint = plan.keys.fingerprint
         assert fingerprint is not None
-        threshold = self.policy.semantic.threshold
+        query = plan.keys.query or ""
+        floor = self.policy.semantic.threshold
+        if self.verifier is not None:
+            threshold = max(self.verifier.recall(query), floor or 0.0)
+        else:
+            threshold = floor if floor is not None else _FALLBACK_THRESHOLD
         if client is not None:
             await self.redis_store.ensure_partition(client, plan.tenant, fingerprint)
             index, queries = self.redis_store.index, self.redis_store.queries
         else:
             index, queries = self.memory.index, self.memory.queries
         candidates = await _search(index, fingerprint, vector, threshold)
-        for key, _score in candidates:
+        for key, score in candidates:
             cached_query = queries.get(key)
             if cached_query is None:
                 continue
-            verdict = guard.check(plan.keys.query or "", cached_query)
-            if not verdict.allowed:
-                reason = verdict.reason or "other"
+            allowed, reason = self._verify(query, cached_query, score)
+            if not allowed:
+                reason = reason or "other"
                 self.stats.guard_rejections[reason] = self.stats.guard_rejections.get(reason, 0) + 1
                 if self.metrics is not None:
                     self.metrics.cache_guard_rejections.labels(reason).inc()
@@ -291,6 +312,13 @@ class CacheService:
                 continue
             return entry
         return None
+
+    def _verify(self, query: str, cached_query: str, cosine: float) -> tuple[bool, str | None]:
+        if self.verifier is not None:
+            decision = self.verifier.check(query, cached_query, cosine)
+            return decision.allowed, decision.reason
+        verdict = guard.check(query, cached_query)
+        return verdict.allowed, verdict.reason
 
     # computing and storing ------------------------------------------------------------------
     async def _lead_complete(self, plan: _Plan, client: RedisClient | None, vector: F32 | None,
@@ -328,7 +356,10 @@ class CacheService:
         """Take the cross-pod lock, or poll for the entry another pod is computing."""
         try:
             if await self.redis_store.try_lock(client, plan.tenant, plan.keys.exact, token, self.lock_ttl_ms):
-                return True, None
+                # Another pod may have stored the answer between our lookup and the lock: look once more.
+                entry = _decode(await self.redis_store.get(client, plan.tenant, plan.keys.exact))
+                fresh = entry is not None and entry.get("exact_until", 0) > time.time()
+                return True, (entry["response"] if fresh and entry is not None else None)
             deadline = time.monotonic() + self.lock_wait_seconds
             delay = 0.02
             while time.monotonic() < deadline:
@@ -372,6 +403,11 @@ class CacheService:
 
     async def _store(self, plan: _Plan, client: RedisClient | None, vector: F32 | None, response: JSON,
                      chunks: list[JSON] | None) -> None:
+        answered = response.get("model")
+        if isinstance(answered, str) and answered and answered != plan.keys.model:
+            # A fallback model answered: file it under the request as sent to that model.
+            plan = _Plan(request_keys({**plan.body, "model": answered}, plan.ns), plan.tenant, plan.controls,
+                         plan.exact, plan.semantic, plan.tenant_label, body=plan.body, ns=plan.ns)
         now = time.time()
         exact_ttl = self.policy.exact.ttl_seconds if plan.exact else 0
         semantic_ttl = self.policy.semantic.ttl_seconds if plan.semantic else 0
@@ -399,22 +435,22 @@ class CacheService:
                 return
             except _REDIS_ERRORS as e:
                 self._backend_failed(e)
-        if self.memory.set(plan.keys.exact, value, ttl, tenant=plan.tenant_label, model=plan.keys.model):
+        if self.memory.set(plan.keys.exact, value, ttl, tenant=plan.tenant_label, model=plan.keys.model,
+                           query=plan.keys.query or ""):
             self.stats.stores += 1
             if semantic is not None:
                 self.memory.index.add(semantic[0], plan.keys.exact, semantic[1])
                 self.memory.queries[plan.keys.exact] = semantic[2]
 
     # following a flight ---------------------------------------------------------------------
-    async def _follow(self, flight: Flight, include_usage: bool) -> AsyncIterator[JSON]:
+    async def _follow(self, flight: Flight) -> AsyncIterator[JSON]:
+        """Every chunk, the usage chunk included: the gateway needs it to record real usage."""
         if not flight.streaming:
             completion = await flight.wait_done()
-            for chunk in streams.for_replay(streams.synthesise(completion), completion, include_usage):
+            for chunk in streams.for_replay(streams.synthesise(completion), completion, include_usage=True):
                 yield chunk
             return
         async for chunk in flight.follow():
-            if streams.is_usage_chunk(chunk) and not include_usage:
-                continue
             yield chunk
 
     # admin ----------------------------------------------------------------------------------
@@ -454,6 +490,8 @@ class CacheService:
             "memory": {"entries": len(self.memory), "bytes": self.memory.bytes, "evictions": self.memory.evictions,
                        "semantic_vectors": len(self.memory.index)},
             "semantic": {"threshold": self.policy.semantic.threshold,
+                         "verifier": self.verifier is not None,
+                         "max_wrong_hit_rate": self.policy.semantic.max_wrong_hit_rate,
                          "guard_rejections": dict(s.guard_rejections),
                          "embedding_failures": s.embedding_failures,
                          "local_vectors": len(self.memory.index) + len(self.redis_store.index)},

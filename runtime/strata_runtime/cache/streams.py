@@ -4,7 +4,8 @@ A streamed answer is stored as the chunks the upstream sent plus the assembled c
 a stream request replays the stored chunks verbatim (same ids, same split, same order), a
 plain request gets the assembled completion. An answer stored from a plain request is
 replayed to a stream request as synthesised chunks (role, content, tool calls, finish).
-The usage chunk is replayed only when the request asked for it (`stream_options.include_usage`).
+`for_replay` keeps the usage chunk only when asked; the cache service always asks, because the
+gateway records usage from it and drops it for clients without `stream_options.include_usage`.
 """
 
 from __future__ import annotations
@@ -36,27 +37,7 @@ def assemble(chunks: list[JSON]) -> JSON:
             index = int(choice.get("index", 0))
             slot = choices.setdefault(index, {"index": index, "message": {"role": "assistant", "content": None},
                                               "finish_reason": None, "_tools": {}})
-            delta = choice.get("delta") or {}
-            message = slot["message"]
-            if delta.get("role"):
-                message["role"] = delta["role"]
-            if delta.get("content") is not None:
-                message["content"] = (message["content"] or "") + delta["content"]
-            if delta.get("refusal") is not None:
-                message["refusal"] = (message.get("refusal") or "") + delta["refusal"]
-            for call in delta.get("tool_calls") or []:
-                tools: dict[int, JSON] = slot["_tools"]
-                entry = tools.setdefault(int(call.get("index", 0)),
-                                         {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-                if call.get("id"):
-                    entry["id"] = call["id"]
-                if call.get("type"):
-                    entry["type"] = call["type"]
-                function = call.get("function") or {}
-                if function.get("name"):
-                    entry["function"]["name"] += function["name"]
-                if function.get("arguments"):
-                    entry["function"]["arguments"] += function["arguments"]
+            _merge_delta(slot, choice.get("delta") or {})
             if choice.get("finish_reason"):
                 slot["finish_reason"] = choice["finish_reason"]
     out_choices = []
@@ -78,6 +59,30 @@ def assemble(chunks: list[JSON]) -> JSON:
     if usage is not None:
         completion["usage"] = usage
     return completion
+
+
+def _merge_delta(slot: JSON, delta: JSON) -> None:
+    """One chunk's delta appended to its choice: role, content, refusal and tool-call fragments."""
+    message = slot["message"]
+    if delta.get("role"):
+        message["role"] = delta["role"]
+    if delta.get("content") is not None:
+        message["content"] = (message["content"] or "") + delta["content"]
+    if delta.get("refusal") is not None:
+        message["refusal"] = (message.get("refusal") or "") + delta["refusal"]
+    for call in delta.get("tool_calls") or []:
+        tools: dict[int, JSON] = slot["_tools"]
+        entry = tools.setdefault(int(call.get("index", 0)),
+                                 {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        if call.get("id"):
+            entry["id"] = call["id"]
+        if call.get("type"):
+            entry["type"] = call["type"]
+        function = call.get("function") or {}
+        if function.get("name"):
+            entry["function"]["name"] += function["name"]
+        if function.get("arguments"):
+            entry["function"]["arguments"] += function["arguments"]
 
 
 def synthesise(completion: JSON) -> list[JSON]:

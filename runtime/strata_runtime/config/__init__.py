@@ -11,9 +11,19 @@ from strata_runtime.config.agents import (
 )
 from strata_runtime.config.base import ConfigModel, SecretKeyRef
 from strata_runtime.config.llm import ModelConfig, Pricing, RateLimit, RateLimitsConfig, UsageConfig
-from strata_runtime.config.loading import ConfigError, canonical_json, config_hash, load_config, parse_config
+from strata_runtime.config.loading import (
+    ConfigError,
+    agent_definition,
+    agent_definition_hash,
+    agents_hash,
+    canonical_json,
+    config_hash,
+    load_config,
+    parse_config,
+)
 from strata_runtime.config.policies import CachePolicySpec, RoutingPolicySpec, RoutingRule
 from strata_runtime.config.runtime import (
+    AgentManagerConfig,
     AgentRuntimeSpec,
     ApiKeyRef,
     AuthConfig,
@@ -26,6 +36,7 @@ from strata_runtime.config.stores import RedisStoreConfig, SqlStoreConfig, Store
 __all__ = [
     "AgentConfig",
     "AgentLimits",
+    "AgentManagerConfig",
     "AgentRuntimeSpec",
     "ApiKeyRef",
     "AuthConfig",
@@ -52,6 +63,9 @@ __all__ = [
     "ToolConfig",
     "UsageConfig",
     "VectorStoreConfig",
+    "agent_definition",
+    "agent_definition_hash",
+    "agents_hash",
     "canonical_json",
     "config_hash",
     "load_config",

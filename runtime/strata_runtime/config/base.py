@@ -6,7 +6,7 @@ clear error naming the field instead of a silently ignored setting.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 
@@ -23,5 +23,5 @@ class ConfigModel(BaseModel):
 class SecretKeyRef(ConfigModel):
     """A key inside a Kubernetes Secret; the only way a CRD may point at a secret value."""
 
-    name: str
-    key: str
+    name: str = Field(description="Name of the Secret, in the same namespace.")
+    key: str = Field(description="Key inside the Secret.")

@@ -12,43 +12,66 @@ Provider = Literal["openai", "deepseek", "ollama", "vllm", "anthropic", "demo"]
 
 
 class Pricing(ConfigModel):
+    """Prices used to report the cost of calls and of the tokens the cache saved."""
+
     input_per_1m: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
     output_per_1m: float = Field(0.0, ge=0, description="USD per million completion tokens.")
 
 
 class ModelConfig(ConfigModel):
+    """A logical model: one upstream LLM endpoint with its timeouts, retries and fallbacks."""
+
     name: str = Field(min_length=1, description="Logical name that agents and clients use.")
-    provider: Provider
+    provider: Provider = Field(description="Upstream API dialect; demo answers locally without any upstream.")
     upstream_model: str | None = Field(None, description="Model name sent upstream; defaults to name.")
     base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     api_key_file: str | None = Field(None, description="File (e.g. a mounted Secret) holding the API key.")
     fallbacks: list[str] = Field([], description="Logical models tried in order when this one fails.")
     timeout_seconds: float = Field(60.0, gt=0, le=3600, description="Whole-request deadline.")
-    connect_timeout_seconds: float = Field(5.0, gt=0, le=120)
+    connect_timeout_seconds: float = Field(5.0, gt=0, le=120, description="Deadline to open a connection upstream.")
     max_retries: int = Field(2, ge=0, le=10, description="Retries on 429/5xx/timeouts, jittered backoff.")
     read_timeout_seconds: float | None = Field(
         None, gt=0, le=3600, description="Longest silence between two upstream bytes; default timeoutSeconds."
     )
-    max_connections: int = Field(256, ge=1, le=10000, description="Pooled keep-alive connections upstream.")
+    max_connections: int = Field(
+        4096, ge=1, le=65536,
+        description="Most connections open to this upstream at once. An open stream holds one for its whole "
+        "answer, so size it for the concurrent streams one pod serves; a request that finds all busy queues "
+        "(strata_upstream_pool_waiting_requests).",
+    )
+    queue_timeout_seconds: float = Field(
+        5.0, gt=0, le=3600,
+        description="Longest wait for a free upstream connection when all maxConnections are busy; then the "
+        "request fails with 503 upstream_busy and Retry-After.",
+    )
+    queue_log_seconds: float = Field(
+        1.0, ge=0, le=3600, description="A wait for a free upstream connection longer than this is logged."
+    )
     circuit_failure_threshold: int = Field(
         5, ge=1, le=1000, description="Consecutive retryable failures that open the circuit breaker."
     )
     circuit_open_seconds: float = Field(
         30.0, gt=0, le=3600, description="How long an open circuit rejects calls before one probe is let through."
     )
-    pricing: Pricing = Pricing()
+    pricing: Pricing = Field(Pricing(), description="Token prices for cost accounting.")
 
 
 class RateLimit(ConfigModel):
+    """Limits per minute; unset: unlimited."""
+
     rpm: int | None = Field(None, ge=1, description="Requests per minute.")
     tpm: int | None = Field(None, ge=1, description="Tokens (prompt + completion) per minute.")
 
 
 class RateLimitsConfig(ConfigModel):
-    per_agent: RateLimit = RateLimit()
-    per_tenant: RateLimit = RateLimit()
+    """Request and token rate limits, shared by all pods through Redis."""
+
+    per_agent: RateLimit = Field(RateLimit(), description="Limits for each agent.")
+    per_tenant: RateLimit = Field(RateLimit(), description="Limits for each tenant (all its agents together).")
 
 
 class UsageConfig(ConfigModel):
+    """Usage accounting (tokens and cost per tenant, agent, model and day)."""
+
     ttl_days: int = Field(90, ge=1, le=3650, description="Lifetime of the per-day usage hashes in Redis.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
+from strata_runtime.config.agents import AgentConfig
 from strata_runtime.config.runtime import RuntimeConfig
 
 
@@ -51,3 +53,21 @@ def canonical_json(data: Any) -> bytes:
 
 def config_hash(config: RuntimeConfig) -> str:
     return hashlib.sha256(canonical_json(config.model_dump(mode="json", by_alias=True))).hexdigest()
+
+
+def agent_definition(agent: AgentConfig) -> bytes:
+    """Stable JSON of an agent's effective definition: every field except its `id` and `tenant`."""
+    return canonical_json(agent.model_dump(mode="json", by_alias=True, exclude={"id", "tenant"}))
+
+
+def agent_definition_hash(agent: AgentConfig) -> str:
+    """MD5 of `agent_definition`: equal for every tenant's chatbot made from one template."""
+    return hashlib.md5(agent_definition(agent), usedforsecurity=False).hexdigest()
+
+
+def agents_hash(agents: Iterable[AgentConfig], hashes: Mapping[tuple[str, str], str] | None = None) -> str:
+    """One hash of a set of agents (which tenant/id has which definition); the operator and the
+    runtime compute it the same way, so a pod's served set can be compared with the desired one."""
+    lines = sorted(f"{a.tenant}/{a.id}={hashes[(a.tenant, a.id)] if hashes else agent_definition_hash(a)}"
+                   for a in agents)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]

@@ -16,8 +16,10 @@ VectorBackend = Literal["auto", "milvus", "memory"]
 class RedisStoreConfig(ConfigModel):
     backend: RedisBackend = Field(
         "auto",
-        description="auto: use Redis, degrade to in-process memory while it is down; "
-        "redis: Redis is required (readiness fails without it); memory: never use Redis.",
+        description="auto: use Redis when a URL is set; while it is down the response cache degrades to "
+        "in-process memory but sessions never do (session requests fail with 503 + Retry-After and "
+        "readiness fails, see docs/durability.md); redis: Redis is required for everything; "
+        "memory: never use Redis (sessions live in this one process).",
     )
     url: str | None = Field(None, description="Redis URL; prefer urlEnv when it carries a password.")
     url_env: str | None = Field(None, description="Environment variable holding the Redis URL.")
@@ -26,7 +28,17 @@ class RedisStoreConfig(ConfigModel):
     connect_timeout_seconds: float = Field(1.0, gt=0, le=60)
     socket_timeout_seconds: float = Field(1.0, gt=0, le=60)
     recover_interval_seconds: float = Field(
-        5.0, gt=0, le=3600, description="How often a degraded `auto` backend retries the real one."
+        5.0, gt=0, le=3600, description="How often an unreachable Redis is probed again (also the Retry-After "
+        "of session requests refused meanwhile)."
+    )
+    max_connections: int = Field(
+        64, ge=1, le=10_000, description="Connections in the pool (per Cluster node); a command waits up to "
+        "poolTimeoutSeconds for a free one."
+    )
+    pool_timeout_seconds: float = Field(2.0, gt=0, le=60, description="Longest wait for a free pooled connection.")
+    failure_threshold: int = Field(
+        3, ge=1, le=100, description="Consecutive timeouts (a slow PING or command) before Redis counts as "
+        "unreachable; a refused or reset connection counts at once."
     )
 
 
@@ -38,6 +50,7 @@ class SqlStoreConfig(ConfigModel):
     sqlite_path: str = Field("./strata.db", description="SQLite file used when Postgres is not configured.")
     connect_timeout_seconds: float = Field(2.0, gt=0, le=60)
     recover_interval_seconds: float = Field(5.0, gt=0, le=3600)
+    max_connections: int = Field(10, ge=1, le=1000, description="Postgres connections in the pool.")
 
 
 class VectorStoreConfig(ConfigModel):
@@ -50,6 +63,10 @@ class VectorStoreConfig(ConfigModel):
     token_env: str | None = Field(None, description="Environment variable holding the Milvus token.")
     connect_timeout_seconds: float = Field(10.0, gt=0, le=120)
     recover_interval_seconds: float = Field(10.0, gt=0, le=3600)
+    memory_max_rows: int = Field(
+        10_000, ge=1, le=10_000_000, description="Rows per collection kept by the in-process index (backend "
+        "memory, or auto while Milvus is unreachable); beyond it the least recently written rows are dropped."
+    )
 
 
 class StoresConfig(ConfigModel):

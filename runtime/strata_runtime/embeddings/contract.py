@@ -13,6 +13,15 @@ class EmbeddingUnavailable(Exception):
     """The embedder failed or missed its deadline; semantic features fail open."""
 
 
+class EmbedderBusy(EmbeddingUnavailable):
+    """The embedder's work queue is at its bound: refused at once rather than queued behind
+    work that could not finish within anyone's deadline."""
+
+    def __init__(self, queued: int, wanted: int, limit: int):
+        super().__init__(f"the embedder has {queued} texts queued and {wanted} more would exceed its bound of {limit}")
+        self.queued, self.wanted, self.limit = queued, wanted, limit
+
+
 class Embedder(Protocol):
     name: str
     dimension: int

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from strata_runtime.config.runtime import EmbedderConfig
-from strata_runtime.embeddings.local import LocalMiniLMEmbedder
+from strata_runtime.embeddings.local import LocalEmbedder
 from strata_runtime.embeddings.openai import OpenAIEmbedder
 
-EmbedderImpl = LocalMiniLMEmbedder | OpenAIEmbedder
+EmbedderImpl = LocalEmbedder | OpenAIEmbedder
 
 
 def build_embedder(config: EmbedderConfig, env: Mapping[str, str]) -> EmbedderImpl:
     """The config model has already checked that the provider can serve the model."""
     if config.provider == "local":
-        return LocalMiniLMEmbedder(timeout_seconds=config.timeout_seconds)
+        return LocalEmbedder(model=config.model, timeout_seconds=config.timeout_seconds)
     assert config.base_url is not None
     api_key = env.get(config.api_key_env) if config.api_key_env else None
     return OpenAIEmbedder(base_url=config.base_url, model=config.model, api_key=api_key,

@@ -1,9 +1,18 @@
-"""The embedded default embedder: all-MiniLM-L6-v2 in numpy, off the event loop, micro-batched.
+"""The embedded local embedders, off the event loop, micro-batched.
+
+`multilingual-e5-small` (the default: Chinese and English, 4-bit, see e5.py) or
+`all-MiniLM-L6-v2` (English only, numpy, see minilm.py).
 
 Concurrent `embed` calls that arrive while a batch is running are merged into the next
 batch (one worker thread call each), so 20 concurrent queries cost a few forward passes,
 not 20. BLAS is pinned to `threads` threads: two BLAS threads per process on a shared
-2-core box blow up tail latency (FIELD-NOTES).
+2-core box blow up tail latency.
+
+The queue is bounded: while texts are waiting, a call that would take the waiting texts above
+`max_queued_texts` is refused at once (EmbedderBusy; `/v1/embeddings` answers 503
+`embedder_busy`, the cache, the router and memory recall skip their semantic step). A caller
+that gives up (its deadline passed, its task was cancelled) takes its texts out of the queue:
+nothing is computed for a caller that is no longer waiting.
 """
 
 from __future__ import annotations
@@ -17,38 +26,51 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from strata_runtime.embeddings.contract import EmbeddingUnavailable
+from strata_runtime.embeddings.contract import EmbedderBusy, EmbeddingUnavailable
+from strata_runtime.embeddings.e5 import NAME as E5_NAME
+from strata_runtime.embeddings.e5 import E5Small
 from strata_runtime.embeddings.minilm import MiniLM
+
+MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+E5_NAMES = (E5_NAME, "intfloat/multilingual-e5-small")
+LOCAL_MODELS = E5_NAMES + MINILM_NAMES
+# About two seconds of work (the default deadline) for e5-small on one core, with headroom.
+MAX_QUEUED_TEXTS = 512
+Model = MiniLM | E5Small
 
 log = logging.getLogger("strata.embeddings")
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pending:
     texts: list[str]
     future: asyncio.Future[npt.NDArray[np.float32]] = field(repr=False)
 
 
-class LocalMiniLMEmbedder:
-    name = "all-MiniLM-L6-v2"
+class LocalEmbedder:
     dimension = 384
 
-    def __init__(self, *, timeout_seconds: float = 2.0, max_batch: int = 64, threads: int = 1,
-                 model_dir: Path | None = None):
+    def __init__(self, *, model: str = E5_NAME, timeout_seconds: float = 2.0, max_batch: int = 64,
+                 threads: int = 1, model_dir: Path | None = None, max_queued_texts: int = MAX_QUEUED_TEXTS):
+        if model not in LOCAL_MODELS:
+            raise ValueError(f"no local embedding model {model!r}; choose one of {', '.join(LOCAL_MODELS)}")
+        self.name = E5_NAME if model in E5_NAMES else MINILM_NAMES[0]
         self.timeout_seconds = timeout_seconds
         self.max_batch = max_batch
         self.threads = threads
         self._model_dir = model_dir
-        self._model: MiniLM | None = None
-        self._loading: asyncio.Task[MiniLM] | None = None
+        self._model: Model | None = None
+        self._loading: asyncio.Task[Model] | None = None
+        self.max_queued_texts = max_queued_texts
         self._queue: list[_Pending] = []
+        self._queued_texts = 0
         self._worker: asyncio.Task[None] | None = None
         self.batches_run = 0
 
     async def start(self) -> None:
         await self._ensure_model()
 
-    async def _ensure_model(self) -> MiniLM:
+    async def _ensure_model(self) -> Model:
         if self._model is not None:
             return self._model
         if self._loading is None:
@@ -56,27 +78,48 @@ class LocalMiniLMEmbedder:
         self._model = await asyncio.shield(self._loading)
         return self._model
 
-    def _load(self) -> MiniLM:
+    def _load(self) -> Model:
         from threadpoolctl import threadpool_limits
 
         # Process-wide: every BLAS call in this runtime (embedder and vector index) stays single-threaded.
         threadpool_limits(limits=self.threads, user_api="blas")
+        if self.name == E5_NAME:
+            return E5Small(threads=self.threads)
         return MiniLM(self._model_dir)
 
     async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        wanted = len(texts)
+        if self._queued_texts and self._queued_texts + wanted > self.max_queued_texts:
+            raise EmbedderBusy(self._queued_texts, wanted, self.max_queued_texts)
         loop = asyncio.get_running_loop()
         pending = _Pending(list(texts), loop.create_future())
         # Retrieve late failures so a caller that gave up never leaves an unread exception behind.
         pending.future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._queue.append(pending)
+        self._queued_texts += wanted
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain(), name="embedder-batcher")
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), self.timeout_seconds)
         except TimeoutError as e:
             raise EmbeddingUnavailable(f"local embedder missed its {self.timeout_seconds}s deadline") from e
+        finally:
+            self._abandon(pending)
+
+    @property
+    def queued_texts(self) -> int:
+        """Texts waiting for a batch (not those being computed)."""
+        return self._queued_texts
+
+    def _abandon(self, pending: _Pending) -> None:
+        """The caller has its vectors or stopped waiting: texts not yet taken leave the queue."""
+        if not pending.future.done():
+            pending.future.cancel()
+        if pending in self._queue:
+            self._queue.remove(pending)
+            self._queued_texts -= len(pending.texts)
 
     async def _drain(self) -> None:
         while self._queue:
@@ -84,6 +127,7 @@ class LocalMiniLMEmbedder:
             size = 0
             while self._queue and (not batch or size + len(self._queue[0].texts) <= self.max_batch):
                 item = self._queue.pop(0)
+                self._queued_texts -= len(item.texts)
                 batch.append(item)
                 size += len(item.texts)
             texts = [t for item in batch for t in item.texts]
@@ -111,3 +155,13 @@ class LocalMiniLMEmbedder:
             if not item.future.done():
                 item.future.set_exception(EmbeddingUnavailable("embedder closed"))
         self._queue.clear()
+        self._queued_texts = 0
+
+
+class LocalMiniLMEmbedder(LocalEmbedder):
+    """all-MiniLM-L6-v2 (English only), kept for configurations that name it."""
+
+    def __init__(self, *, timeout_seconds: float = 2.0, max_batch: int = 64, threads: int = 1,
+                 model_dir: Path | None = None, max_queued_texts: int = MAX_QUEUED_TEXTS):
+        super().__init__(model=MINILM_NAMES[0], timeout_seconds=timeout_seconds, max_batch=max_batch,
+                         threads=threads, model_dir=model_dir, max_queued_texts=max_queued_texts)

@@ -26,6 +26,19 @@ class CallContext:
     # A narrower sharing boundary inside the tenant (a team, a document ACL group): answers are
     # only ever shared between calls with the same scope. Part of every cache key and partition.
     acl_scope: str | None = None
+    # False when a public client named an agent that is not configured for its tenant: the name
+    # is kept for usage accounting, but the call spends the one budget all such names share.
+    agent_configured: bool = True
+
+    @property
+    def budget_agent(self) -> str | None:
+        """The agent whose rate-limit budget the call spends."""
+        if self.agent_id is None or self.agent_configured:
+            return self.agent_id
+        return UNLISTED_AGENTS
+
+
+UNLISTED_AGENTS = "~unlisted"  # not a valid id, so it is never a configured agent's name
 
 
 @dataclass

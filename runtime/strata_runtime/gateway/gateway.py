@@ -15,11 +15,20 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from strata_runtime import tracing
 from strata_runtime.cache.contract import ResponseCache
 from strata_runtime.cache.keys import pop_controls
 from strata_runtime.config import RuntimeConfig
+from strata_runtime.embeddings.bounded import EmbeddingQueue, unavailable_error
 from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable
-from strata_runtime.errors import BadRequest, Draining, NotFound, ServiceUnavailable, UpstreamError
+from strata_runtime.errors import (
+    BadRequest,
+    Draining,
+    NotFound,
+    PayloadTooLarge,
+    StrataError,
+    UpstreamError,
+)
 from strata_runtime.gateway.contract import CacheResult, CallContext, ChatResult, ChatStream
 from strata_runtime.gateway.tokens import (
     estimate_embedding_tokens,
@@ -28,8 +37,9 @@ from strata_runtime.gateway.tokens import (
 )
 from strata_runtime.gateway.upstreams import ModelRoute, UpstreamCaller, build_routes, map_provider_error
 from strata_runtime.gateway.validation import validate_chat_body, validate_embeddings_body
-from strata_runtime.metrics import Metrics
+from strata_runtime.metrics import Metrics, PoolSnapshot
 from strata_runtime.providers import ProviderError
+from strata_runtime.providers.openai_compat import drop_null_usage, rename_model
 from strata_runtime.ratelimit import RateLimiter, Reservation
 from strata_runtime.stores.redis import RedisConnector
 from strata_runtime.usage import UsageEvent, UsageRecorder
@@ -37,6 +47,34 @@ from strata_runtime.usage import UsageEvent, UsageRecorder
 log = logging.getLogger("strata.gateway")
 
 _HITS = ("hit_exact", "hit_semantic")
+# What a failed call's log line says about its cause (from the mapped error's details).
+_CAUSE_FIELDS = ("upstream_status", "upstream_code", "upstream_type", "phase", "reason")
+
+
+def _cause(error: BaseException | None) -> dict[str, Any]:
+    """A failure's cause for the log line: our code plus the upstream status/code/phase it came from."""
+    if error is None:
+        return {}
+    details = error.details if isinstance(error, StrataError) else {}
+    return {"error": getattr(error, "code", type(error).__name__),
+            **{k: details[k] for k in _CAUSE_FIELDS if k in details}}
+
+
+def _span_attributes(call: _Call) -> dict[str, Any]:
+    return {"strata.model": call.route.name, "strata.tenant": call.ctx.tenant, "strata.agent_id": call.ctx.agent_id,
+            "strata.stream": call.stream}
+
+
+async def _labelled(chunks: AsyncIterator[dict[str, Any]], name: str) -> AsyncIterator[dict[str, Any]]:
+    """The upstream's chunks with the logical name of the model that produced them, for the cache to store."""
+    try:
+        async for chunk in chunks:
+            rename_model(chunk, name)  # keeps a relayable `raw` in step
+            yield chunk
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 @dataclass
@@ -63,7 +101,7 @@ class _Call:
 class Gateway:
     def __init__(self, config: RuntimeConfig, env: Mapping[str, str], redis: RedisConnector, metrics: Metrics,
                  *, cache: ResponseCache | None = None, embedder: Embedder | None = None,
-                 is_draining: Callable[[], bool] = lambda: False):
+                 is_closing: Callable[[], bool] = lambda: False):
         self.config = config
         self.metrics = metrics
         self.routes: dict[str, ModelRoute] = build_routes(list(config.models), env)
@@ -73,8 +111,22 @@ class Gateway:
         self.usage = UsageRecorder(redis, config.usage.ttl_days)
         self.cache = cache
         self.embedder = embedder
-        self.is_draining = is_draining
+        self.embedding_queue = EmbeddingQueue(embedder, config.server.limits.embeddings) if embedder else None
+        self.is_closing = is_closing
         self._agents = {(a.tenant, a.id): a for a in config.agents}
+        metrics.watch_pools(self.pool_snapshots)
+
+    def pool_snapshots(self) -> list[PoolSnapshot]:
+        """Each upstream connection pool's queue (models served locally, like demo, have none)."""
+        out = []
+        for name, route in self.routes.items():
+            pool = getattr(route.provider, "pool", None)
+            if pool is None:
+                continue
+            s = pool.stats
+            out.append(PoolSnapshot(name, pool.max_connections, s.in_use, s.waiting, s.queued_total,
+                                    s.queue_timeouts_total, s.wait_seconds_total))
+        return out
 
     # lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,6 +148,9 @@ class Gateway:
         agent = self._agents.get((tenant, agent_id)) if agent_id else None
         return bool(agent and agent.caching_disabled)
 
+    def has_agent(self, tenant: str, agent_id: str | None) -> bool:
+        return agent_id is not None and (tenant, agent_id) in self._agents
+
     def model_list(self) -> list[dict[str, Any]]:
         models = [{"id": r.name, "object": "model", "created": 0, "owned_by": r.provider.name}
                   for r in self.routes.values()]
@@ -105,7 +160,9 @@ class Gateway:
         return models
 
     def _admit(self) -> None:
-        if self.is_draining():
+        # A draining runtime still answers what reaches it over kept-alive connections (it tells the
+        # client to reconnect elsewhere); only once it is closing does it refuse new model calls.
+        if self.is_closing():
             raise Draining("this runtime is shutting down; retry on another replica")
 
     # chat -------------------------------------------------------------------------------------
@@ -116,7 +173,7 @@ class Gateway:
         if self.cache is None:
             pop_controls(body)  # validated, and never sent upstream, even with no cache configured
         route = self.resolve(body["model"])
-        reservation = await self.limiter.acquire(ctx.tenant, ctx.agent_id, estimate_request_tokens(body))
+        reservation = await self.limiter.acquire(ctx.tenant, ctx.budget_agent, estimate_request_tokens(body))
         return _Call(route, ctx, reservation, stream=stream)
 
     async def complete(self, body: dict[str, Any], ctx: CallContext) -> ChatResult:
@@ -131,10 +188,12 @@ class Gateway:
 
         self.metrics.llm_in_flight.inc()
         try:
-            if self.cache is not None:
-                response, call.cache = await self.cache.complete(body, ctx, compute)
-            else:
-                response = await compute()
+            with tracing.span("gateway.chat", **_span_attributes(call)):
+                if self.cache is not None:
+                    with tracing.span("cache"):
+                        response, call.cache = await self.cache.complete(body, ctx, compute)
+                else:
+                    response = await compute()
         except BaseException as e:
             await self._failed(call, e)
             raise
@@ -152,15 +211,20 @@ class Gateway:
         route = call.route
 
         async def compute() -> AsyncIterator[dict[str, Any]]:
+            chunks: AsyncIterator[dict[str, Any]]
             chunks, call.used = await self.upstreams.call(route, "stream", body)
-            return chunks  # type: ignore[no-any-return]
+            if self.cache is None or not self.cache.may_store(ctx):
+                return chunks  # `_observe` names the model: one generator less per chunk
+            return _labelled(chunks, call.used.name)  # stored under the model that answered
 
         self.metrics.llm_in_flight.inc()
         try:
-            if self.cache is not None:
-                chunks, call.cache = await self.cache.stream(body, ctx, compute)
-            else:
-                chunks = await compute()
+            with tracing.span("gateway.chat", **_span_attributes(call)):
+                if self.cache is not None:
+                    with tracing.span("cache"):
+                        chunks, call.cache = await self.cache.stream(body, ctx, compute)
+                else:
+                    chunks = await compute()
         except BaseException as e:
             self.metrics.llm_in_flight.dec()
             await self._failed(call, e)
@@ -180,9 +244,13 @@ class Gateway:
         error: BaseException | None = None
         chars = 0
         name = call.served.name
+        span = tracing.start_span("gateway.stream", **_span_attributes(call))
+        replayed = call.cache in _HITS  # chunks from the cache: serialised from the dict, never `raw`
         try:
             async for chunk in chunks:
-                chunk["model"] = name
+                if replayed and getattr(chunk, "raw", None) is not None:
+                    chunk.raw = None  # type: ignore[attr-defined]
+                rename_model(chunk, name)
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 choices = chunk.get("choices")
@@ -194,31 +262,25 @@ class Gateway:
                     first = False
                     self.metrics.llm_ttft.labels(name, call.provider).observe(time.perf_counter() - call.started)
                 if not include_usage and "usage" in chunk:
-                    del chunk["usage"]
-                content = (choices[0].get("delta") or {}).get("content")
-                if content:
-                    chars += len(content)
+                    _hide_usage(chunk)
+                chars += len((choices[0].get("delta") or {}).get("content") or "")
                 yield chunk
             completed = True
         except ProviderError as e:
-            error = e
-            raise map_provider_error(e, call.served) from None
+            error = map_provider_error(e, call.served)
+            raise error from None
         except BaseException as e:
             error = e
             raise
         finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:
-                    log.debug("closing an upstream stream failed", exc_info=True)
+            await _close_quietly(chunks)
             self.metrics.llm_in_flight.dec()
+            tracing.end_span(span, error, **{"strata.completed": completed})
             if usage is None and (completed or chars):
                 # No usage chunk (an upstream without include_usage support): estimate, and say so.
                 usage = {"prompt_tokens": prompt_estimate, "completion_tokens": chars // 4 + 1, "estimated": True}
             if usage is not None:
-                await self._finished(call, usage, outcome="ok" if completed else "aborted")
+                await self._finished(call, usage, outcome="ok" if completed else "aborted", error=error)
             else:
                 await self._failed(call, error or GeneratorExit())
 
@@ -231,7 +293,13 @@ class Gateway:
         local = route is None and self.embedder is not None and model == self.config.embedder.model
         if route is None and not local:
             raise NotFound(f"embedding model {model!r} is not configured on this gateway", field="model")
-        reservation = await self.limiter.acquire(ctx.tenant, ctx.agent_id, estimate_embedding_tokens(inputs))
+        tokens = estimate_embedding_tokens(inputs)
+        cap = self.config.server.limits.embeddings.max_tokens_per_request
+        if tokens > cap:
+            raise PayloadTooLarge(f"the inputs come to about {tokens} tokens, more than {cap} per request; "
+                                  "send them in several requests", field="input",
+                                  details={"estimated_tokens": tokens, "limit_tokens": cap})
+        reservation = await self.limiter.acquire(ctx.tenant, ctx.budget_agent, tokens)
         started = time.perf_counter()
         try:
             if route is not None:
@@ -262,13 +330,13 @@ class Gateway:
         return response  # type: ignore[no-any-return]
 
     async def _local_embeddings(self, model: str, inputs: list[str], body: dict[str, Any]) -> dict[str, Any]:
-        assert self.embedder is not None
+        assert self.embedder is not None and self.embedding_queue is not None
         if body.get("dimensions") not in (None, self.embedder.dimension):
             raise BadRequest(f"model {model!r} has {self.embedder.dimension} dimensions", field="dimensions")
         try:
-            vectors = await self.embedder.embed(inputs)
+            vectors = await self.embedding_queue.embed(inputs)
         except EmbeddingUnavailable as e:
-            raise ServiceUnavailable(f"local embedder unavailable: {e}") from None
+            raise unavailable_error(e) from None
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         for i, vector in enumerate(vectors):
@@ -284,7 +352,9 @@ class Gateway:
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     # accounting -------------------------------------------------------------------------------
-    async def _finished(self, call: _Call, usage: Any, *, outcome: str = "ok") -> None:
+    async def _finished(self, call: _Call, usage: Any, *, outcome: str = "ok",
+                        error: BaseException | None = None) -> None:
+        """Account a call that used tokens; `error` is why a stream that used some stopped early."""
         usage = usage if isinstance(usage, dict) else {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
@@ -308,12 +378,14 @@ class Gateway:
         self.usage.record(event)
         self.metrics.llm_requests.labels(event.model, provider, call.cache, outcome).inc()
         self.metrics.llm_latency.labels(event.model, provider, "true" if call.stream else "false").observe(latency)
-        if log.isEnabledFor(logging.INFO):
-            log.info("llm call", extra={
+        level = logging.INFO if error is None else logging.WARNING
+        if log.isEnabledFor(level):
+            log.log(level, "llm call", extra={
                 "request_id": ctx.request_id, "tenant": ctx.tenant, "agent_id": ctx.agent_id,
                 "model": route.name, "model_resolved": served.name, "provider": provider, "stream": call.stream,
                 "latency_ms": round(latency * 1000, 2), "usage": {"prompt": prompt, "completion": completion},
-                "cache": call.cache, "outcome": outcome, "usage_estimated": bool(usage.get("estimated"))})
+                "cache": call.cache, "outcome": outcome, "usage_estimated": bool(usage.get("estimated")),
+                **_cause(error)})
 
     async def _failed(self, call: _Call, error: BaseException) -> None:
         await call.reservation.settle(0)
@@ -321,9 +393,28 @@ class Gateway:
         route, ctx = call.route, call.ctx
         self.usage.record(UsageEvent(tenant=ctx.tenant, agent=ctx.agent_id, model=route.name, error=True,
                                      latency_ms=latency * 1000))
-        code = getattr(error, "code", type(error).__name__)
         self.metrics.llm_requests.labels(route.name, route.provider.name, call.cache, "error").inc()
         log.warning("llm call failed", extra={
             "request_id": ctx.request_id, "tenant": ctx.tenant, "agent_id": ctx.agent_id, "model": route.name,
             "provider": route.provider.name, "stream": call.stream, "latency_ms": round(latency * 1000, 2),
-            "error": code})
+            **_cause(error)})
+
+
+def _hide_usage(chunk: dict[str, Any]) -> None:
+    """Remove a content chunk's usage for a client that did not ask for it (the bytes re-serialised
+    only when the usage was real: a null usage is dropped from the raw bytes in place)."""
+    if chunk["usage"] is None:
+        drop_null_usage(chunk)
+        return
+    del chunk["usage"]
+    if getattr(chunk, "raw", None) is not None:
+        chunk.raw = None  # type: ignore[attr-defined]
+
+
+async def _close_quietly(chunks: AsyncIterator[dict[str, Any]]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            log.debug("closing an upstream stream failed", exc_info=True)

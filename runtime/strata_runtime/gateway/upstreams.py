@@ -1,10 +1,11 @@
 """Calling an upstream for a logical model: retries, circuit breaker, fallback chain.
 
     call(route, op, body)
-      for each model in [route, *route.fallbacks] whose circuit allows a call:
+      deadline = now + route's timeoutSeconds (one for the whole call)
+      for each model in [route, *route.fallbacks] whose circuit allows a call, while time is left:
         up to 1 + maxRetries attempts, full-jitter backoff (or a bounded Retry-After)
-        between retryable failures (429, 5xx, timeouts, connection errors);
-        a non-retryable answer (other 4xx) ends the whole call at once.
+        between retryable failures (429, 5xx, timeouts, connection errors), each attempt
+        bounded by the deadline; a non-retryable answer (other 4xx) ends the whole call at once.
       all failed -> the last failure, mapped to a 502/503/504 (or 429) StrataError.
 """
 
@@ -12,18 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from strata_runtime import tracing
 from strata_runtime.config import ModelConfig
 from strata_runtime.errors import (
     BadRequest,
     CircuitOpen,
     RateLimited,
     StrataError,
+    UpstreamBusy,
     UpstreamError,
+    UpstreamIncomplete,
     UpstreamTimeout,
+    UpstreamTooLarge,
 )
 from strata_runtime.gateway.resilience import CircuitBreaker, backoff_delay
 from strata_runtime.metrics import Metrics
@@ -87,47 +93,62 @@ class UpstreamCaller:
         return chain
 
     async def call(self, route: ModelRoute, op: Op, body: dict[str, Any]) -> tuple[Any, ModelRoute]:
-        """Run `op` on the first model of the chain that succeeds; returns its result and route."""
+        """Run `op` on the first model of the chain that succeeds; returns its result and route.
+
+        One deadline for the whole call: the asked-for model's `timeoutSeconds`, shared by every
+        attempt, backoff and fallback (a fallback never restarts the clock).
+        """
+        deadline = time.monotonic() + route.config.timeout_seconds
         last: ProviderError | StrataError | None = None
-        for candidate in self.chain(route):
+        chain = self.chain(route)
+        for candidate in chain:
+            if time.monotonic() >= deadline and last is not None:
+                break
             if not candidate.breaker.allow():
                 last = CircuitOpen(f"upstream for model {candidate.name!r} is failing; circuit open",
                                    details={"model": candidate.name,
                                             "retry_in_seconds": round(candidate.breaker.retry_in(), 1)})
                 continue
             try:
-                result = await self._attempts(candidate, op, upstream_body(body, candidate, op))
+                with tracing.span("upstream", **{"strata.model": candidate.name,
+                                                 "strata.provider": candidate.provider.name, "strata.op": op}):
+                    result = await self._attempts(candidate, op, upstream_body(body, candidate, op), deadline)
                 return result, candidate
             except ProviderError as e:
                 if not e.retryable:
                     raise map_provider_error(e, candidate) from None
                 last = e
-                if candidate is not route or len(self.chain(route)) > 1:
+                if len(chain) > 1:
                     log.warning("upstream failed; trying the next fallback",
                                 extra={"model": candidate.name, "provider": candidate.provider.name,
-                                       "status": e.label})
+                                       "status": e.label, **e.cause()})
         if isinstance(last, ProviderError):
             raise map_provider_error(last, route) from None
         assert last is not None
         raise last
 
-    async def _attempts(self, route: ModelRoute, op: Op, body: dict[str, Any]) -> Any:
+    async def _attempts(self, route: ModelRoute, op: Op, body: dict[str, Any], deadline: float) -> Any:
         provider = route.provider
-        fn: Callable[[dict[str, Any]], Awaitable[Any]] = (
+        fn: Callable[..., Awaitable[Any]] = (
             provider.chat if op == "chat" else provider.chat_stream if op == "stream" else provider.embeddings)
         attempts = route.config.max_retries + 1
         for attempt in range(attempts):
             try:
-                result = await fn(body)
+                result = await fn(body, deadline=deadline)
             except ProviderError as e:
                 self.metrics.llm_upstream_errors.labels(provider.name, e.label).inc()
-                if not e.retryable:
+                if not e.retryable or e.reason == "pool_exhausted":
+                    # A full connection pool is our queue, not a failing upstream: no breaker
+                    # failure, no retry on the same pool (it would queue again); a fallback may serve.
                     route.breaker.release_probe()
                     raise
                 route.breaker.record_failure()
-                if attempt + 1 >= attempts or route.breaker.state != "closed":
-                    raise
                 delay = backoff_delay(attempt, e.retry_after)
+                if attempt + 1 >= attempts or route.breaker.state != "closed" \
+                        or time.monotonic() + delay >= deadline:
+                    raise
+                log.info("upstream attempt failed; retrying", extra={
+                    "model": route.name, "provider": provider.name, "attempt": attempt + 1, **e.cause()})
                 self.metrics.pending_requests.inc()
                 try:
                     await asyncio.sleep(delay)
@@ -140,19 +161,38 @@ class UpstreamCaller:
 
 
 def map_provider_error(e: ProviderError, route: ModelRoute) -> StrataError:
-    details: dict[str, Any] = {"model": route.name, "provider": route.provider.name}
-    if e.status is not None:
-        details["upstream_status"] = e.status
-    if e.upstream_code:
-        details["upstream_code"] = e.upstream_code
+    """The caller's error for a failed upstream call: status class, stable code, the upstream's safe words.
+
+    The upstream's allow-listed `code`/`type`/`param` replace ours where the upstream's verdict is
+    the caller's business (a rejected request, a rate limit, an error inside the stream); its
+    scrubbed message is appended to ours. An upstream 401/403 is our key's problem, not the
+    caller's, so it stays a 502 with the upstream code only in `details`.
+    """
+    details: dict[str, Any] = {"model": route.name, "provider": route.provider.name, **e.cause()}
+    details.pop("timeout", None)
+    up = e.upstream
+    said = f": {up.message}" if up.message else ""
+    fidelity: dict[str, Any] = {"code": up.code, "type": up.type, "param": up.param}
+    name = route.name
+    if e.reason == "pool_exhausted":
+        return UpstreamBusy(f"every upstream connection for model {name!r} is busy; retry later",
+                            retry_after_seconds=e.retry_after or 1.0, details=details)
     if e.timeout:
-        return UpstreamTimeout(f"upstream for model {route.name!r} timed out", details=details)
+        return UpstreamTimeout(f"upstream for model {name!r} timed out", details=details)
+    if e.reason == "incomplete_stream":
+        return UpstreamIncomplete(f"upstream for model {name!r} ended its answer before finishing it "
+                                  "(no [DONE], no finish_reason); the answer is incomplete", details=details)
+    if e.reason in ("response_too_large", "event_too_large"):
+        return UpstreamTooLarge(f"upstream for model {name!r} sent an answer over the size limit", details=details)
     if e.status == 429:
-        return RateLimited(f"upstream for model {route.name!r} is rate limiting; retry later",
-                           retry_after_seconds=e.retry_after or 1.0, details=details)
+        return RateLimited(f"upstream for model {name!r} is rate limiting; retry later{said}",
+                           retry_after_seconds=e.retry_after or 1.0, details=details, **fidelity)
     if e.status in (400, 404, 413, 422):
-        return BadRequest(f"upstream rejected the request for model {route.name!r} (HTTP {e.status})",
-                          details=details)
+        return BadRequest(f"upstream rejected the request for model {name!r} (HTTP {e.status}){said}",
+                          details=details, **fidelity)
+    if e.reason == "stream_error":
+        return UpstreamError(f"upstream for model {name!r} reported an error mid-stream{said}",
+                             details=details, **fidelity)
     if e.status is None:
-        return UpstreamError(f"upstream for model {route.name!r} is unreachable", details=details)
-    return UpstreamError(f"upstream for model {route.name!r} failed (HTTP {e.status})", details=details)
+        return UpstreamError(f"upstream for model {name!r} is unreachable", details=details)
+    return UpstreamError(f"upstream for model {name!r} failed (HTTP {e.status}){said}", details=details)

@@ -16,18 +16,7 @@ def validate_chat_body(body: Any) -> None:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model is required (a logical model name)", field="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages must be a non-empty list", field="messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise BadRequest("each message must be an object", field=f"messages.{i}")
-        if message.get("role") not in _ROLES:
-            raise BadRequest(f"messages[{i}].role must be one of {sorted(_ROLES)}", field=f"messages.{i}.role")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise BadRequest(f"messages[{i}].content must be a string or a list of parts",
-                             field=f"messages.{i}.content")
+    _validate_messages(body.get("messages"))
     for name in ("max_tokens", "max_completion_tokens", "n"):
         value = body.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -41,6 +30,20 @@ def validate_chat_body(body: Any) -> None:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise BadRequest("stream_options must be an object", field="stream_options")
+
+
+def _validate_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list", field="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest("each message must be an object", field=f"messages.{i}")
+        if message.get("role") not in _ROLES:
+            raise BadRequest(f"messages[{i}].role must be one of {sorted(_ROLES)}", field=f"messages.{i}.role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise BadRequest(f"messages[{i}].content must be a string or a list of parts",
+                             field=f"messages.{i}.content")
 
 
 def validate_embeddings_body(body: Any) -> list[str]:

@@ -11,19 +11,25 @@ atomic script on one Cluster slot::
 
 Conditional multi-key updates (compare-and-set on the sequence number, on the stream owner,
 on the chunk count) are Lua scripts: as atomic as MULTI/EXEC and one round trip. Every key
-gets the checkpoint TTL on every write. ``MemorySessionStore`` implements the same operations
-for one process (the degraded fallback while Redis is unreachable).
+gets the checkpoint TTL on every write, except a finished answer's stream record and chunks:
+those are only there for clients resuming the stream, so they expire `resume_window` seconds
+after the answer finished. ``MemorySessionStore`` implements the same operations for one process
+(sessions when Redis is not configured).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from redis.exceptions import NoScriptError
+
 from strata_runtime.memory.state import SessionState, StreamInfo, Turn
 
-DONE_STREAM_TTL_SECONDS = 3600
+RESUME_WINDOW_SECONDS = 300  # memory.resumeWindowSeconds' default
 
 
 def session_base(prefix: str, tenant: str, session_id: str) -> str:
@@ -137,6 +143,9 @@ return 'claimed'
 
 # KEYS: ckpt, turns. ARGV: last_seq, summary, ttl
 _TRIM = """
+-- A session released meanwhile (its keys dropped) is not recreated as a checkpoint without next_seq:
+-- loaded, that would restart the session at seq 0 and reissue sequence numbers.
+if redis.call('HEXISTS', KEYS[1], 'next_seq') == 0 then return 0 end
 local upto = tonumber(redis.call('HGET', KEYS[1], 'archived_upto') or '-1')
 local last = tonumber(ARGV[1])
 if upto >= last then return 0 end
@@ -176,12 +185,89 @@ return 1
 """
 
 
+class _GroupCommit:
+    """One script's calls from every session, sent together: one round trip per batch, not per call.
+
+    A call made while no batch is in flight leaves at once (a turn alone is not delayed); calls made
+    while one is in flight wait for it and then go together in the next, one pipeline of EVALSHA
+    (no MULTI: each call is its own atomic script, and one session's failure is its own). A Redis
+    Cluster pipeline sends each slot's calls to its node. A node that does not know the script yet
+    gets it as EVAL for those calls (a cluster pipeline does not load scripts by itself). A caller
+    cancelled before its batch left is dropped from it, as if it had never called.
+    """
+
+    def __init__(self, client: Any, script: Any) -> None:
+        self.client = client
+        self.script = script  # redis-py Script: .sha, .script
+        self.waiting: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self.sender: asyncio.Task[None] | None = None
+        self.batches = 0  # pipelines sent (round trips), for tests and benchmarks
+        self.calls = 0
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self.waiting.append((keys, args, done))
+        sender = self.sender
+        if sender is None or sender.done() or sender.get_loop() is not loop:  # (a store outliving its loop)
+            self.sender = loop.create_task(self._send())
+        return await done
+
+    async def _send(self) -> None:
+        batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        try:
+            while self.waiting:
+                batch = [call for call in self.waiting if not call[2].done()]
+                self.waiting = []
+                if batch:
+                    await self._one_batch(batch)
+        finally:
+            if self.sender is asyncio.current_task():
+                self.sender = None
+            for _, _, done in batch + self.waiting:  # only if this task itself was cancelled (shutdown)
+                if not done.done():
+                    done.cancel()
+            self.waiting = []
+
+    async def _one_batch(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        self.batches += 1
+        self.calls += len(batch)
+        try:
+            results = await self._pipeline([(keys, args, False) for keys, args, _ in batch])
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                again = await self._pipeline([(batch[i][0], batch[i][1], True) for i in missing])
+                for i, result in zip(missing, again, strict=True):
+                    results[i] = result
+        except Exception as error:  # the connection failed: every call of the batch failed with it
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_exception(error)
+            return
+        for (_, _, done), result in zip(batch, results, strict=True):
+            if not done.done():
+                if isinstance(result, Exception):
+                    done.set_exception(result)
+                else:
+                    done.set_result(result)
+
+    async def _pipeline(self, calls: list[tuple[list[str], list[Any], bool]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args, as_eval in calls:  # a cluster pipeline blocks its evalsha()/eval() helpers, not the commands
+            if as_eval:
+                pipe.execute_command("EVAL", self.script.script, len(keys), *keys, *args)
+            else:
+                pipe.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
 class RedisSessionStore:
     kind = "redis"
 
-    def __init__(self, client: Any, prefix: str):
+    def __init__(self, client: Any, prefix: str, *, resume_window: int = RESUME_WINDOW_SECONDS):
         self.client = client
         self.prefix = prefix
+        self.resume_window = resume_window
         self._append = client.register_script(_APPEND_USER)
         self._flush = client.register_script(_FLUSH)
         self._complete = client.register_script(_COMPLETE)
@@ -190,6 +276,8 @@ class RedisSessionStore:
         self._trim = client.register_script(_TRIM)
         self._restore = client.register_script(_RESTORE)
         self._release = client.register_script(_RELEASE)
+        # Chunks of every producing turn: a busy pod writes them in one round trip per batch.
+        self._flush_group = _GroupCommit(client, self._flush)
 
     def _keys(self, tenant: str, session_id: str, seq: int | None = None) -> list[str]:
         base = session_base(self.prefix, tenant, session_id)
@@ -230,18 +318,18 @@ class RedisSessionStore:
     async def flush_chunks(self, tenant: str, session_id: str, seq: int, *, owner: str, start: int,
                            chunks: list[str], ttl: int) -> bool:
         keys = self._keys(tenant, session_id, seq)[3:]
-        result = int(await self._flush(keys=keys, args=[owner, start, repr(time.time()), ttl, *chunks]))
+        result = int(await self._flush_group(keys, [owner, start, repr(time.time()), ttl, *chunks]))
         return result >= 0
 
     async def complete(self, tenant: str, session_id: str, turn: Turn, *, owner: str, ttl: int) -> Turn | None:
         keys = self._keys(tenant, session_id, turn.seq)
         stored = await self._complete(keys=keys, args=[turn.seq, turn.to_json(), owner, ttl,
-                                                       min(ttl, DONE_STREAM_TTL_SECONDS)])
+                                                       min(ttl, self.resume_window)])
         return Turn.from_json(stored) if stored else None
 
     async def fail(self, tenant: str, session_id: str, seq: int, *, owner: str, error: str, ttl: int) -> None:
         keys = self._keys(tenant, session_id, seq)[:4]
-        await self._fail(keys=keys, args=[seq, owner, error[:500], min(ttl, DONE_STREAM_TTL_SECONDS)])
+        await self._fail(keys=keys, args=[seq, owner, error[:500], min(ttl, self.resume_window)])
 
     async def stream_info(self, tenant: str, session_id: str, seq: int, *, from_index: int) -> StreamInfo | None:
         stream_key, chunks_key = self._keys(tenant, session_id, seq)[3:]
@@ -298,13 +386,18 @@ class _MemSession:
 
 
 class MemorySessionStore:
-    """The same operations for one process; used while Redis is unreachable (or not configured)."""
+    """The same operations for one process; used when Redis is not configured. A finished
+    answer's stream record is dropped `resume_window` seconds after it finished (checked when the
+    session gets its next turn), so a long session does not keep every answer twice."""
 
     kind = "memory"
 
-    def __init__(self, max_sessions: int = 100_000) -> None:
+    def __init__(self, max_sessions: int = 100_000, *, resume_window: int = RESUME_WINDOW_SECONDS,
+                 clock: Callable[[], float] = time.time) -> None:
         self._sessions: dict[tuple[str, str], _MemSession] = {}
         self._max = max_sessions
+        self.resume_window = resume_window
+        self._clock = clock
 
     def _get(self, tenant: str, session_id: str) -> _MemSession | None:
         sess = self._sessions.get((tenant, session_id))
@@ -342,6 +435,7 @@ class MemorySessionStore:
         cur = int(sess.ckpt.get("next_seq", "0"))
         if cur != turn.seq:
             return (sess.turns.get(turn.seq) == turn.to_json(), cur)
+        self._drop_finished_streams(sess)
         sess.turns[turn.seq] = turn.to_json()
         sess.ckpt.setdefault("archived_upto", "-1")
         sess.ckpt.setdefault("archived_batches", "0")
@@ -349,7 +443,7 @@ class MemorySessionStore:
         sess.ckpt.update(next_seq=str(cur + 2), agent=state.agent_id)
         sess.pending.add(turn.seq + 1)
         sess.streams[turn.seq + 1] = {"state": "producing", "owner": owner, "hb": time.time(), "prompt": prompt,
-                                      "model": model, "error": ""}
+                                      "model": model, "error": "", "finished": 0.0}
         sess.chunks[turn.seq + 1] = []
         self._touch(sess, ttl)
         return True, cur
@@ -383,8 +477,7 @@ class MemorySessionStore:
             return None
         sess.turns[turn.seq] = turn.to_json()
         sess.pending.discard(turn.seq)
-        rec["state"] = "done"
-        rec["prompt"] = b""
+        rec.update(state="done", prompt=b"", finished=self._clock())
         self._touch(sess, ttl)
         return turn
 
@@ -395,7 +488,13 @@ class MemorySessionStore:
             return
         sess.turns.pop(seq - 1, None)
         sess.pending.discard(seq)
-        rec.update(state="failed", error=error[:500], prompt=b"")
+        rec.update(state="failed", error=error[:500], prompt=b"", finished=self._clock())
+
+    def _drop_finished_streams(self, sess: _MemSession) -> None:
+        cutoff = self._clock() - self.resume_window
+        for seq in [s for s, rec in sess.streams.items() if rec["state"] != "producing" and rec["finished"] <= cutoff]:
+            del sess.streams[seq]
+            sess.chunks.pop(seq, None)
 
     async def stream_info(self, tenant: str, session_id: str, seq: int, *, from_index: int) -> StreamInfo | None:
         sess = self._get(tenant, session_id)

@@ -56,7 +56,10 @@ class LongTermMemory:
 
     async def _index(self) -> VectorIndex:
         index = self.vectors.index
-        await index.ensure_collection(self.collection, self.embedder.dimension)
+        try:
+            await index.ensure_collection(self.collection, self.embedder.dimension)
+        except Exception as e:
+            raise self.vectors.failed(e) from e
         return index
 
     async def upsert(self, *, row_id: str, tenant: str, agent_id: str, channel: str, kind: str, content: str,
@@ -69,8 +72,7 @@ class LongTermMemory:
         try:
             await index.upsert(self.collection, [VectorRow(id=row_id, vector=vector.tolist(), fields=fields)])
         except Exception as e:
-            self.vectors.report_failure(e)
-            raise
+            raise self.vectors.failed(e) from e
         return row_id
 
     async def search(self, *, tenant: str, agent_id: str, query: str, limit: int, channel: str | None = None,
@@ -85,8 +87,7 @@ class LongTermMemory:
         try:
             hits = await index.search(self.collection, vector.tolist(), where=where, limit=limit)
         except Exception as e:
-            self.vectors.report_failure(e)
-            raise
+            raise self.vectors.failed(e) from e
         return [Memory(id=h.id, kind=str(h.fields.get("kind", "")), score=h.score,
                        content=str(h.fields.get("content", "")), source=str(h.fields.get("source", "")),
                        timestamp=float(h.fields.get("ts", 0.0)), session_id=str(h.fields.get("session", "")))
@@ -94,8 +95,14 @@ class LongTermMemory:
 
     async def count(self, where: Mapping[str, Scalar]) -> int:
         index = await self._index()
-        return await index.count(self.collection, where=where)
+        try:
+            return await index.count(self.collection, where=where)
+        except Exception as e:
+            raise self.vectors.failed(e) from e
 
     async def delete_session(self, tenant: str, session_id: str) -> None:
         index = await self._index()
-        await index.delete(self.collection, where={"tenant": tenant, "session": session_id})
+        try:
+            await index.delete(self.collection, where={"tenant": tenant, "session": session_id})
+        except Exception as e:
+            raise self.vectors.failed(e) from e

@@ -45,6 +45,20 @@ def build_messages(*, system_prompt: str, state: SessionState, recalled: list[Me
     return messages
 
 
+# A running summary is fed into the next summary request and into every prompt of its session, so
+# its size is bounded: the model is asked for at most SUMMARY_MAX_TOKENS, and what it returns is
+# kept to SUMMARY_MAX_CHARS (a provider that ignores max_tokens). Unbounded, a summary that restates
+# the earlier one grows with every batch, and so do the prompts, the Redis checkpoint and L3 rows.
+SUMMARY_MAX_TOKENS = 512
+SUMMARY_MAX_CHARS = 4096
+
+
+def summary_text(response: dict[str, Any]) -> str:
+    """The summary a summary request returned, stripped and capped at SUMMARY_MAX_CHARS."""
+    content = str(response["choices"][0]["message"].get("content") or "").strip()
+    return content[:SUMMARY_MAX_CHARS]
+
+
 def summary_request(model: str, previous: str, turns: list[dict[str, Any]]) -> dict[str, Any]:
     transcript = "\n".join(f"{t['role']}: {t['content']}" for t in turns)
     prompt = ("Summarise this conversation for long-term memory. Keep facts, names, numbers, decisions and "
@@ -53,4 +67,5 @@ def summary_request(model: str, previous: str, turns: list[dict[str, Any]]) -> d
         prompt += f"\nEarlier summary:\n{previous}\n"
     prompt += f"\nConversation:\n{transcript}"
     return {"model": model, "messages": [{"role": "system", "content": "You write conversation summaries."},
-                                         {"role": "user", "content": prompt}], "temperature": 0}
+                                         {"role": "user", "content": prompt}],
+            "temperature": 0, "max_tokens": SUMMARY_MAX_TOKENS}

@@ -29,19 +29,35 @@ class Turn:
     content: str
     ts: float
     turn_id: str = ""
+    routing: dict[str, Any] | None = None  # a user turn's routing decision {route, skill, layer, confidence}
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"seq": self.seq, "role": self.role, "content": self.content, "ts": self.ts,
-                             "id": self.turn_id})
+        data: dict[str, Any] = {"seq": self.seq, "role": self.role, "content": self.content, "ts": self.ts,
+                                "id": self.turn_id}
+        if self.routing is not None:
+            data["routing"] = self.routing
+        return orjson.dumps(data)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Turn:
         data = orjson.loads(raw)
         return cls(seq=int(data["seq"]), role=data["role"], content=data["content"], ts=float(data["ts"]),
-                   turn_id=str(data.get("id", "")))
+                   turn_id=str(data.get("id", "")), routing=data.get("routing"))
 
     def public(self) -> dict[str, Any]:
-        return {"seq": self.seq, "role": self.role, "content": self.content, "ts": self.ts}
+        out: dict[str, Any] = {"seq": self.seq, "role": self.role, "content": self.content, "ts": self.ts}
+        if self.routing is not None:
+            out["routing"] = self.routing
+        return out
+
+
+@dataclass
+class ArchiveProgress:
+    """This pod's back-off for a session's archive (not persisted: a restart simply retries)."""
+
+    failures: int = 0
+    retry_at: float = 0.0
+    draft: tuple[str, str] | None = None  # (batch id, summary): a retry reuses it, no second LLM call
 
 
 @dataclass
@@ -58,6 +74,7 @@ class SessionState:
     turns: dict[int, Turn] = field(default_factory=dict)
     pending: set[int] = field(default_factory=set)
     last_used: float = field(default_factory=time.monotonic)
+    archive: ArchiveProgress = field(default_factory=ArchiveProgress)
 
     def buffered(self) -> list[Turn]:
         return [self.turns[s] for s in sorted(self.turns)]

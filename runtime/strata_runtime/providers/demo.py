@@ -40,7 +40,7 @@ class DemoProvider:
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         return content, usage
 
-    async def chat(self, body: JSON) -> JSON:
+    async def chat(self, body: JSON, *, deadline: float | None = None) -> JSON:
         content, usage = self._answer(body)
         return {
             "id": f"chatcmpl-demo-{next(_ids)}", "object": "chat.completion", "created": int(time.time()),
@@ -50,7 +50,7 @@ class DemoProvider:
             "usage": usage,
         }
 
-    async def chat_stream(self, body: JSON) -> AsyncIterator[JSON]:
+    async def chat_stream(self, body: JSON, *, deadline: float | None = None) -> AsyncIterator[JSON]:
         content, usage = self._answer(body)
         return self._chunks(content, usage, f"chatcmpl-demo-{next(_ids)}")
 
@@ -69,7 +69,7 @@ class DemoProvider:
         yield {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.model,
                "choices": [], "usage": usage}
 
-    async def embeddings(self, body: JSON) -> JSON:
+    async def embeddings(self, body: JSON, *, deadline: float | None = None) -> JSON:
         raw = body.get("input")
         inputs = [raw] if isinstance(raw, str) else raw
         if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) for x in inputs):

@@ -1,14 +1,35 @@
-"""An OpenAI-compatible upstream (OpenAI, DeepSeek, Ollama, vLLM, ...) over one pooled client."""
+"""An OpenAI-compatible upstream (OpenAI, DeepSeek, Ollama, vLLM, ...) over one pooled client.
+
+Every request carries the caller's `X-Request-ID` (and a W3C `traceparent` when tracing is on).
+A stream is trusted only when it ends properly: `[DONE]` or a `finish_reason`. A stream that
+stops without either (the connection dropped, the body ended early) raises `incomplete_stream`,
+so nothing downstream (cache, conversation memory) takes it for a finished answer. Bodies are
+capped: `Limits` bounds a buffered answer, a whole stream and one SSE event.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
+from strata_runtime import tracing
 from strata_runtime.config import ModelConfig
+from strata_runtime.logs import current_request_id
 from strata_runtime.providers.base import JSON, ProviderError
-from strata_runtime.providers.http import HttpError, HttpPool, HttpResponse, HttpTimeout, Timeouts
+from strata_runtime.providers.http import (
+    HttpBodyTooLarge,
+    HttpError,
+    HttpPool,
+    HttpPoolExhausted,
+    HttpResponse,
+    HttpTimeout,
+    Timeouts,
+)
+from strata_runtime.providers.proxy import proxy_for
+from strata_runtime.providers.upstream_errors import UpstreamErrorInfo, parse_error
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -19,89 +40,251 @@ DEFAULT_BASE_URLS = {
 }
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what an upstream may send back (bytes)."""
+
+    body: int = 128 * 1024 * 1024  # a buffered answer (large embedding batches are the big ones)
+    stream: int = 256 * 1024 * 1024  # a whole streamed answer
+    event: int = 4 * 1024 * 1024  # one SSE event: a larger one is an upstream that never delimits
+    error_body: int = 64 * 1024  # the body of a non-200 answer (only its error object is used)
+
+
 class OpenAICompatProvider:
-    def __init__(self, config: ModelConfig, api_key: str | None, pool: HttpPool | None = None):
+    def __init__(self, config: ModelConfig, api_key: str | None, pool: HttpPool | None = None,
+                 *, env: Mapping[str, str] | None = None, limits: Limits | None = None):
         self.name: str = config.provider
         self.model = config.upstream_model or config.name
         base_url = config.base_url or DEFAULT_BASE_URLS.get(config.provider)
         if not base_url:
             raise ValueError(f"model {config.name!r}: provider {config.provider!r} needs baseUrl")
-        self.pool = pool or HttpPool(base_url, max_connections=config.max_connections)
+        self.pool = pool or HttpPool(base_url, max_connections=config.max_connections,
+                                     proxy=proxy_for(base_url, env or {}), name=config.name,
+                                     queue_timeout=config.queue_timeout_seconds,
+                                     queue_log_after=config.queue_log_seconds)
         self.timeouts = Timeouts(
             connect=config.connect_timeout_seconds,
             read=config.read_timeout_seconds or config.timeout_seconds,
             total=config.timeout_seconds,
         )
+        self.limits = limits or Limits()
         headers = b"Content-Type: application/json\r\nAccept: application/json\r\nUser-Agent: strata-gateway\r\n"
         if api_key:
             headers += b"Authorization: Bearer " + api_key.encode() + b"\r\n"
         self._headers = headers
+        self._secrets = (api_key,) if api_key else ()
         self._chat_path = self.pool.path("/chat/completions")
         self._embeddings_path = self.pool.path("/embeddings")
 
-    async def chat(self, body: JSON) -> JSON:
-        response = await self._send(self._chat_path, body, stream=False)
-        return _decode(response.body, self.name)
+    async def chat(self, body: JSON, *, deadline: float | None = None) -> JSON:
+        response = await self._send(self._chat_path, body, stream=False, deadline=deadline)
+        return self._decode(response.body)
 
-    async def chat_stream(self, body: JSON) -> AsyncIterator[JSON]:
-        response = await self._send(self._chat_path, body, stream=True)
+    async def chat_stream(self, body: JSON, *, deadline: float | None = None) -> AsyncIterator[JSON]:
+        response = await self._send(self._chat_path, body, stream=True, deadline=deadline)
         content_type = response.header(b"content-type") or b""
         if not content_type.startswith(b"text/event-stream"):
             # Some servers answer a stream request with one JSON body (e.g. on error paths).
-            body_bytes = await response.read()
-            return _single(_decode(body_bytes, self.name))
+            try:
+                body_bytes = await response.read()
+            except HttpError as e:
+                raise self._transport_error(e, "body") from e
+            return _single(self._decode(body_bytes))
         return self._events(response)
 
-    async def embeddings(self, body: JSON) -> JSON:
-        response = await self._send(self._embeddings_path, body, stream=False)
-        return _decode(response.body, self.name)
+    async def embeddings(self, body: JSON, *, deadline: float | None = None) -> JSON:
+        response = await self._send(self._embeddings_path, body, stream=False, deadline=deadline)
+        return self._decode(response.body)
 
-    async def _send(self, path: str, body: JSON, *, stream: bool) -> HttpResponse:
+    def _request_headers(self) -> bytes:
+        request_id = current_request_id()  # validated printable ASCII: safe in a header line
+        headers = self._headers + tracing.traceparent_header()
+        return headers + b"X-Request-ID: " + request_id.encode() + b"\r\n" if request_id else headers
+
+    async def _send(self, path: str, body: JSON, *, stream: bool, deadline: float | None) -> HttpResponse:
         payload = orjson.dumps(body)
         try:
-            response = await self.pool.request("POST", path, self._headers, payload, self.timeouts, stream=stream)
-        except HttpTimeout as e:
-            raise ProviderError(f"{self.name} upstream timed out: {e}", timeout=True) from e
+            response = await self.pool.request(
+                "POST", path, self._request_headers(), payload, self.timeouts, stream=stream, deadline=deadline,
+                max_body=self.limits.stream if stream else self.limits.body)
         except HttpError as e:
-            raise ProviderError(f"{self.name} upstream unreachable: {e}") from e
+            raise self._transport_error(e, e.phase) from e
         if response.status != 200:
-            raw = response.body if not stream else await _read_bounded(response)
-            raise _status_error(self.name, response, raw)
+            try:
+                raw = response.body if not stream else await _read_bounded(response, self.limits.error_body)
+            except HttpError:
+                raw = b""  # the status alone still says what happened
+            raise self._status_error(response, raw)
         return response
 
+    def _transport_error(self, e: HttpError, phase: Any) -> ProviderError:
+        if isinstance(e, HttpPoolExhausted):
+            return ProviderError(f"{self.name} upstream connections all busy: {e}", phase=phase,
+                                 reason="pool_exhausted", retry_after=e.retry_after)
+        if isinstance(e, HttpTimeout):
+            return ProviderError(f"{self.name} upstream timed out: {e}", timeout=True, phase=phase)
+        if isinstance(e, HttpBodyTooLarge):
+            return ProviderError(f"{self.name} upstream answer too large: {e}", phase=phase,
+                                 reason="response_too_large", final=True)
+        if phase == "stream":
+            return ProviderError(f"{self.name} upstream stream broke before its end: {e}", phase=phase,
+                                 reason="incomplete_stream")
+        return ProviderError(f"{self.name} upstream unreachable: {e}", phase=phase)
+
+    def _status_error(self, response: HttpResponse, raw: bytes) -> ProviderError:
+        """A non-200 answer: its status, Retry-After and the safe part of its error object."""
+        try:
+            info = parse_error(orjson.loads(raw), self._secrets) if raw else UpstreamErrorInfo()
+        except orjson.JSONDecodeError:
+            info = UpstreamErrorInfo()
+        retry_after: float | None = None
+        header = response.header(b"retry-after")
+        if header:
+            try:
+                retry_after = max(0.0, float(header))
+            except ValueError:
+                retry_after = None
+        code = info.code or info.type
+        message = f"{self.name} upstream answered HTTP {response.status}" + (f" ({code})" if code else "")
+        return ProviderError(message, status=response.status, retry_after=retry_after, upstream=info,
+                             phase="headers")
+
+    def _decode(self, raw: bytes) -> JSON:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise ProviderError(f"{self.name} upstream returned invalid JSON", phase="body",
+                                reason="invalid_response") from e
+        if not isinstance(data, dict):
+            raise ProviderError(f"{self.name} upstream returned a non-object body", phase="body",
+                                reason="invalid_response")
+        return data
+
     async def _events(self, response: HttpResponse) -> AsyncIterator[JSON]:
-        buffer = b""
+        reader = _SseReader(self.limits.event)
+        ended = False  # saw [DONE] or a finish_reason: the upstream finished its answer
         try:
             async for piece in response.iter_bytes():
-                buffer += piece
-                if b"\r" in buffer:
-                    buffer = buffer.replace(b"\r\n", b"\n")
-                while True:
-                    end = buffer.find(b"\n\n")
-                    if end < 0:
-                        break
-                    event, buffer = buffer[:end], buffer[end + 2:]
-                    data = _event_data(event)
-                    if data is None:
-                        continue
+                for data in reader.feed(piece):
                     if data == b"[DONE]":
                         return
-                    try:
-                        chunk = orjson.loads(data)
-                    except orjson.JSONDecodeError as e:
-                        raise ProviderError(f"{self.name} upstream sent an unparsable stream event") from e
-                    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
-                        raise ProviderError(f"{self.name} upstream reported an error mid-stream", status=502)
+                    chunk = self._chunk(data)
+                    ended = ended or _finished(chunk)
                     yield chunk
-        except HttpTimeout as e:
-            raise ProviderError(f"{self.name} upstream stream timed out: {e}", timeout=True) from e
+            for data in reader.close():
+                if data == b"[DONE]":
+                    return
+                chunk = self._chunk(data)
+                ended = ended or _finished(chunk)
+                yield chunk
+        except _EventTooLarge as e:
+            raise ProviderError(f"{self.name} upstream sent an SSE event over {self.limits.event} bytes",
+                                phase="stream", reason="event_too_large", final=True) from e
         except HttpError as e:
-            raise ProviderError(f"{self.name} upstream stream broke: {e}") from e
+            raise self._transport_error(e, "stream") from e
         finally:
             await response.aclose()
+        if not ended:
+            raise ProviderError(f"{self.name} upstream stream ended without [DONE] or a finish_reason",
+                                phase="stream", reason="incomplete_stream")
+
+    def _chunk(self, data: bytes) -> JSON:
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise ProviderError(f"{self.name} upstream sent an unparsable stream event", phase="stream",
+                                reason="invalid_response") from e
+        if not isinstance(parsed, dict):
+            raise ProviderError(f"{self.name} upstream sent a non-object stream event", phase="stream",
+                                reason="invalid_response")
+        chunk = UpstreamChunk(parsed)
+        if b"\n" not in data:  # one SSE data line: relayable as it came
+            chunk.raw = data
+        if "error" in chunk and "choices" not in chunk:
+            info = parse_error(chunk, self._secrets)
+            raise ProviderError(f"{self.name} upstream reported an error mid-stream"
+                                + (f" ({info.code or info.type})" if info.code or info.type else ""),
+                                phase="stream", reason="stream_error", upstream=info)
+        return chunk
 
     async def close(self) -> None:
         await self.pool.aclose()
+
+
+class UpstreamChunk(dict[str, Any]):
+    """A parsed stream chunk that keeps the upstream's bytes (`raw`) while they still say the same.
+
+    Whoever changes the dict either keeps `raw` in step (`rename_model`, `drop_null_usage`) or
+    sets it to None; the SSE writer sends `raw` as it came when it is set, and serialises the
+    dict only otherwise: no re-serialisation of a chunk that needed no change.
+    """
+
+    __slots__ = ("raw",)  # unset until assigned: read it with getattr(chunk, "raw", None)
+    raw: bytes | None
+
+
+def rename_model(chunk: JSON, name: str) -> None:
+    """`chunk["model"] = name`, keeping a relayable `raw` in step when the bytes allow it."""
+    old = chunk.get("model")
+    if old == name:
+        return
+    chunk["model"] = name
+    raw = getattr(chunk, "raw", None)
+    if raw is None:
+        return
+    # A JSON string cannot contain an unescaped `"model":"...` (its quotes would be escaped), so a
+    # single occurrence of the compact key-value pair is the object's own member.
+    pattern = b'"model":' + orjson.dumps(old)
+    chunk.raw = raw.replace(pattern, b'"model":' + orjson.dumps(name)) if raw.count(pattern) == 1 else None  # type: ignore[attr-defined]
+
+
+def drop_null_usage(chunk: JSON) -> None:
+    """`del chunk["usage"]` for a chunk whose usage is null, keeping `raw` in step when it can."""
+    del chunk["usage"]
+    raw = getattr(chunk, "raw", None)
+    if raw is None:
+        return
+    pattern = b',"usage":null'
+    chunk.raw = raw.replace(pattern, b"") if raw.count(pattern) == 1 else None  # type: ignore[attr-defined]
+
+
+class _EventTooLarge(Exception):
+    pass
+
+
+class _SseReader:
+    """Splits an SSE byte stream into the `data` of its events, refusing an event over `limit` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.buffer = b""
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        if not self.buffer and piece.startswith(b"data: ") and piece.find(b"\n") == len(piece) - 2 \
+                and piece.endswith(b"\n\n") and b"\r" not in piece:
+            return [piece[6:-2]]  # the usual piece: one whole single-line event, nothing left over
+        buffer = self.buffer + piece
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        out: list[bytes] = []
+        while True:
+            end = buffer.find(b"\n\n")
+            if end < 0:
+                break
+            data = _event_data(buffer[:end])
+            buffer = buffer[end + 2:]
+            if data is not None:
+                out.append(data)
+        if len(buffer) > self.limit:
+            raise _EventTooLarge
+        self.buffer = buffer
+        return out
+
+    def close(self) -> list[bytes]:
+        """The last event when the body ended without its blank line (valid SSE: dispatch it)."""
+        rest, self.buffer = self.buffer.strip(b"\n"), b""
+        data = _event_data(rest) if rest else None
+        return [data] if data is not None else []
 
 
 def _event_data(event: bytes) -> bytes | None:
@@ -111,49 +294,26 @@ def _event_data(event: bytes) -> bytes | None:
     return b"\n".join(lines) if lines else None
 
 
+def _finished(chunk: JSON) -> bool:
+    choices = chunk.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                return True
+    return False
+
+
 async def _single(chunk: JSON) -> AsyncIterator[JSON]:
     yield chunk
 
 
-async def _read_bounded(response: HttpResponse, limit: int = 65536) -> bytes:
+async def _read_bounded(response: HttpResponse, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
-    async for piece in response.iter_bytes():
+    async for piece in response.iter_bytes():  # bounded in time by the request's deadline
         parts.append(piece)
         size += len(piece)
         if size >= limit:
             break
     await response.aclose()
     return b"".join(parts)
-
-
-def _decode(raw: bytes, provider: str) -> JSON:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise ProviderError(f"{provider} upstream returned invalid JSON", status=502) from e
-    if not isinstance(data, dict):
-        raise ProviderError(f"{provider} upstream returned a non-object body", status=502)
-    return data
-
-
-def _status_error(provider: str, response: HttpResponse, raw: bytes) -> ProviderError:
-    """Describe a non-200 answer by status and the upstream's error code only (its message may quote keys)."""
-    code: str | None = None
-    try:
-        data = orjson.loads(raw)
-        error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict):
-            value = error.get("code") or error.get("type")
-            code = str(value)[:64] if value else None
-    except orjson.JSONDecodeError:
-        pass
-    retry_after: float | None = None
-    header = response.header(b"retry-after")
-    if header:
-        try:
-            retry_after = max(0.0, float(header))
-        except ValueError:
-            retry_after = None
-    message = f"{provider} upstream answered HTTP {response.status}" + (f" ({code})" if code else "")
-    return ProviderError(message, status=response.status, retry_after=retry_after, upstream_code=code)

@@ -9,7 +9,8 @@ pods with skewed clocks agree.
 
 Tokens are reserved before the upstream call from an estimate (prompt + max_tokens) and
 reconciled after with the real usage: unused tokens go back, extra tokens are charged
-(a bucket may go negative, which delays the next requests). While Redis is degraded the
+(a bucket may go negative, which delays the next requests). A request that needs more than a
+whole budget could never pass: it is a 400, not a 429 to retry. While Redis is degraded the
 same algorithm runs in process memory (per pod, so the budget is per pod then).
 """
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from redis.exceptions import NoScriptError, RedisError
 
 from strata_runtime.config import RateLimitsConfig
-from strata_runtime.errors import RateLimited
+from strata_runtime.errors import BadRequest, RateLimited
 from strata_runtime.stores.redis import RedisConnector
 
 log = logging.getLogger("strata.ratelimit")
@@ -169,12 +170,11 @@ class RateLimiter:
             return Reservation(None)
         requests, token_buckets = self._buckets(tenant, agent, tokens)
         for b in token_buckets:
-            if b.cost > b.capacity:
-                self._limited(b.scope)
-                raise RateLimited(
+            if b.cost > b.capacity:  # can never pass however long the client waits: not a 429
+                raise BadRequest(
                     f"request needs about {b.cost} tokens, more than the {b.scope} budget of "
                     f"{b.capacity} tokens per minute; lower max_tokens or shorten the prompt",
-                    retry_after_seconds=60, details={"scope": b.scope, "limit": "tpm"})
+                    field="max_tokens", details={"scope": b.scope, "limit": "tpm", "budget": b.capacity})
         buckets = requests + token_buckets
         if not buckets:
             return Reservation(None)

@@ -1,22 +1,38 @@
 """The Redis connection (standalone or Cluster) shared by every Redis-backed component.
 
-Components ask `connector.client` for the live client, or None while the backend is
-degraded; they call `report_failure` when a command fails so that `auto` switches to
-the embedded fallback at once instead of failing every request until the next probe.
+Components ask `connector.client` for the live client, or None while Redis is unreachable;
+they call `report_failure` when a command fails so that the connector stops handing out the
+client at once instead of failing every request until the next probe.
+
+The pool heals instead of accumulating damage:
+
+* bounded: `maxConnections` per pool (per node on a Cluster); a standalone command waits up to
+  `poolTimeoutSeconds` for a free connection rather than failing at the cap;
+* a stale pooled connection (the server restarted: "Connection closed by server") is dropped
+  and the command retried once on a fresh one, with no back-off; a second failure is real;
+* after an outage the recovery probe builds a *new* client and closes the old one, so nothing
+  the outage left behind (dead sockets, connections stranded by cancelled commands, an old
+  Cluster topology) survives into the next period.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from strata_runtime.config import RedisStoreConfig
-from strata_runtime.stores.health import BackendHealth
+from strata_runtime.stores.health import BackendHealth, StoreUnavailable
+
+log = logging.getLogger("strata.stores")
 
 RedisClient = Redis | RedisCluster
 
@@ -31,52 +47,143 @@ class RedisConnector:
             name="redis",
             kind="cluster" if config.cluster else "standalone",
             required=config.backend == "redis",
+            failure_threshold=config.failure_threshold,
         )
         if not self.enabled:
             self.health.kind = "memory"
             self.health.mark_ok()
         self._client: RedisClient | None = None
+        self._retiring: dict[asyncio.Task[None], RedisClient] = {}  # old clients closed after a grace
+        self.clients_built = 0
 
     @property
     def client(self) -> RedisClient | None:
         """The live client, or None when Redis is not in use right now."""
         return self._client if self.enabled and self.health.state == "ok" else None
 
+    @property
+    def holds_sessions(self) -> bool:
+        """Sessions live in Redis whenever it is configured (`auto` with a URL, or `redis`)."""
+        return self.enabled
+
+    def session_client(self) -> RedisClient:
+        """The client for session state, which never falls back: StoreUnavailable while Redis is out."""
+        client = self.client
+        if client is None:
+            raise StoreUnavailable("session store (Redis) unreachable; retry shortly",
+                                   retry_after_seconds=self.config.recover_interval_seconds)
+        return client
+
     async def start(self) -> None:
         if not self.enabled:
             return
         self._client = self._build_client()
-        await self.health.probe(self.ping)
-        self.health.keep_recovering(self.ping, self.config.recover_interval_seconds)
+        await self.health.probe(self._ping_current)
+        self.health.keep_recovering(self._recover, self.config.recover_interval_seconds)
 
     def _build_client(self) -> RedisClient:
         assert self.url is not None
+        self.clients_built += 1
         options: dict[str, Any] = {
             "socket_connect_timeout": self.config.connect_timeout_seconds,
             "socket_timeout": self.config.socket_timeout_seconds,
             "decode_responses": False,
             "health_check_interval": 30,
+            # One immediate retry on a fresh connection: enough for a stale pooled socket,
+            # not enough to turn an outage into seconds of waiting per command.
+            "retry": Retry(NoBackoff(), 1),
         }
         if self.config.cluster:
-            return RedisCluster.from_url(self.url, **options)
-        return Redis.from_url(self.url, **options)
+            return RedisCluster.from_url(self.url, max_connections=self.config.max_connections, **options)
+        pool = BlockingConnectionPool.from_url(self.url, max_connections=self.config.max_connections,
+                                               timeout=self.config.pool_timeout_seconds, **options)
+        return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
 
-    async def ping(self) -> None:
+    async def _ping(self, client: RedisClient) -> None:
+        timeout = self.config.connect_timeout_seconds + 1
+        if isinstance(client, RedisCluster):
+            # Every master must answer and the cluster must serve all slots: a restarted master
+            # answers PING while the cluster still refuses commands (CLUSTERDOWN).
+            await client.initialize()
+            await asyncio.wait_for(client.ping(target_nodes=RedisCluster.PRIMARIES), timeout=timeout)
+            info = await asyncio.wait_for(client.cluster_info(), timeout=timeout)
+            if str(info.get("cluster_state", "")) != "ok":
+                raise RedisConnectionError(f"cluster_state is {info.get('cluster_state')!r}")
+            return
+        await asyncio.wait_for(client.ping(), timeout=timeout)
+
+    async def _ping_current(self) -> None:
         if self._client is None:
             self._client = self._build_client()
-        if isinstance(self._client, RedisCluster):
-            await self._client.initialize()
-        await asyncio.wait_for(self._client.ping(), timeout=self.config.connect_timeout_seconds + 1)
+        await self._ping(self._client)
+
+    async def ping(self) -> None:
+        await self._ping_current()
+        self.health.note_success()
+
+    async def _recover(self) -> None:
+        """Probe with a brand-new client; only when it answers, swap it in and close the old one."""
+        fresh = self._build_client()
+        try:
+            await self._ping(fresh)
+        except BaseException:
+            await _close(fresh)
+            raise
+        old, self._client = self._client, fresh
+        if old is not None:
+            # Commands that picked up the old client just before the outage was noticed may still
+            # be running on it: close it once they have surely finished or timed out.
+            task = asyncio.create_task(self._close_later(old))
+            self._retiring[task] = old
+            task.add_done_callback(self._retiring.pop)
+
+    async def _close_later(self, client: RedisClient) -> None:
+        await asyncio.sleep(self.config.socket_timeout_seconds + self.config.connect_timeout_seconds
+                            + self.config.pool_timeout_seconds + 1)
+        await _close(client)
 
     def report_failure(self, error: BaseException) -> None:
-        self.health.mark_failed(error)
+        definite = isinstance(error, (RedisConnectionError, OSError)) and not isinstance(error, RedisTimeoutError)
+        self.health.mark_failed(error, definite=definite)
+
+    def report_success(self) -> None:
+        self.health.note_success()
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    def pool_stats(self) -> dict[str, int]:
+        """Connections of the live client's pool(s): `inUse` must fall back to ~0 when idle."""
+        client = self._client
+        if client is None:
+            return {"inUse": 0, "idle": 0, "max": self.config.max_connections, "clientsBuilt": self.clients_built}
+        if isinstance(client, RedisCluster):
+            nodes = client.get_nodes()
+            total = sum(len(n._connections) for n in nodes)
+            idle = sum(len(n._free) for n in nodes)
+        else:
+            pool = client.connection_pool
+            idle = len(pool._available_connections)
+            total = idle + len(pool._in_use_connections)
+        return {"inUse": total - idle, "idle": idle, "max": self.config.max_connections,
+                "clientsBuilt": self.clients_built}
+
     async def close(self) -> None:
         await self.health.stop_recovering()
+        retiring = dict(self._retiring)
+        for task in retiring:
+            task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
+        for client in retiring.values():
+            await _close(client)
         if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.aclose()
+            await _close(self._client)
             self._client = None
+
+
+async def _close(client: RedisClient) -> None:
+    """Close a client we are discarding; a failure only means its sockets were already dead."""
+    try:
+        await client.aclose()
+    except (RedisConnectionError, OSError, RuntimeError) as e:
+        log.debug("closing a discarded redis client failed", extra={"error": type(e).__name__})

@@ -11,15 +11,15 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 import asyncpg
 
 from strata_runtime.config import SqlStoreConfig
-from strata_runtime.stores.health import BackendHealth
+from strata_runtime.stores.health import BackendHealth, StoreUnavailable
 
 log = logging.getLogger("strata.stores")
 
@@ -30,10 +30,25 @@ class SqlDatabase(Protocol):
     dialect: str
 
     async def execute(self, query: str, *args: Any) -> None: ...
+    async def apply_schema(self, statements: Sequence[str]) -> None: ...
     async def executemany(self, query: str, rows: Iterable[Sequence[Any]]) -> None: ...
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
+
+
+# A pooled connection whose server went away (Postgres restarted): asyncpg discards it when it
+# is released, so one retry runs on a fresh connection. Every statement of the runtime is
+# idempotent (upserts, ON CONFLICT DO NOTHING, deletes), so re-running one is safe.
+_STALE_CONNECTION = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError,
+                     ConnectionResetError, BrokenPipeError)
+
+T = TypeVar("T")
+
+# Postgres's CREATE ... IF NOT EXISTS is not safe against a concurrent creator of the same name: both
+# see it missing and one fails on a catalog unique index (pods starting together, or one pod's first
+# requests). Every schema change of the runtime therefore runs in one transaction holding this lock.
+_SCHEMA_LOCK_KEY = 0x5374726174610001
 
 
 class PostgresDatabase:
@@ -43,21 +58,43 @@ class PostgresDatabase:
         self._pool = pool
 
     @classmethod
-    async def connect(cls, dsn: str, connect_timeout: float) -> PostgresDatabase:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10, timeout=connect_timeout, command_timeout=30)
+    async def connect(cls, dsn: str, connect_timeout: float, max_connections: int) -> PostgresDatabase:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_connections, timeout=connect_timeout,
+                                         command_timeout=30)
         return cls(pool)
 
+    async def _retry_once(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except _STALE_CONNECTION as e:
+            log.info("postgres connection was stale; retrying once", extra={"error": type(e).__name__})
+            return await call()
+
     async def execute(self, query: str, *args: Any) -> None:
-        await self._pool.execute(query, *args)
+        await self._retry_once(lambda: self._pool.execute(query, *args))
+
+    async def apply_schema(self, statements: Sequence[str]) -> None:
+        """Run idempotent DDL atomically, serialised with every other pod's schema changes."""
+        async def apply() -> None:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+                for statement in statements:
+                    await conn.execute(statement)
+
+        await self._retry_once(apply)
 
     async def executemany(self, query: str, rows: Iterable[Sequence[Any]]) -> None:
-        await self._pool.executemany(query, list(rows))
+        batch = list(rows)
+        await self._retry_once(lambda: self._pool.executemany(query, batch))
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self._pool.fetch(query, *args)]
+        return [dict(r) for r in await self._retry_once(lambda: self._pool.fetch(query, *args))]
 
     async def ping(self) -> None:
-        await self._pool.fetchval("SELECT 1")
+        await self._retry_once(lambda: self._pool.fetchval("SELECT 1"))
+
+    def pool_stats(self) -> dict[str, int]:
+        return {"size": self._pool.get_size(), "idle": self._pool.get_idle_size(), "max": self._pool.get_max_size()}
 
     async def close(self) -> None:
         await self._pool.close()
@@ -87,6 +124,18 @@ class SqliteDatabase:
     async def execute(self, query: str, *args: Any) -> None:
         async with self._lock:
             await self._conn.execute(self._translate(query), args)
+
+    async def apply_schema(self, statements: Sequence[str]) -> None:
+        # BEGIN IMMEDIATE takes SQLite's write lock: another process sharing the file waits for it.
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in statements:
+                    await self._conn.execute(statement)
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
 
     async def executemany(self, query: str, rows: Iterable[Sequence[Any]]) -> None:
         async with self._lock:
@@ -134,6 +183,20 @@ class SqlConnector:
             raise RuntimeError("SqlConnector.start() was not awaited")
         return self._embedded
 
+    @property
+    def durable_db(self) -> SqlDatabase:
+        """The configured database and never a fallback: session spill and history must not fork
+        into a pod-local SQLite file that other pods (and this one, once Postgres is back) never read."""
+        if not self.wants_postgres:
+            return self.db
+        if self._postgres is None or self.health.state != "ok":
+            raise StoreUnavailable("session history store (Postgres) unreachable; retry shortly",
+                                   retry_after_seconds=self.config.recover_interval_seconds)
+        return self._postgres
+
+    def pool_stats(self) -> dict[str, int]:
+        return self._postgres.pool_stats() if self._postgres is not None else {}
+
     async def start(self) -> None:
         path = ":memory:" if self.config.backend == "memory" else self.config.sqlite_path
         if not self.wants_postgres or self.config.backend == "auto":
@@ -149,7 +212,7 @@ class SqlConnector:
             if not self.dsn:
                 raise RuntimeError(f"environment variable {self.config.dsn_env} is not set")
             self._postgres = await asyncio.wait_for(
-                PostgresDatabase.connect(self.dsn, self.config.connect_timeout_seconds),
+                PostgresDatabase.connect(self.dsn, self.config.connect_timeout_seconds, self.config.max_connections),
                 timeout=self.config.connect_timeout_seconds + 1,
             )
         await self._postgres.ping()

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from strata_runtime.config import VectorStoreConfig
-from strata_runtime.stores.health import BackendHealth
+from strata_runtime.stores.health import BackendHealth, StoreUnavailable
 
 log = logging.getLogger("strata.stores")
 
@@ -67,6 +67,10 @@ def milvus_filter(where: Mapping[str, Scalar]) -> str:
         else:
             parts.append(f"{key} == {value}")
     return " and ".join(parts)
+
+
+class MilvusNotReady(Exception):
+    """Milvus answers but a collection in use is not loaded (yet)."""
 
 
 class MilvusIndex:
@@ -153,7 +157,16 @@ class MilvusIndex:
         await self._call("delete", collection_name=collection, filter=milvus_filter(where) or 'id != ""')
 
     async def ping(self) -> None:
+        """Milvus answers and every collection this runtime uses is loaded. A restarted Milvus
+        answers well before it has reloaded its collections (searches fail until then), so
+        answering alone would flap readiness between ok and down until the reload ends."""
         await self._call("list_collections")
+        for name in sorted(self._known):
+            state = str((await self._call("get_load_state", collection_name=name)).get("state"))
+            if state == "NotExist":  # dropped behind our back: ensure_collection creates it again
+                self._known.discard(name)
+            elif state != "Loaded":
+                raise MilvusNotReady(f"Milvus collection {name} is not loaded yet ({state})")
 
     async def close(self) -> None:
         if self._client is not None:
@@ -163,21 +176,31 @@ class MilvusIndex:
 
 
 class _MemoryCollection:
-    """One collection: a pre-normalised float32 matrix grown by doubling, plus postings
-    `(field, value) -> row positions` so a filtered search never scans rows in Python."""
+    """One collection: a pre-normalised float32 matrix, plus postings `(field, value) -> row
+    positions` so a filtered search never scans rows in Python.
 
-    def __init__(self, dimension: int):
+    Bounded: at most `max_rows` live rows; writing one more drops the row written least recently
+    (an upsert of an existing id counts as a write). Slots of dropped and deleted rows are reused
+    before the matrix grows, and a posting left empty is removed with its key (a key holds a
+    field value, e.g. a row's whole content), so deletes and evictions give their memory back."""
+
+    def __init__(self, dimension: int, max_rows: int):
         self.dimension = dimension
-        self.matrix = np.zeros((64, dimension), dtype=np.float32)
-        self.size = 0
-        self.alive = np.zeros(64, dtype=bool)
+        self.max_rows = max_rows
+        self.matrix = np.zeros((min(64, max_rows), dimension), dtype=np.float32)
+        self.size = 0  # slots ever used (live or free)
+        self.alive = np.zeros(len(self.matrix), dtype=bool)
         self.ids: list[str] = []
         self.fields: list[Mapping[str, Scalar]] = []
-        self.position: dict[str, int] = {}
+        self.position: dict[str, int] = {}  # live rows, least recently written first
+        self.free: list[int] = []
         self.postings: dict[tuple[str, Scalar], set[int]] = {}
         # Filters repeat (one tenant/agent scope per caller): reuse their row arrays until a write.
         self._version = 0
         self._matches: dict[frozenset[tuple[str, Scalar]], tuple[int, npt.NDArray[np.intp]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.position)
 
     def upsert(self, row: VectorRow) -> None:
         vector = np.asarray(row.vector, dtype=np.float32)
@@ -185,31 +208,49 @@ class _MemoryCollection:
             raise ValueError(f"vector has dimension {vector.shape}, collection has {self.dimension}")
         vector = vector / (float(np.linalg.norm(vector)) or 1.0)
         self._version += 1
-        pos = self.position.get(row.id)
+        pos = self.position.pop(row.id, None)
         if pos is None:
-            pos = self._append_slot(row.id)
+            while len(self.position) >= self.max_rows:
+                self._drop(self.position.pop(next(iter(self.position))))
+            pos = self._slot()
         else:
             self._unpost(pos)
+        self.position[row.id] = pos
+        self.ids[pos] = row.id
         self.matrix[pos] = vector
         self.alive[pos] = True
         self.fields[pos] = dict(row.fields)
         for item in self.fields[pos].items():
             self.postings.setdefault(item, set()).add(pos)
 
-    def _append_slot(self, row_id: str) -> int:
+    def _slot(self) -> int:
+        if self.free:
+            return self.free.pop()
         if self.size == len(self.matrix):
-            self.matrix = np.concatenate([self.matrix, np.zeros_like(self.matrix)])
-            self.alive = np.concatenate([self.alive, np.zeros_like(self.alive)])
+            grown = min(2 * len(self.matrix), self.max_rows) - len(self.matrix)
+            self.matrix = np.concatenate([self.matrix, np.zeros((grown, self.dimension), dtype=np.float32)])
+            self.alive = np.concatenate([self.alive, np.zeros(grown, dtype=bool)])
         pos = self.size
         self.size += 1
-        self.ids.append(row_id)
+        self.ids.append("")
         self.fields.append({})
-        self.position[row_id] = pos
         return pos
+
+    def _drop(self, pos: int) -> None:
+        """Free the slot of a row already removed from `position`."""
+        self._unpost(pos)
+        self.alive[pos] = False
+        self.fields[pos] = {}
+        self.ids[pos] = ""
+        self.free.append(pos)
 
     def _unpost(self, pos: int) -> None:
         for item in self.fields[pos].items():
-            self.postings.get(item, set()).discard(pos)
+            posting = self.postings.get(item)
+            if posting is not None:
+                posting.discard(pos)
+                if not posting:
+                    del self.postings[item]
 
     def matching(self, where: Mapping[str, Scalar]) -> npt.NDArray[np.intp]:
         key = frozenset(where.items())
@@ -244,26 +285,27 @@ class _MemoryCollection:
     def delete(self, where: Mapping[str, Scalar]) -> None:
         self._version += 1
         for pos in self.matching(where).tolist():
-            self._unpost(pos)
-            self.alive[pos] = False
-            self.fields[pos] = {}
             del self.position[self.ids[pos]]
+            self._drop(pos)
 
 
 class MemoryVectorIndex:
-    """Exact cosine search with numpy; the embedded default and the fallback."""
+    """Exact cosine search with numpy; the embedded default and the fallback. At most
+    `max_rows` rows per collection (the least recently written go first), since every row
+    lives in the process."""
 
     kind = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, max_rows: int = 10_000) -> None:
+        self.max_rows = max_rows
         self._collections: dict[str, _MemoryCollection] = {}
 
     async def ensure_collection(self, name: str, dimension: int) -> None:
-        self._collections.setdefault(name, _MemoryCollection(dimension))
+        self._collection(name, dimension)
 
     def _collection(self, name: str, dimension: int | None = None) -> _MemoryCollection | None:
         if name not in self._collections and dimension is not None:
-            self._collections[name] = _MemoryCollection(dimension)
+            self._collections[name] = _MemoryCollection(dimension, self.max_rows)
         return self._collections.get(name)
 
     async def upsert(self, collection: str, rows: Sequence[VectorRow]) -> None:
@@ -311,15 +353,32 @@ class VectorConnector:
             required=config.backend == "milvus",
         )
         self._milvus = MilvusIndex(self.uri, token, config.connect_timeout_seconds) if self.wants_milvus else None
-        self._memory = MemoryVectorIndex()
+        self._memory = MemoryVectorIndex(config.memory_max_rows)
         if not self.wants_milvus:
             self.health.mark_ok()
 
     @property
     def index(self) -> VectorIndex:
+        """Milvus while it answers; the in-process index when `auto` degraded. With `milvus`
+        (required) and Milvus unreachable: StoreUnavailable, never a pod-local write that would
+        be acknowledged and then never reach Milvus."""
         if self._milvus is not None and self.health.state == "ok":
             return self._milvus
+        if self._milvus is not None and self.health.required:
+            raise self.unavailable()
         return self._memory
+
+    def unavailable(self) -> StoreUnavailable:
+        return StoreUnavailable("vector store (Milvus) unreachable; retry shortly",
+                                retry_after_seconds=self.config.recover_interval_seconds)
+
+    def failed(self, error: Exception) -> Exception:
+        """Record a failed Milvus call; what to raise instead (503 with Retry-After for a
+        required Milvus, the error itself otherwise)."""
+        if self._milvus is None:
+            return error
+        self.health.mark_failed(error)
+        return self.unavailable() if self.health.required else error
 
     async def start(self) -> None:
         if self._milvus is None:
@@ -334,7 +393,7 @@ class VectorConnector:
         self.health.keep_recovering(ping_within_deadline, self.config.recover_interval_seconds)
 
     async def ping(self) -> None:
-        await self.index.ping()
+        await (self._milvus or self._memory).ping()
 
     def report_failure(self, error: BaseException) -> None:
         if self._milvus is not None:

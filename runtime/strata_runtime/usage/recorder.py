@@ -13,7 +13,6 @@ last segment, so a field splits unambiguously even when a model name has ':' in 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections import defaultdict
@@ -23,6 +22,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from strata_runtime.stores.redis import RedisConnector
+from strata_runtime.tasks import cancel_and_wait
 
 log = logging.getLogger("strata.usage")
 
@@ -98,11 +98,8 @@ class UsageRecorder:
         self._task = asyncio.create_task(self._flush_forever(), name="usage-flush")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.flush()
 
     async def _flush_forever(self) -> None:

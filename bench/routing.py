@@ -1,0 +1,458 @@
+"""Semantic routing benchmark: JSON lines on stdout, a human table on stderr.
+
+    .venv/bin/python -m bench.routing [--banking DIR] [--clinc FILE] [--hwu DIR] [--cais DIR] [--examples 10]
+                                      [--calibration 20] [--target 0.97] [--queries-per-intent N]
+                                      [--whitening W|none] [--cv] [--cache FILE] [--smoke]
+
+Each intent data set is split the way a user would split it: every in-scope intent becomes a
+skill (description = its label in words, `examples` = the first N utterances of its train
+split); `routing fit` thresholds are fitted on other train utterances (+ out-of-scope ones);
+queries come from the test split, out-of-scope queries included. Data sets without
+out-of-scope queries (banking77, HWU64, CAIS) hold out a seeded 15% of their intents: those intents'
+train utterances are the out-of-scope calibration lines and their test utterances the
+out-of-scope queries. Every query goes through the runtime's Router (the same code path as a
+real query) with the runtime's default embedder; the classifier (L2) is off, so a decision at
+L2 shows as "needs an LLM call". Printed per data set: coverage decided without an LLM call and
+its accuracy, L1.5 top-1 accuracy over in-scope queries, out-of-scope queries routed to a skill
+at high confidence. Then the routing overhead excluding the embedding (the query vector comes
+from a lookup) at 1,000 skills x 10 examples, p50/p99 over 2,000 queries.
+
+`--cv` instead prints, per data set, the L1.5 top-1 accuracy of each `whitening` shrinkage by 5-fold
+cross-validation over the skills' examples alone (train split; no test query is read): how the
+default was chosen. `--whitening none` routes on raw cosine similarities (the scoring before it).
+
+Data: banking77 (CC BY 4.0; `text,category` CSVs), CLINC150 `data_full.json` (clinc/oos-eval,
+CC BY 3.0) and HWU64 (xliuhw/NLU-Evaluation-Data, CC BY 4.0; `text,category` CSVs, held out: nothing
+was chosen on it), all in bench/data; CAIS (Chinese; `ch.{train,valid,test}` + `.intent` from GitHub
+Adaxry/CM-Net, released with Liu et al., EMNLP 2019, no licence file: measurement only, not
+redistributed), with `--cais DIR`. `--queries-per-intent N` draws at most N test queries per
+intent (out-of-scope ones in the same share); `--cache FILE` keeps the embeddings between runs.
+`--smoke` (make test): a 4-skill English + Chinese set written in this file, and 50 skills for
+the overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import itertools
+import json
+import random
+import re
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from threadpoolctl import threadpool_limits
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "bench" / "data"
+sys.path.insert(0, str(ROOT))
+
+from strata_runtime.config.agents import AgentConfig, SkillConfig  # noqa: E402
+from strata_runtime.config.policies import RoutingPolicySpec  # noqa: E402
+from strata_runtime.config.runtime import EmbedderConfig  # noqa: E402
+from strata_runtime.embeddings.factory import build_embedder  # noqa: E402
+from strata_runtime.gateway.contract import CallContext  # noqa: E402
+from strata_runtime.routing.calibrate import Scored, fit  # noqa: E402
+from strata_runtime.routing.index import index_from_vectors, profile_text, skill_texts  # noqa: E402
+from strata_runtime.routing.router import MAX_EMBED_CHARS, Router  # noqa: E402
+from strata_runtime.routing.semantic import SemanticLayer  # noqa: E402
+
+Pair = tuple[str, str]
+SEED = 13
+CTX = CallContext(tenant="bench", agent_id="bench")
+
+
+def emit(record: dict[str, object]) -> None:
+    print(json.dumps(record), flush=True)
+
+
+@dataclass
+class Dataset:
+    name: str
+    language: str
+    train: list[Pair]
+    test: list[Pair]
+    oos_train: list[str] = field(default_factory=list)
+    oos_test: list[str] = field(default_factory=list)
+
+
+def load_csv(path: Path, name: str) -> Dataset:
+    def rows(split: str) -> list[Pair]:
+        with open(path / split, newline="", encoding="utf-8") as f:
+            return [(r["text"], r["category"]) for r in csv.DictReader(f)]
+
+    return hold_out(Dataset(name, "en", rows("train.csv"), rows("test.csv")))
+
+
+def load_banking(path: Path) -> Dataset:
+    return load_csv(path, "banking77")
+
+
+def load_hwu(path: Path) -> Dataset:
+    return load_csv(path, "hwu64")
+
+
+def load_clinc(path: Path) -> Dataset:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return Dataset("clinc150", "en", [(t, i) for t, i in data["train"]], [(t, i) for t, i in data["test"]],
+                   oos_train=[t for t, _ in data["oos_train"] + data["oos_val"]],
+                   oos_test=[t for t, _ in data["oos_test"]])
+
+
+def load_cais(path: Path) -> Dataset:
+    def rows(split: str) -> list[Pair]:
+        sentences = [
+            "".join(line.split(" ")[0] for line in block.splitlines() if line.strip())
+            for block in (path / f"ch.{split}").read_text(encoding="utf-8").split("\n\n") if block.strip()
+        ]
+        intents = [i.strip() for i in (path / f"ch.{split}.intent").read_text(encoding="utf-8").splitlines()]
+        return list(zip(sentences, intents, strict=False))
+
+    return hold_out(Dataset("cais", "zh", rows("train") + rows("valid"), rows("test")))
+
+
+def hold_out(ds: Dataset, share: float = 0.15) -> Dataset:
+    """Out-of-scope queries for a data set without any: a seeded share of its intents is unknown."""
+    intents = sorted({i for _, i in ds.train})
+    held = set(random.Random(SEED).sample(intents, max(1, round(len(intents) * share))))
+    ds.oos_train = [t for t, i in ds.train if i in held]
+    ds.oos_test = [t for t, i in ds.test if i in held]
+    ds.train = [(t, i) for t, i in ds.train if i not in held]
+    ds.test = [(t, i) for t, i in ds.test if i not in held]
+    return ds
+
+
+def cap_queries(ds: Dataset, per_intent: int) -> Dataset:
+    """At most `per_intent` test queries per intent and as many out-of-scope ones as an intent (seeded draw)."""
+    rng = random.Random(SEED)
+    share = len(ds.oos_test) / max(1, len(ds.test) + len(ds.oos_test))
+    by_intent: dict[str, list[str]] = defaultdict(list)
+    for text, intent in ds.test:
+        by_intent[intent].append(text)
+    ds.test = [(t, i) for i, texts in sorted(by_intent.items())
+               for t in rng.sample(texts, min(per_intent, len(texts)))]
+    wanted = max(per_intent, round(share / (1 - share) * len(ds.test)))
+    ds.oos_test = rng.sample(ds.oos_test, min(len(ds.oos_test), wanted))
+    return ds
+
+
+def smoke_dataset() -> Dataset:
+    """A tiny English + Chinese set in the repository (a smoke run uses no outside data)."""
+    train = {
+        "card_arrival": ["when will my new card arrive", "my card has not come yet", "我的新卡什么时候到"],
+        "exchange_rate": ["what is the exchange rate for euros", "how much is a dollar in yen", "今天的汇率是多少"],
+        "lost_card": ["i lost my card", "my card was stolen", "我的银行卡丢了"],
+        "write_article": ["write an article about AI", "draft a blog post on climate", "生成一篇关于AI的文章"],
+    }
+    test = [("has my card been shipped yet", "card_arrival"), ("卡还没寄到", "card_arrival"),
+            ("convert 100 pounds to euros", "exchange_rate"), ("美元兑人民币汇率", "exchange_rate"),
+            ("someone stole my debit card", "lost_card"), ("信用卡被偷了", "lost_card"),
+            ("write a short essay about robots", "write_article"), ("写一篇关于机器学习的文章", "write_article")]
+    return Dataset("smoke", "en+zh", [(t, i) for i, texts in train.items() for t in texts], test,
+                   oos_train=["what is the weather tomorrow", "明天天气怎么样"],
+                   oos_test=["play some jazz music", "给我讲个笑话"])
+
+
+def label_words(intent: str) -> str:
+    spaced = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", intent)
+    return spaced.replace("_", " ").lower()
+
+
+Labelled = list[tuple[str, str | None]]
+
+
+def split(ds: Dataset, examples: int, calibration: int) -> tuple[list[SkillConfig], Labelled]:
+    by_intent: dict[str, list[str]] = defaultdict(list)
+    for text, intent in ds.train:
+        by_intent[intent].append(text)
+    rng = random.Random(SEED)
+    skills: list[SkillConfig] = []
+    labelled: Labelled = []
+    for intent in sorted(by_intent):
+        texts = by_intent[intent][:]
+        rng.shuffle(texts)
+        skills.append(SkillConfig(name=intent, description=label_words(intent), examples=texts[:examples]))
+        labelled += [(t, intent) for t in texts[examples:examples + calibration]]
+    oos = ds.oos_train[:]
+    rng.shuffle(oos)
+    labelled += [(t, None) for t in oos[:max(calibration * 3, len(skills))]]
+    return skills, labelled
+
+
+class LookupEmbedder:
+    """Vectors computed in one batch beforehand, served by text: the router's code path, minus the model."""
+
+    def __init__(self, name: str, dimension: int, vectors: dict[str, npt.NDArray[np.float32]]):
+        self.name = name
+        self.dimension = dimension
+        self.vectors = vectors
+        self._by_stripped: dict[str, npt.NDArray[np.float32]] = {}
+
+    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        # the router embeds a message stripped (and cut): find it under the text it came from
+        return np.stack([self.vectors[t] if t in self.vectors else self._stripped()[t] for t in texts])
+
+    def _stripped(self) -> dict[str, npt.NDArray[np.float32]]:
+        if len(self._by_stripped) != len(self.vectors):
+            self._by_stripped = {t.strip()[:MAX_EMBED_CHARS] or " ": v for t, v in self.vectors.items()}
+        return self._by_stripped
+
+    async def close(self) -> None:
+        return None
+
+
+EMBED_CACHE: list[Path] = []  # --cache: vectors kept across runs (keyed by embedder and text)
+
+
+def load_cache(name: str) -> dict[str, npt.NDArray[np.float32]]:
+    if not EMBED_CACHE or not EMBED_CACHE[0].exists():
+        return {}
+    with np.load(EMBED_CACHE[0], allow_pickle=False) as data:
+        if str(data["embedder"]) != name:
+            return {}
+        return dict(zip((str(t) for t in data["texts"]), data["vectors"], strict=True))
+
+
+def save_cache(name: str, vectors: dict[str, npt.NDArray[np.float32]]) -> None:
+    if EMBED_CACHE and vectors:
+        np.savez(EMBED_CACHE[0], embedder=np.array(name), texts=np.array(list(vectors)),
+                 vectors=np.stack(list(vectors.values())))
+
+
+async def embed_all(texts: list[str]) -> tuple[str, int, dict[str, npt.NDArray[np.float32]]]:
+    embedder = build_embedder(EmbedderConfig(timeout_seconds=60), {})
+    try:
+        cached = load_cache(embedder.name)
+        out = {t: cached[t] for t in texts if t in cached}
+        missing = [t for t in dict.fromkeys(texts) if t not in out]
+        for i in range(0, len(missing), 64):
+            chunk = missing[i:i + 64]
+            for text, vec in zip(chunk, await embedder.embed(chunk), strict=True):
+                out[text] = vec
+            if i % 1024 == 960 or i + 64 >= len(missing):  # an interrupted run keeps what it embedded
+                save_cache(embedder.name, {**cached, **out})
+        return embedder.name, embedder.dimension, out
+    finally:
+        await embedder.close()
+
+
+WHITENING: list[float | None] = [RoutingPolicySpec().semantic.whitening]  # --whitening
+
+
+def policy_with(fitted: dict[str, tuple[float, float]] | None, low: float, high: float, *,
+                heuristic: bool = True) -> RoutingPolicySpec:
+    """The default policy with these thresholds and no classifier (L2 shows as "needs an LLM call")."""
+    skills = [{"name": n, "low": lo, "high": hi} for n, (lo, hi) in (fitted or {}).items()]
+    return RoutingPolicySpec.model_validate({"classifier": {"enabled": False}, "heuristic": {"enabled": heuristic},
+                                             "semantic": {"low": low, "high": high, "skills": skills,
+                                                          "whitening": WHITENING[0]}})
+
+
+CV_SHRINKAGE: tuple[float | None, ...] = (None, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
+FOLDS = 5
+REPEATS = 3  # the 5-fold split drawn three times: one draw's noise is as large as the differences
+
+
+def cv_folds(skills: Sequence[SkillConfig], seed: int) -> list[list[int]]:
+    """Per skill, the fold of each of its texts; -1 for its profile (always indexed)."""
+    rng = random.Random(seed)
+    held: list[list[int]] = []
+    for s in skills:
+        texts = skill_texts(s)
+        has_profile = bool(profile_text(s)) and texts[0] == profile_text(s)
+        folds = [i % FOLDS for i in range(len(texts) - int(has_profile))]
+        rng.shuffle(folds)
+        held.append([-1, *folds] if has_profile else folds)
+    return held
+
+
+async def cv_whitening(ds: Dataset, args: argparse.Namespace) -> dict[str, object]:
+    """L1.5 top-1 per whitening shrinkage, by cross-validation over the skills' examples only: each fold
+    leaves a fifth of every skill's examples out of the index and routes them (5 folds, 3 draws)."""
+    skills, _ = split(ds, args.examples, 0)
+    _, _, vectors = await embed_all([t for s in skills for t in skill_texts(s)])
+    layer = SemanticLayer(RoutingPolicySpec().semantic)
+    right = dict.fromkeys(CV_SHRINKAGE, 0)
+    total = 0
+    for repeat, fold in itertools.product(range(REPEATS), range(FOLDS)):
+        held = cv_folds(skills, SEED + repeat)
+        pairs = [list(zip(skill_texts(s), h, strict=True)) for s, h in zip(skills, held, strict=True)]
+        kept = [[t for t, f in p if f != fold] for p in pairs]
+        asked = [(t, s.name) for s, p in zip(skills, pairs, strict=True) for t, f in p if f == fold]
+        total += len(asked)
+        matrix = np.stack([vectors[t] for texts in kept for t in texts])
+        queries = np.stack([vectors[t] for t, _ in asked])
+        for shrinkage in CV_SHRINKAGE:
+            index = index_from_vectors([s.name for s in skills], [], matrix, [len(k) for k in kept],
+                                       whitening=shrinkage)
+            right[shrinkage] += sum(layer.zone(index, q).candidates[0].skill == name
+                                    for q, (_, name) in zip(queries, asked, strict=True))
+    rec = {"bench": "routing_cv", "dataset": ds.name, "skills": len(skills), "examples_per_skill": args.examples,
+           "held_out_examples": total,
+           "top1_by_whitening": {str(k): round(v / total, 4) for k, v in right.items()}}
+    emit(rec)
+    print(f"{ds.name:<10} CV top-1 on {total} held-out examples: "
+          + "  ".join(f"{k}: {v / total:.1%}" for k, v in right.items()), file=sys.stderr)
+    return rec
+
+
+async def route_all(router: Router, agent: AgentConfig, texts: list[str]) -> list[tuple[str, str, str | None, str]]:
+    """(layer, route, skill, top candidate) per text."""
+    out: list[tuple[str, str, str | None, str]] = []
+    for text in texts:
+        d = await router.route(agent, text, CTX)
+        out.append((d.layer, d.route, d.skill, d.candidates[0].skill if d.candidates else ""))
+    return out
+
+
+async def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, object]:
+    skills, labelled = split(ds, args.examples, args.calibration)
+    queries: Labelled = [(t, i) for t, i in ds.test]
+    queries += [(t, None) for t in ds.oos_test]
+    texts = [t for s in skills for t in [*s.examples, s.description]] + [t for t, _ in labelled + queries]
+    started = time.perf_counter()
+    name, dim, vectors = await embed_all(texts)
+    embed_s = time.perf_counter() - started
+    agent = AgentConfig(id="bench", tenant="bench", model="none", skills=skills)
+    embedder = LookupEmbedder(name, dim, vectors)
+
+    # Calibrate as `routing fit` does: L1.5 scores of the labelled lines, thresholds per skill.
+    probe = Router(policy_with(None, 0.0, 1.0, heuristic=False), embedder, lambda: None)
+    scored = []
+    for text, label in labelled:
+        d = await probe.route(agent, text, CTX)
+        top = d.candidates[0] if d.candidates else None
+        scored.append(Scored(top.skill if top else None, d.confidence if top else 0.0, label))  # the zone's confidence
+    fitted = fit(scored, target=args.target)
+
+    router = Router(policy_with(fitted.skills, fitted.low, fitted.high), embedder, lambda: None)
+    decided = await route_all(router, agent, [t for t, _ in queries])
+    no_llm = [(d, label) for d, (_, label) in zip(decided, queries, strict=True)
+              if d[0] in ("L0", "L1") or (d[0] == "L1.5" and d[1] == "skill")]
+    right = sum(1 for d, label in no_llm if (d[2] if d[1] == "skill" else None) == label)
+    high = [(d, label) for d, label in no_llm if d[0] == "L1.5"]  # L1.5's high zone alone (no L1 short-cut)
+    in_scope = [(d, label) for d, (_, label) in zip(decided, queries, strict=True) if label is not None]
+    # top-1 over in-scope queries: the best skill L1.5 found, whichever layer decided.
+    top1_pairs = [(d[3], label) for d, label in in_scope if d[3]]
+    top1_all = await top1_only(probe, agent, [t for t, label in queries if label is not None],
+                               [label for _, label in queries if label is not None])
+    oos = [d for d, (_, label) in zip(decided, queries, strict=True) if label is None]
+    rec = {"bench": "routing", "dataset": ds.name, "language": ds.language, "skills": len(skills),
+           "examples_per_skill": args.examples, "queries": len(queries), "in_scope": len(in_scope),
+           "out_of_scope": len(oos), "embedder": name, "embed_s": round(embed_s, 1),
+           "whitening": WHITENING[0], "fitted_low": fitted.low, "fitted_high": fitted.high,
+           "target_precision": args.target,
+           "coverage_no_llm": round(len(no_llm) / len(queries), 4),
+           "accuracy_no_llm": round(right / len(no_llm), 4) if no_llm else None,
+           "by_layer": {layer: sum(1 for d in decided if d[0] == layer and (layer != "L1.5" or d[1] == "skill"))
+                        for layer in ("L0", "L1", "L1.5")},
+           "l15_top1_in_scope": round(top1_all, 4),
+           "l15_top1_in_scope_past_l1": round(sum(1 for s, lab in top1_pairs if s == lab) / len(top1_pairs), 4)
+           if top1_pairs else None,
+           "accuracy_l15_high": round(sum(1 for d, label in high if d[2] == label) / len(high), 4) if high else None,
+           "oos_routed_high": round(sum(1 for d in oos if d[1] == "skill" and d[0] == "L1.5") / len(oos), 4)
+           if oos else None}
+    emit(rec)
+    print(f"{ds.name:<10} {ds.language}  skills {len(skills):>3}  queries {len(queries):>5}  "
+          f"no-LLM coverage {rec['coverage_no_llm']:.1%} at accuracy {rec['accuracy_no_llm'] or 0:.1%}  "
+          f"(L1.5 high alone {rec['accuracy_l15_high'] or 0:.1%})  L1.5 top-1 {rec['l15_top1_in_scope']:.1%}  "
+          f"OOS high {rec['oos_routed_high'] or 0:.1%}",
+          file=sys.stderr)
+    return rec
+
+
+async def top1_only(probe: Router, agent: AgentConfig, texts: list[str], labels: list[str | None]) -> float:
+    """L1.5's best skill for every in-scope query (no L1 short-cut), as the top-1 accuracy."""
+    right = 0
+    for text, label in zip(texts, labels, strict=True):
+        d = await probe.route(agent, text, CTX)
+        right += int(bool(d.candidates) and d.candidates[0].skill == label)
+    return right / len(texts) if texts else 0.0
+
+
+async def overhead(skills_n: int, examples: int, queries: int, dim: int) -> dict[str, object]:
+    """Routing time without the embedding: query vectors come from a lookup."""
+    rng = np.random.default_rng(SEED)
+    texts = [f"skill {s} example {e}" for s in range(skills_n) for e in range(examples)]
+    profiles = [f"skill {s}" for s in range(skills_n)]
+    asked = [f"query number {q} about something in particular" for q in range(queries)]
+    all_texts = texts + profiles + asked
+    matrix = rng.standard_normal((len(all_texts), dim)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    vectors = dict(zip(all_texts, matrix, strict=True))
+    skills = [SkillConfig(name=f"s{s}", description=f"skill {s}",
+                          examples=[f"skill {s} example {e}" for e in range(examples)]) for s in range(skills_n)]
+    agent = AgentConfig(id="bench", tenant="bench", model="none", skills=skills)
+    router = Router(policy_with(None, 0.6, 0.85), LookupEmbedder("lookup", dim, vectors), lambda: None)
+    await router.route(agent, asked[0], CTX)  # builds the index (at registration in the runtime)
+    times = []
+    for text in asked:
+        t = time.perf_counter()
+        await router.route(agent, text, CTX)
+        times.append((time.perf_counter() - t) * 1000)
+    rec = {"bench": "routing_overhead", "skills": skills_n, "examples_per_skill": examples, "dim": dim,
+           "queries": queries, "p50_ms": round(float(np.percentile(times, 50)), 4),
+           "p99_ms": round(float(np.percentile(times, 99)), 4)}
+    emit(rec)
+    print(f"overhead   {skills_n} skills x {examples} examples (dim {dim}): p50 {rec['p50_ms']:.3f} ms  "
+          f"p99 {rec['p99_ms']:.3f} ms (excluding the embedding)", file=sys.stderr)
+    return rec
+
+
+async def main_async(args: argparse.Namespace, datasets: list[Dataset]) -> None:
+    if args.cv:
+        for ds in datasets:
+            await cv_whitening(ds, args)
+        return
+    for ds in datasets:
+        await run_dataset(ds, args)
+    _, dim, _ = await embed_all(["dimension probe"])
+    if args.smoke:
+        await overhead(50, 3, 50, dim)
+    else:
+        await overhead(1000, 10, 2000, dim)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--banking", default=str(DATA / "banking77"), help="banking77 directory (CSV)")
+    parser.add_argument("--clinc", default=str(DATA / "clinc150" / "data_full.json"), help="CLINC150 data_full.json")
+    parser.add_argument("--hwu", default=str(DATA / "hwu64"), help="HWU64 directory (CSV)")
+    parser.add_argument("--cais", default=None, help="CAIS directory (ch.train, ch.train.intent, ...)")
+    parser.add_argument("--whitening", default="default",
+                        help="semantic.whitening of the policy: a shrinkage in [0, 1], none, or default")
+    parser.add_argument("--cv", action="store_true",
+                        help="print the cross-validated top-1 of each whitening on the skills' examples only")
+    parser.add_argument("--examples", type=int, default=10, help="examples per skill, from the train split")
+    parser.add_argument("--calibration", type=int, default=20, help="labelled lines per intent for routing fit")
+    parser.add_argument("--target", type=float, default=0.97, help="target precision of routing fit")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run (make test)")
+    parser.add_argument("--queries-per-intent", type=int, default=0,
+                        help="at most this many test queries per intent (0: all); out-of-scope ones in the same share")
+    parser.add_argument("--cache", default=None, help="file (.npz) keeping the embeddings across runs")
+    args = parser.parse_args()
+    EMBED_CACHE[:] = [Path(args.cache)] if args.cache else []
+    if args.whitening != "default":
+        WHITENING[:] = [None if args.whitening == "none" else float(args.whitening)]
+    datasets = [smoke_dataset()] if args.smoke else []
+    for path, loader in () if args.smoke else ((args.banking, load_banking), (args.clinc, load_clinc),
+                                                (args.hwu, load_hwu), (args.cais, load_cais)):
+        if path is not None and not Path(path).exists():
+            print(f"skipping {path}: not found", file=sys.stderr)
+        elif path is not None:
+            ds = loader(Path(path))
+            datasets.append(cap_queries(ds, args.queries_per_intent) if args.queries_per_intent else ds)
+    with threadpool_limits(1):
+        asyncio.run(main_async(args, datasets))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""`strata-runtime routing fit --policy FILE --labelled FILE.jsonl`: calibrate Layer 1.5 thresholds.
+
+FILE is either a runtime config (its `routing` section is updated, skills come from its agents)
+or a RoutingPolicy manifest (its `spec` is updated; skills and the embedder come from the
+runtime config given with `--config`). Labelled lines are JSON `{"text": ..., "skill": name}`,
+`"skill": null` for a message no skill should take. The fitted `semantic.low/high` and the
+per-skill `semantic.skills` are written back into FILE (YAML; comments are not kept) and
+coverage/accuracy on the labelled lines are printed (in-sample: measure on other lines too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from pydantic import ValidationError
+
+from strata_runtime.config.agents import SkillConfig
+from strata_runtime.config.loading import ConfigError, describe_validation_error, load_config, parse_config
+from strata_runtime.config.policies import RoutingPolicySpec
+from strata_runtime.config.runtime import EmbedderConfig, RuntimeConfig
+from strata_runtime.embeddings.contract import EmbeddingUnavailable
+from strata_runtime.embeddings.factory import build_embedder
+from strata_runtime.routing.calibrate import Fit, Scored, fit, report
+from strata_runtime.routing.index import EMBED_BATCH, build_index
+from strata_runtime.routing.semantic import SemanticLayer
+
+INVALID = 2
+
+
+class FitError(Exception):
+    """A bad input file; the message says which and where."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="strata-runtime routing", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit_cmd = sub.add_parser("fit", help="fit per-skill low/high thresholds and write them into the policy")
+    fit_cmd.add_argument("--policy", required=True, help="runtime config or RoutingPolicy manifest (YAML)")
+    fit_cmd.add_argument("--labelled", required=True, help="JSON lines {text, skill} (skill null: out of scope)")
+    fit_cmd.add_argument("--config", help="runtime config with the agents' skills and the embedder "
+                         "(needed when --policy is a RoutingPolicy manifest)")
+    fit_cmd.add_argument("--agent", help="agent id whose skills are routed (default: the only agent with skills)")
+    fit_cmd.add_argument("--target", type=float, default=0.97, help="precision routed straight to a skill")
+    fit_cmd.add_argument("--dry-run", action="store_true", help="print the thresholds, do not write FILE")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_fit(args)
+    except (FitError, ConfigError) as e:
+        print(f"strata-runtime routing fit: {e}", file=sys.stderr)
+        return INVALID
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise FitError(f"cannot read {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise FitError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise FitError(f"{path}: the top level must be a mapping")
+    return raw
+
+
+def policy_node(document: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The mapping that holds the policy fields inside FILE (created when absent)."""
+    if document.get("kind") == "RoutingPolicy":
+        node = document.setdefault("spec", {})
+    else:
+        node = document.setdefault("routing", {})
+    if not isinstance(node, dict):
+        raise FitError(f"{path}: the routing policy must be a mapping")
+    return node
+
+
+def pick_skills(config: RuntimeConfig, agent_id: str | None) -> list[SkillConfig]:
+    agents = [a for a in config.agents if a.skills and (agent_id is None or a.id == agent_id)]
+    if agent_id is not None and not agents:
+        raise FitError(f"no agent {agent_id!r} with skills in the config")
+    if len(agents) != 1:
+        raise FitError("several agents have skills: choose one with --agent" if agents
+                       else "no agent in the config has skills")
+    return agents[0].skills
+
+
+def read_labelled(path: Path, names: set[str]) -> list[tuple[str, str | None]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise FitError(f"cannot read {path}: {e.strerror}") from e
+    out: list[tuple[str, str | None]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            raise FitError(f"{path}:{number}: not JSON ({e})") from None
+        text, skill = (item.get("text"), item.get("skill")) if isinstance(item, dict) else (None, None)
+        if not isinstance(text, str) or not text.strip():
+            raise FitError(f"{path}:{number}: text must be a non-empty string")
+        if skill is not None and skill not in names:
+            raise FitError(f"{path}:{number}: unknown skill {skill!r}")
+        out.append((text, skill))
+    if not out:
+        raise FitError(f"{path}: no labelled lines")
+    return out
+
+
+async def score(skills: list[SkillConfig], labelled: list[tuple[str, str | None]], embedder_config: EmbedderConfig,
+                policy: RoutingPolicySpec) -> list[Scored]:
+    """L1.5's top skill and score for each line, with the embedder and aggregation in force."""
+    # an offline batch: the per-request deadline of the runtime would fail it on a busy machine
+    batch_config = embedder_config.model_copy(update={"timeout_seconds": max(embedder_config.timeout_seconds, 60.0)})
+    embedder = build_embedder(batch_config, dict(os.environ))
+    try:
+        index = await build_index(skills, embedder, whitening=policy.semantic.whitening)
+        layer = SemanticLayer(policy.semantic)
+        texts = [t for t, _ in labelled]
+        scored: list[Scored] = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            vectors = await embedder.embed(texts[start:start + EMBED_BATCH])
+            for vector, (_, label) in zip(vectors, labelled[start:start + EMBED_BATCH], strict=True):
+                zone = layer.zone(index, vector)
+                scored.append(Scored(zone.candidates[0].skill if zone.candidates else None, zone.score, label))
+        return scored
+    except EmbeddingUnavailable as e:
+        raise FitError(f"the embedder failed: {e}") from e
+    finally:
+        await embedder.close()
+
+
+def write_back(node: dict[str, Any], fitted: Fit) -> RoutingPolicySpec:
+    semantic = node.setdefault("semantic", {})
+    semantic.update(low=fitted.low, high=fitted.high,
+                    skills=[{"name": n, "low": lo, "high": hi} for n, (lo, hi) in sorted(fitted.skills.items())])
+    try:
+        return RoutingPolicySpec.model_validate(node)
+    except ValidationError as e:
+        raise FitError(f"the fitted policy is invalid:\n{describe_validation_error(e)}") from None
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    path = Path(args.policy)
+    document = read_yaml(path)
+    node = policy_node(document, path)
+    if document.get("kind") == "RoutingPolicy":
+        if not args.config:
+            raise FitError("--policy is a RoutingPolicy manifest: give the runtime config with --config")
+        config = load_config(args.config)
+    else:
+        config = parse_config(document, source=str(path))
+    try:
+        policy = RoutingPolicySpec.model_validate(node)
+    except ValidationError as e:
+        raise FitError(f"{path}: invalid routing policy:\n{describe_validation_error(e)}") from None
+    skills = pick_skills(config, args.agent)
+    labelled = read_labelled(Path(args.labelled), {s.name for s in skills})
+    scored = asyncio.run(score(skills, labelled, config.embedder, policy))
+    fitted = fit(scored, target=args.target)
+    result = report(scored, fitted)
+    write_back(node, fitted)
+    print(f"fitted on {result.items} labelled lines ({result.in_scope} in scope), target precision {args.target}")
+    print(f"  default thresholds: low {fitted.low}  high {fitted.high}; per skill: {len(fitted.skills)}")
+    print(f"  routed without an LLM call: {result.coverage:.1%} at accuracy {result.accuracy:.1%}")
+    print(f"  L1.5 top-1 accuracy (in scope): {result.top1:.1%}; out-of-scope routed high: {result.oos_high:.1%}")
+    print("  (in-sample figures: check them on labelled lines the fit did not see)")
+    if args.dry_run:
+        print(yaml.safe_dump({"semantic": node["semantic"]}, sort_keys=False, allow_unicode=True))
+        return 0
+    path.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,189 @@
+"""Layer 1.5's index: the embedded texts of every skill of an agent, scored against a query at once.
+
+Each skill contributes a profile row (`description | keywords | capabilities`) and one row per
+example utterance. Rows are stored grouped by skill in one contiguous float32 matrix, so one
+matrix-vector product scores every row and `np.maximum.reduceat` takes each skill's best row
+(or a padded view the mean of its top k), with no Python loop per skill. A skill's score is the
+mean of that and the similarity to its centroid (the normalised mean of its rows): on intent data
+(banking77, CLINC150) the blend ranks the right skill first more often than either alone.
+
+With more skills than `prefilter`, the centroids (skills x dim, small enough to stay in cache)
+pick the `prefilter` nearest skills and only their rows are scored: the cost per query stops
+growing with the number of examples.
+
+Similarities are taken in a whitened space fitted when the index is built: the rows' mean is
+subtracted and the shared within-skill covariance (how a skill's texts vary around their skill's
+mean, pooled over skills, shrunk towards a multiple of the identity by `whitening`) is made the
+identity, as a shared-covariance (LDA-style) classifier does. Directions along which every
+skill's texts vary (wording, length, language) then weigh less than those that separate skills;
+raw cosines of a small embedder are high even between unrelated texts. The query gets the same
+transform (one dim x dim product). Too few texts to estimate the covariance, or an embedder with
+more than MAX_WHITENED_DIM dimensions: raw cosines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from strata_runtime.config.agents import SkillConfig
+from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable
+
+Vectors = npt.NDArray[np.float32]
+Aggregation = Literal["max", "meanTopK"]
+EMBED_BATCH = 256
+MIN_RESIDUAL_ROWS = 8  # texts beyond one per skill needed to estimate the within-skill covariance
+MAX_WHITENED_DIM = 1024  # the query's dim x dim product would cost more than the rest of routing
+
+
+def profile_text(skill: SkillConfig) -> str:
+    parts = [skill.description.strip(), ", ".join(k.strip() for k in skill.keywords if k.strip()),
+             ", ".join(c.strip() for c in skill.capabilities if c.strip())]
+    return " | ".join(p for p in parts if p)
+
+
+def skill_texts(skill: SkillConfig) -> list[str]:
+    """The texts embedded for a skill, without duplicates; empty for a skill with no text."""
+    texts = [profile_text(skill), *(e.strip() for e in skill.examples)]
+    return list(dict.fromkeys(t for t in texts if t))
+
+
+@dataclass(frozen=True)
+class SkillIndex:
+    names: tuple[str, ...]  # indexed skills, in row-group order
+    unindexed: tuple[str, ...]  # skills with no text to embed
+    vectors: Vectors  # (rows, dim), grouped by skill, contiguous
+    starts: npt.NDArray[np.int64]  # first row of each skill
+    counts: npt.NDArray[np.int64]  # rows of each skill
+    centroids: Vectors  # (skills, dim), normalised mean of each skill's rows
+    shift: Vectors | None = None  # (dim,): subtracted before `transform`
+    transform: Vectors | None = None  # (dim, dim) whitening; None: raw cosines
+
+    @property
+    def rows(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def project(self, query: Vectors) -> Vectors:
+        """The query in the index's space (whitened and normalised, or as it is)."""
+        if self.transform is None or self.shift is None:
+            return query
+        return _whiten(query.reshape(1, -1), self.shift, self.transform).reshape(-1)
+
+    def scores(self, query: Vectors, *, aggregation: Aggregation, top_k: int, prefilter: int
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """(skill ids, their scores) for the skills scored, in no particular order.
+
+        A skill's score is the mean of its row aggregate (max or mean of the top k) and its
+        centroid similarity: the nearest example says which skill, the centroid damps a single
+        look-alike example. With more skills than `prefilter`, only the `prefilter` skills whose
+        centroids are nearest are scored row by row.
+        """
+        n = len(self.names)
+        if n == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        centroid = self.centroids @ query
+        if prefilter <= 0 or n <= prefilter:
+            ids = np.arange(n, dtype=np.int64)
+            sims = self.vectors @ query  # every row, in row order: no gather
+        else:
+            ids = np.argpartition(-centroid, prefilter - 1)[:prefilter].astype(np.int64)
+            counts = self.counts[ids]
+            first = np.cumsum(counts) - counts
+            rows = np.repeat(self.starts[ids] - first, counts) + np.arange(int(counts.sum()))
+            sims = self.vectors[rows] @ query
+        rowwise = _aggregate(sims, self.counts[ids], aggregation, top_k)
+        return ids, np.asarray(0.5 * (rowwise + centroid[ids]), dtype=np.float32)
+
+
+def _aggregate(sims: Vectors, counts: npt.NDArray[np.int64], aggregation: Aggregation, top_k: int) -> Vectors:
+    """Per skill (consecutive groups of `counts` rows): the best row, or the mean of the best `top_k`."""
+    first = np.cumsum(counts) - counts
+    if aggregation == "max" or top_k <= 1:
+        return np.asarray(np.maximum.reduceat(sims, first), dtype=np.float32)
+    local = np.repeat(np.arange(len(counts)), counts)
+    padded = np.full((len(counts), int(counts.max())), -np.inf, dtype=np.float32)
+    padded[local, np.arange(len(sims)) - first[local]] = sims
+    k = min(top_k, padded.shape[1])
+    top = -np.partition(-padded, k - 1, axis=1)[:, :k]
+    used = np.minimum(counts, k)
+    return np.asarray(np.where(np.isfinite(top), top, 0.0).sum(axis=1) / used, dtype=np.float32)
+
+
+def _check(vectors: Vectors, rows: int) -> Vectors:
+    if vectors.ndim != 2 or vectors.shape[0] != rows or not np.isfinite(vectors).all():
+        raise EmbeddingUnavailable("the embedder returned vectors that are not finite or of the wrong shape")
+    return vectors.astype(np.float32, copy=False)
+
+
+async def build_index(skills: Sequence[SkillConfig], embedder: Embedder, *, whitening: float | None = None
+                      ) -> SkillIndex:
+    """Embed every skill's texts and fit the whitening (at registration, never per query; the numpy
+    work runs in a worker thread, off the event loop)."""
+    names: list[str] = []
+    unindexed: list[str] = []
+    texts: list[str] = []
+    counts: list[int] = []
+    for skill in skills:
+        own = skill_texts(skill)
+        if not own:
+            unindexed.append(skill.name)
+            continue
+        names.append(skill.name)
+        texts.extend(own)
+        counts.append(len(own))
+    parts = [_check(await embedder.embed(texts[i:i + EMBED_BATCH]), len(texts[i:i + EMBED_BATCH]))
+             for i in range(0, len(texts), EMBED_BATCH)]
+    vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), np.float32)
+    return await asyncio.to_thread(index_from_vectors, names, unindexed, vectors, counts, whitening=whitening)
+
+
+def fit_whitening(vectors: Vectors, counts: npt.NDArray[np.int64], shrinkage: float
+                  ) -> tuple[Vectors, Vectors] | None:
+    """(shift, transform) making the shrunk pooled within-skill covariance the identity; None when the
+    skills' texts are too few to estimate it (fewer than MIN_RESIDUAL_ROWS beyond one per skill) or the
+    vectors too long for a per-query dim x dim product."""
+    rows, dim = vectors.shape
+    if rows - len(counts) < MIN_RESIDUAL_ROWS or dim == 0 or dim > MAX_WHITENED_DIM:
+        return None
+    data = vectors.astype(np.float64)
+    starts = np.cumsum(counts) - counts
+    means = np.add.reduceat(data, starts, axis=0) / counts[:, None]
+    residuals = data - np.repeat(means, counts, axis=0)
+    within = residuals.T @ residuals / (rows - len(counts))
+    scale = float(np.trace(within)) / dim
+    if not np.isfinite(scale) or scale <= 1e-12:
+        return None
+    shrunk = (1.0 - shrinkage) * within + shrinkage * scale * np.eye(dim)
+    values, basis = np.linalg.eigh(shrunk)
+    transform = (basis / np.sqrt(np.maximum(values, scale * 1e-6))) @ basis.T
+    return data.mean(axis=0).astype(np.float32), np.ascontiguousarray(transform, dtype=np.float32)
+
+
+def _whiten(vectors: Vectors, shift: Vectors, transform: Vectors) -> Vectors:
+    moved = (vectors - shift) @ transform
+    norms = np.linalg.norm(moved, axis=1, keepdims=True)
+    return np.asarray(np.where(norms > 1e-6, moved / np.maximum(norms, 1e-6), moved), dtype=np.float32)
+
+
+def index_from_vectors(names: Sequence[str], unindexed: Sequence[str], vectors: Vectors,
+                       counts: Sequence[int], *, whitening: float | None = None) -> SkillIndex:
+    count_array = np.asarray(counts, dtype=np.int64)
+    starts = np.cumsum(count_array) - count_array
+    dim = vectors.shape[1] if vectors.ndim == 2 else 0
+    fitted = fit_whitening(vectors, count_array, whitening) if whitening is not None and len(names) else None
+    if fitted is not None:
+        vectors = _whiten(vectors, *fitted)
+    centroids = np.zeros((len(names), dim), dtype=np.float32)
+    if len(names):
+        sums = np.add.reduceat(vectors.astype(np.float32), starts, axis=0)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centroids = np.where(norms > 1e-6, sums / np.maximum(norms, 1e-6), 0.0).astype(np.float32)
+    return SkillIndex(names=tuple(names), unindexed=tuple(unindexed),
+                      vectors=np.ascontiguousarray(vectors, dtype=np.float32), starts=starts, counts=count_array,
+                      centroids=np.ascontiguousarray(centroids), shift=fitted[0] if fitted else None,
+                      transform=fitted[1] if fitted else None)

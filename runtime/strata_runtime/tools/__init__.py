@@ -1,0 +1,1 @@
+"""Toolcore: the tools agents may call, their executors, and the agent's tool-calling loop."""

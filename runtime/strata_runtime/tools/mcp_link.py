@@ -1,0 +1,289 @@
+"""One MCP server's connection (the `mcp` SDK): discovery, calls, reconnect with back-off.
+
+A `McpServerLink` owns its server's connection in a background task: connect (streamable HTTP,
+or a stdio child), list the tools (ids `server.tool`, target `server/tool`), then list them again
+every `probeIntervalSeconds` (the protocol dropped `ping`; this also picks up changed tools). When
+that or a call finds the connection gone it reconnects with exponential back-off (0.5 s doubled
+per failed attempt, jittered, capped at `reconnectMaxSeconds`). Start-up never waits for it.
+
+A call runs under the earlier of the call's deadline and the server's `timeoutSeconds`, and
+carries the call id as `_meta["strata.dev/idempotency-key"]`. While the server is down its tools
+answer `executor_unavailable`; one that dies during a call ends the call with `unreachable` as
+soon as its connection closes (at the latest at the deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Literal, cast
+
+import httpx2
+from mcp import Client, MCPError, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult, TextContent, Tool
+from mcp_types import RequestParamsMeta
+
+from strata_runtime.config import McpServerConfig
+from strata_runtime.metrics import McpServerSnapshot
+from strata_runtime.tasks import cancel_and_wait
+from strata_runtime.tools.contract import ErrorCode, ToolOutcome, ToolSpec
+
+log = logging.getLogger("strata.tools.mcp")
+
+LinkState = Literal["connecting", "ready", "down", "stopped"]
+Health = Literal["connecting", "connected", "down"]  # what metrics and logs report (see `McpServerLink.health`)
+IDEMPOTENCY_META_KEY = "strata.dev/idempotency-key"
+_BACKOFF_FIRST_SECONDS = 0.5
+_MAX_ERROR_CHARS = 500
+
+
+def mcp_tool_id(server: str, tool: str) -> str:
+    return f"{server}.{tool}"
+
+
+def mcp_target(server: str, tool: str) -> str:
+    return f"{server}/{tool}"
+
+
+def backoff_seconds(attempt: int, cap: float) -> float:
+    """Delay before reconnect attempt `attempt` (0-based): 0.5 s doubled per attempt, ±20 % jitter, capped."""
+    base = min(cap, _BACKOFF_FIRST_SECONDS * 2 ** min(attempt, 30))
+    return float(min(cap, base * random.uniform(0.8, 1.2)))
+
+
+class ConnectionLost(Exception):
+    """The server's connection ended (a failed probe or call); the link reconnects."""
+
+
+class McpServerLink:
+    """One MCP server: its connection (owned by a background task), its tools and its state."""
+
+    def __init__(self, config: McpServerConfig, env: Mapping[str, str]):
+        self.config = config
+        self._env = env
+        self.state: LinkState = "connecting"
+        self.tools: list[ToolSpec] = []
+        self.last_error: str | None = None
+        self.next_attempt_at: float | None = None
+        self.connects = 0
+        self.reconnects = 0  # connection attempts after the first one
+        self.health: Health = "connecting"
+        self._client: Client | None = None
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._supervise(), name=f"mcp-link-{self.name}")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
+        self.state = "stopped"
+
+    def _report(self, health: Health) -> None:
+        """Log one line when the reported state changes: `connecting` (before the first attempt ended),
+        `connected`, `down` (lost, or the last attempt failed; reconnect attempts stay `down`)."""
+        if health == self.health:
+            return
+        previous, self.health = self.health, health
+        extra = {"server": self.name, "from": previous, "to": health, "tools": len(self.tools),
+                 "reconnects": self.reconnects, "error": self.last_error}
+        log.log(logging.INFO if health == "connected" else logging.WARNING, "MCP server state changed", extra=extra)
+
+    def snapshot(self) -> McpServerSnapshot:
+        return McpServerSnapshot(server=self.name, state=self.health, tools=len(self.tools),
+                                 reconnects_total=self.reconnects)
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        first = True
+        while True:
+            self.state = "connecting"
+            if not first:
+                self.reconnects += 1
+            first = False
+            try:
+                await self._session()
+                attempt = 0  # it was up: the next reconnect starts the back-off again
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # any failure of a server degrades only its own tools
+                self.last_error = _describe(e)
+                log.info("MCP server connection attempt failed", extra={"server": self.name,
+                                                                        "error": self.last_error, "attempt": attempt})
+            self._client = None
+            self.state = "down"
+            self._report("down")
+            delay = backoff_seconds(attempt, self.config.reconnect_max_seconds)
+            attempt += 1
+            self.next_attempt_at = time.monotonic() + delay
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        """Connect, discover, serve calls until the connection is found lost (raises then)."""
+        async with contextlib.AsyncExitStack() as stack:
+            async with asyncio.timeout(self.config.connect_timeout_seconds):
+                client = await stack.enter_async_context(self._open())
+                tools = await _list_all_tools(client)
+            self.tools = [self._spec(tool) for tool in tools]
+            self._lost.clear()
+            self._client = client
+            self.state = "ready"
+            self.connects += 1
+            self.last_error = None
+            self._report("connected")
+            await self._watch(client)
+
+    async def _watch(self, client: Client) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.probe_interval_seconds):
+                    await self._lost.wait()
+            if self._lost.is_set():
+                raise ConnectionLost("the connection closed during a call")
+            try:  # `tools/list` as the liveness probe (the protocol dropped `ping`); it refreshes the tools
+                async with asyncio.timeout(self.config.timeout_seconds):
+                    tools = await _list_all_tools(client)
+            except (TimeoutError, MCPError, OSError, httpx2.HTTPError) as e:
+                raise ConnectionLost(f"liveness probe failed: {_describe(e)}") from e
+            self.tools = [self._spec(tool) for tool in tools]
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[Client]:
+        config = self.config
+        if config.transport == "stdio":
+            env = dict(config.env) | self._resolve(config.env_from_runtime, "envFromRuntime")
+            params = StdioServerParameters(command=config.command[0], args=list(config.command[1:]), env=env)
+            async with Client(params, read_timeout_seconds=config.timeout_seconds, cache=None) as client:
+                yield client
+            return
+        assert config.url is not None  # the config validator requires it for http
+        headers = self._resolve(config.headers_env, "headersEnv")
+        # reads wait long: the server may hold a stream open; each call has its own deadline anyway
+        timeout = httpx2.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds,
+                                 read=max(300.0, config.timeout_seconds))
+        async with httpx2.AsyncClient(headers=headers, timeout=timeout, follow_redirects=False) as http:
+            transport = streamable_http_client(config.url, http_client=http)
+            async with Client(transport, read_timeout_seconds=config.timeout_seconds, cache=None) as client:
+                yield client
+
+    def _resolve(self, refs: Mapping[str, str], field: str) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for name, env_name in refs.items():
+            value = self._env.get(env_name)
+            if value is None:
+                log.warning("MCP server reference to an unset environment variable",
+                            extra={"server": self.name, "field": field, "env": env_name})
+                continue
+            values[name] = value
+        return values
+
+    def _spec(self, tool: Tool) -> ToolSpec:
+        annotations = tool.annotations
+        return ToolSpec(
+            id=mcp_tool_id(self.name, tool.name), name=tool.name, description=tool.description or "",
+            input_schema=dict(tool.input_schema), executor="mcp", target=mcp_target(self.name, tool.name),
+            output_schema=dict(tool.output_schema) if tool.output_schema else None,
+            timeout_seconds=self.config.timeout_seconds,
+            idempotent=bool(annotations is not None and annotations.idempotent_hint),
+            allowed_agents=frozenset(self.config.allowed_agents), tenant=self.config.tenant,
+            options={"server": self.name},
+        )
+
+    def unavailable(self) -> ToolOutcome:
+        wait = None if self.next_attempt_at is None else self.next_attempt_at - time.monotonic()
+        retry = f"; next reconnect attempt in {wait:.1f}s" if wait is not None and wait > 0 else "; reconnecting"
+        reason = f" ({self.last_error})" if self.last_error else ""
+        return ToolOutcome.failure(ErrorCode.EXECUTOR_UNAVAILABLE,
+                                   f"MCP server {self.name!r} is unavailable{reason}{retry}")
+
+    async def call(self, tool: str, args: dict[str, Any], *, within: float, call_id: str) -> ToolOutcome:
+        client = self._client
+        if client is None or self.state != "ready":
+            return self.unavailable()
+        if within <= 0:
+            return ToolOutcome.failure(ErrorCode.TIMEOUT, "the call's deadline had passed before it started")
+        try:
+            async with asyncio.timeout(within):
+                result = await client.call_tool(tool, args, read_timeout_seconds=within,
+                                                meta=cast(RequestParamsMeta, {IDEMPOTENCY_META_KEY: call_id}))
+        except TimeoutError:
+            return ToolOutcome.failure(ErrorCode.TIMEOUT, f"MCP tool {tool!r} on {self.name!r} gave no answer "
+                                       f"within {within:.1f}s")
+        except MCPError as e:
+            if _connection_gone(e):
+                return self._lost_during_call(client, "closed the connection during the call")
+            return ToolOutcome.failure(ErrorCode.UPSTREAM_ERROR, f"MCP server {self.name!r}: "
+                                       f"{str(e.message)[:_MAX_ERROR_CHARS]}")
+        except (OSError, httpx2.HTTPError) as e:
+            return self._lost_during_call(client, f"failed during the call: {_describe(e)}")
+        return outcome_of(result)
+
+    def _lost_during_call(self, client: Client, what: str) -> ToolOutcome:
+        """The connection is gone: refuse further calls now and let the background task reconnect."""
+        message = f"MCP server {self.name!r} {what}"
+        if self._client is client:
+            self._client = None
+            self.state = "down"
+            self.last_error = message
+            self._lost.set()
+            self._report("down")
+        return ToolOutcome.failure(ErrorCode.UNREACHABLE, message)
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "transport": self.config.transport, "state": self.state,
+                "health": self.health, "tools": len(self.tools), "connects": self.connects,
+                "reconnects": self.reconnects, "last_error": self.last_error}
+
+
+def _connection_gone(error: MCPError) -> bool:
+    from mcp_types.jsonrpc import CONNECTION_CLOSED
+
+    return error.code == CONNECTION_CLOSED
+
+
+def _describe(error: BaseException) -> str:
+    """A one-line description of a failure (exception groups unwrapped to their first leaf)."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    text = str(error) or type(error).__name__
+    return f"{type(error).__name__}: {text}"[:_MAX_ERROR_CHARS]
+
+
+async def _list_all_tools(client: Client) -> list[Tool]:
+    tools: list[Tool] = []
+    cursor: str | None = None
+    for _ in range(100):  # a server that pages forever is cut off
+        page = await client.list_tools(cursor=cursor)
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return tools
+
+
+def outcome_of(result: CallToolResult) -> ToolOutcome:
+    """A tool's answer as `{ok, result, error}`: structured content if any, else its text."""
+    texts = [block.text for block in result.content if isinstance(block, TextContent)]
+    if result.is_error:
+        message = "\n".join(texts)[:_MAX_ERROR_CHARS] or "the MCP tool reported an error"
+        return ToolOutcome.failure(ErrorCode.UPSTREAM_ERROR, message)
+    if result.structured_content is not None:
+        return ToolOutcome.success(result.structured_content)
+    if len(texts) == len(result.content):
+        return ToolOutcome.success("\n".join(texts))
+    return ToolOutcome.success([block.model_dump(mode="json", by_alias=True, exclude_none=True)
+                                for block in result.content])
+
+

@@ -1,0 +1,65 @@
+"""Real pods die mid-stream: 50 streaming sessions through the Service while one runtime pod is
+deleted and another one's process is killed with SIGKILL. Every acknowledged answer resumes on
+another pod with Last-Event-ID: no gap, no duplicate, every turn in the shared history."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+from collections.abc import Callable
+
+import pytest
+
+from tests.kind.conftest import ACME_KEY, Kube, upstream_control
+from tests.kind.stores import stores_spec
+from tests.support.drill import Load, audit
+
+pytestmark = pytest.mark.kind
+log = logging.getLogger(__name__)
+
+NAME = "chaos"
+AUTH = {"Authorization": f"Bearer {ACME_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def base_url(deploy_agent: Callable[..., str], stores: None) -> str:
+    return deploy_agent(NAME, replicas=3, stores=stores_spec())
+
+
+def running_pods(kube: Kube) -> list[str]:
+    return [p["metadata"]["name"] for p in kube.pods(f"app.kubernetes.io/instance={NAME}")
+            if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+
+
+def kill_9(kube: Kube, pod: str) -> None:
+    """SIGKILL the runtime process of `pod`, from the node (the kubelet restarts the container)."""
+    node = kube.run("get", "pod", "-n", "strata-e2e", pod, "-o", "jsonpath={.spec.nodeName}")
+    script = (f"cid=$(crictl ps -q --name runtime --label io.kubernetes.pod.name={pod}); "
+              "kill -9 $(crictl inspect --output go-template --template '{{.info.pid}}' $cid)")
+    subprocess.run(["docker", "exec", node, "sh", "-c", script], check=True, capture_output=True, timeout=60)
+
+
+async def test_streams_resume_on_another_pod_after_delete_and_kill_9(kube: Kube, base_url: str) -> None:
+    upstream_control(chunk_delay_ms=120)  # each answer streams for about a second
+    load = Load([base_url], clients=50, headers=AUTH)
+    try:
+        run = asyncio.create_task(load.run(45.0))
+        await asyncio.sleep(10)
+        victims = running_pods(kube)
+        assert len(victims) == 3, victims
+        await asyncio.to_thread(kube.run, "delete", "pod", "-n", "strata-e2e", victims[0], "--wait=false")
+        await asyncio.sleep(10)
+        await asyncio.to_thread(kill_9, kube, victims[1])
+        outcome = await run
+    finally:
+        await load.close()
+        upstream_control(reset=True)
+    summary = outcome.summary()
+    log.info("delete + kill -9 under 50 streams: %s; 503 codes %s; breaks %s", summary, dict(outcome.refused_codes),
+             dict(outcome.break_kinds))
+    assert not outcome.unexpected, (summary, outcome.unexpected[:10])
+    assert summary["resumed"] > 0, f"nothing was interrupted: {summary}"
+    assert summary["completed"] == summary["acknowledged"], summary
+    counts = await audit(base_url, outcome.acked, headers=AUTH)
+    assert counts["sessions"] == 50, counts

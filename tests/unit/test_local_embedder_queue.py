@@ -1,0 +1,103 @@
+"""The local embedder's work queue: bounded, and nothing computed for a caller that gave up.
+
+The model is replaced by a gate-controlled stand-in (the queue logic is what is tested; the
+real models are tested in test_embeddings.py): it records the texts it was given and blocks
+until the test opens the gate, so "a batch is running" is a state the test controls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from strata_runtime.embeddings import EmbedderBusy, EmbeddingUnavailable, LocalEmbedder
+from strata_runtime.embeddings.bounded import EmbeddingQueueFull, unavailable_error
+
+pytestmark = pytest.mark.unit
+
+
+class GatedModel:
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.encoded: list[str] = []
+
+    def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.started.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        self.encoded.extend(texts)
+        return np.ones((len(texts), 384), dtype=np.float32)
+
+
+def _embedder(model: GatedModel, *, timeout: float = 30.0, limit: int = 8) -> LocalEmbedder:
+    embedder = LocalEmbedder(timeout_seconds=timeout, max_queued_texts=limit)
+    embedder._model = cast(Any, model)
+    return embedder
+
+
+async def _running(model: GatedModel) -> None:
+    assert await asyncio.to_thread(model.started.wait, 30), "the first batch never started"
+
+
+async def test_texts_beyond_the_bound_are_refused_at_once_while_others_wait() -> None:
+    model = GatedModel()
+    embedder = _embedder(model, limit=8)
+    first = asyncio.create_task(embedder.embed(["running"]))
+    await _running(model)
+    waiting = asyncio.create_task(embedder.embed([f"queued {i}" for i in range(6)]))
+    await asyncio.sleep(0)
+    assert embedder.queued_texts == 6
+    with pytest.raises(EmbedderBusy) as busy:
+        await embedder.embed(["one", "two", "three"])
+    assert (busy.value.queued, busy.value.wanted, busy.value.limit) == (6, 3, 8)
+    assert isinstance(busy.value, EmbeddingUnavailable), "callers that fail open keep doing so"
+    fits = asyncio.create_task(embedder.embed(["fits", "too"]))
+    model.gate.set()
+    assert len(await first) == 1 and len(await waiting) == 6 and len(await fits) == 2
+    assert "one" not in model.encoded and embedder.queued_texts == 0
+    await embedder.close()
+
+
+async def test_one_call_larger_than_the_bound_is_served_when_nothing_waits() -> None:
+    model = GatedModel()
+    model.gate.set()
+    embedder = _embedder(model, limit=4)
+    assert (await embedder.embed([f"t{i}" for i in range(10)])).shape == (10, 384)
+    await embedder.close()
+
+
+async def test_callers_that_gave_up_are_never_computed() -> None:
+    model = GatedModel()
+    embedder = _embedder(model, timeout=0.3, limit=100)
+    first = asyncio.create_task(embedder.embed(["running"]))
+    await _running(model)
+    with pytest.raises(EmbeddingUnavailable):
+        await embedder.embed(["deadline passed while queued"])
+    cancelled = asyncio.create_task(embedder.embed(["caller cancelled"]))
+    await asyncio.sleep(0)
+    assert embedder.queued_texts == 1
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert embedder.queued_texts == 0
+    model.gate.set()
+    with pytest.raises(EmbeddingUnavailable):  # its own 0.3 s deadline passed while the gate was shut
+        await first
+    embedder.timeout_seconds = 30
+    assert len(await embedder.embed(["after"])) == 1
+    assert model.encoded == ["running", "after"]
+    await embedder.close()
+
+
+def test_a_busy_embedder_is_a_503_embedder_busy_with_retry_after() -> None:
+    error = unavailable_error(EmbedderBusy(600, 10, 512))
+    assert isinstance(error, EmbeddingQueueFull)
+    assert (error.status, error.code, error.headers()) == (503, "embedder_busy", {"Retry-After": "1"})
+    other = unavailable_error(EmbeddingUnavailable("missed its deadline"))
+    assert (other.status, other.code) == (503, "unavailable")
