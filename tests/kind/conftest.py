@@ -15,7 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +175,46 @@ def wait_http(url: str, timeout: float = 120) -> None:
             last = exc
         time.sleep(1)
     raise AssertionError(f"{url} not ready after {timeout}s: {last}")
+
+
+def cluster_report(kube: Kube) -> str:
+    """What the cluster looked like when a test failed: each pod's readiness, restarts and last
+    termination, the namespace's recent warning events, and the last log lines of every runtime
+    container (the previous one too, after a restart). Shown in the failure report, CI's included."""
+    out: list[str] = []
+    pods = json.loads(kube.run("get", "pods", "-n", NAMESPACE, "-o", "json", check=False) or '{"items": []}')
+    for pod in pods["items"]:
+        name = pod["metadata"]["name"]
+        for status in pod["status"].get("containerStatuses", []):
+            last = status.get("lastState", {}).get("terminated") or {}
+            out.append(f"{name}/{status['name']}: ready={status.get('ready')} restarts={status.get('restartCount')}"
+                       f" last={last.get('reason')} exit={last.get('exitCode')} at {last.get('finishedAt')}"
+                       + (" deleting" if pod["metadata"].get("deletionTimestamp") else ""))
+    events = kube.run("get", "events", "-n", NAMESPACE, "--field-selector", "type=Warning",
+                      "--sort-by=.lastTimestamp", check=False)
+    out += ["warning events (last 25):", *events.splitlines()[-25:]]
+    for pod in pods["items"]:
+        if pod["metadata"].get("labels", {}).get("app.kubernetes.io/name") != "strata-runtime":
+            continue
+        name = pod["metadata"]["name"]
+        restarted = any(s.get("restartCount") for s in pod["status"].get("containerStatuses", []))
+        for previous in ((True, False) if restarted else (False,)):
+            logs = kube.run("logs", "-n", NAMESPACE, name, "-c", "runtime", "--tail=30",
+                            *(["--previous"] if previous else []), check=False)
+            out += [f"--- logs {name}{' (previous container)' if previous else ''}:", *logs.splitlines()]
+    return "\n".join(out)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    kube = getattr(item, "funcargs", {}).get("kube")
+    if report.failed and call.when == "call" and isinstance(kube, Kube):
+        try:
+            report.sections.append(("kind cluster at failure", cluster_report(kube)))
+        except Exception as exc:  # a report that cannot be made must not hide the failure itself
+            report.sections.append(("kind cluster at failure", f"no report: {exc!r}"))
 
 
 UPSTREAM_CONTROL = f"http://127.0.0.1:{NODEPORT + 1}"
