@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 docker image inspect "$LOCAL_DEBIAN" >/dev/null 2>&1 && exit 0
 tarball="$KIND_CACHE/debian-bookworm-minbase.tar"
 if [[ ! -s "$tarball" ]]; then
-  command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
+  command -v debootstrap >/dev/null || apt_install "$KIND_CACHE/apt-debootstrap.log" debootstrap
   # The mirror apt is configured with (deb822 or one-line sources), never a hard-coded host.
   mirror="$(grep -rhoE '(URIs:|^deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
     | awk '{print $2}' | head -1 || true)"

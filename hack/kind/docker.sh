@@ -42,12 +42,8 @@ lacks_sys_resource() {
 
 up() {
   docker info >/dev/null 2>&1 && return 0
-  if ! command -v dockerd >/dev/null; then
-    log "installing docker.io from Debian (apt)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >"$KIND_CACHE/apt-docker.log" 2>&1 \
-      || { tail -20 "$KIND_CACHE/apt-docker.log" >&2; die "apt-get install docker.io failed"; }
-  fi
-  command -v jq >/dev/null || die "jq is required"
+  command -v dockerd >/dev/null || apt_install "$KIND_CACHE/apt-docker.log" docker.io
+  command -v jq >/dev/null || apt_install "$KIND_CACHE/apt-jq.log" jq
   local args=()
   if lacks_sys_resource; then
     write_wrapper

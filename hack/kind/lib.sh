@@ -24,4 +24,16 @@ POD_CIDR="${STRATA_KIND_POD_CIDR:-10.244.0.0/16}"
 log() { printf '[kind-e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 now() { date +%s.%N; }
+# apt_install LOGFILE PACKAGE...: Debian packages, as root; on a new machine apt's lists may be
+# missing or old, so a failed install runs `apt-get update` once and tries again.
+apt_install() {
+  local logfile="$1"; shift
+  local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600)
+  mkdir -p "$(dirname "$logfile")"
+  log "apt-get install $* (log $logfile)"
+  "${apt[@]}" install -y "$@" >"$logfile" 2>&1 && return 0
+  log "apt-get install failed; running apt-get update once and retrying"
+  "${apt[@]}" update >>"$logfile" 2>&1 || true
+  "${apt[@]}" install -y "$@" >>"$logfile" 2>&1 || { tail -20 "$logfile" >&2; die "apt-get install $* failed"; }
+}
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
