@@ -2,9 +2,12 @@
 
 A `McpServerLink` owns its server's connection in a background task: connect (streamable HTTP,
 or a stdio child), list the tools (ids `server.tool`, target `server/tool`), then list them again
-every `probeIntervalSeconds` (the protocol dropped `ping`; this also picks up changed tools). When
-that or a call finds the connection gone it reconnects with exponential back-off (0.5 s doubled
-per failed attempt, jittered, capped at `reconnectMaxSeconds`). Start-up never waits for it.
+every `probeIntervalSeconds` (the protocol dropped `ping`; this also picks up changed tools), and
+at once after a call failed at the protocol level (a server that restarted has forgotten our
+session: its answer is an error, not a closed connection). When that or a call finds the
+connection gone it reconnects with exponential back-off (0.5 s doubled per failed attempt,
+jittered, capped at `reconnectMaxSeconds`). Start-up never waits for it. A tool the server runs
+only as a task (`execution.taskSupport: required`) is not offered: this client calls tools directly.
 
 A call runs under the earlier of the call's deadline and the server's `timeoutSeconds`, and
 carries the call id as `_meta["strata.dev/idempotency-key"]`. While the server is down its tools
@@ -28,6 +31,7 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent, Tool
 from mcp_types import RequestParamsMeta
+from mcp_types.jsonrpc import CONNECTION_CLOSED
 
 from strata_runtime.config import McpServerConfig
 from strata_runtime.metrics import McpServerSnapshot
@@ -41,6 +45,14 @@ Health = Literal["connecting", "connected", "down"]  # what metrics and logs rep
 IDEMPOTENCY_META_KEY = "strata.dev/idempotency-key"
 _BACKOFF_FIRST_SECONDS = 0.5
 _MAX_ERROR_CHARS = 500
+# One SSE event of a streamable-HTTP answer: a result (capped at the tool's maxResultBytes, 1 MB, once
+# it has arrived) travels in it up to twice (text and structured content) and JSON-escaped; the SDK's
+# default cap (1 MiB) failed results well under the tool's own cap.
+_MAX_SSE_EVENT_BYTES = 8 * 1024 * 1024
+# Closing a link cancels its task once, then gives the SDK's shielded shutdown of a stdio child this
+# long (stdin closed, 2 s to exit, SIGTERM, 2 s, SIGKILL, 2 s to reap) before cancelling again: a
+# second cancellation inside that shutdown abandons the child alive and the close hangs on its pipe.
+_CLOSE_GRACE_SECONDS = 10.0
 
 
 def mcp_tool_id(server: str, tool: str) -> str:
@@ -76,6 +88,7 @@ class McpServerLink:
         self.health: Health = "connecting"
         self._client: Client | None = None
         self._lost = asyncio.Event()
+        self._probe_now = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -88,6 +101,9 @@ class McpServerLink:
 
     async def close(self) -> None:
         task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=_CLOSE_GRACE_SECONDS)
         await cancel_and_wait(task)
         self.state = "stopped"
 
@@ -136,8 +152,9 @@ class McpServerLink:
             async with asyncio.timeout(self.config.connect_timeout_seconds):
                 client = await stack.enter_async_context(self._open())
                 tools = await _list_all_tools(client)
-            self.tools = [self._spec(tool) for tool in tools]
+            self.tools = self._specs(tools)
             self._lost.clear()
+            self._probe_now.clear()
             self._client = client
             self.state = "ready"
             self.connects += 1
@@ -149,7 +166,8 @@ class McpServerLink:
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.probe_interval_seconds):
-                    await self._lost.wait()
+                    await self._probe_now.wait()
+            self._probe_now.clear()
             if self._lost.is_set():
                 raise ConnectionLost("the connection closed during a call")
             try:  # `tools/list` as the liveness probe (the protocol dropped `ping`); it refreshes the tools
@@ -157,7 +175,7 @@ class McpServerLink:
                     tools = await _list_all_tools(client)
             except (TimeoutError, MCPError, OSError, httpx2.HTTPError) as e:
                 raise ConnectionLost(f"liveness probe failed: {_describe(e)}") from e
-            self.tools = [self._spec(tool) for tool in tools]
+            self.tools = self._specs(tools)
 
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[Client]:
@@ -174,7 +192,7 @@ class McpServerLink:
         timeout = httpx2.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds,
                                  read=max(300.0, config.timeout_seconds))
         async with httpx2.AsyncClient(headers=headers, timeout=timeout, follow_redirects=False) as http:
-            transport = streamable_http_client(config.url, http_client=http)
+            transport = streamable_http_client(config.url, http_client=http, max_sse_event_size=_MAX_SSE_EVENT_BYTES)
             async with Client(transport, read_timeout_seconds=config.timeout_seconds, cache=None) as client:
                 yield client
 
@@ -188,6 +206,11 @@ class McpServerLink:
                 continue
             values[name] = value
         return values
+
+    def _specs(self, tools: list[Tool]) -> list[ToolSpec]:
+        """The tools this client can call: not those the server runs only as tasks."""
+        return [self._spec(tool) for tool in tools
+                if tool.execution is None or tool.execution.task_support != "required"]
 
     def _spec(self, tool: Tool) -> ToolSpec:
         annotations = tool.annotations
@@ -222,10 +245,13 @@ class McpServerLink:
             return ToolOutcome.failure(ErrorCode.TIMEOUT, f"MCP tool {tool!r} on {self.name!r} gave no answer "
                                        f"within {within:.1f}s")
         except MCPError as e:
+            message = str(e.message)[:_MAX_ERROR_CHARS]
             if _connection_gone(e):
                 return self._lost_during_call(client, "closed the connection during the call")
-            return ToolOutcome.failure(ErrorCode.UPSTREAM_ERROR, f"MCP server {self.name!r}: "
-                                       f"{str(e.message)[:_MAX_ERROR_CHARS]}")
+            if self._client is client:
+                self._probe_now.set()  # an error of the protocol, not the tool's: is the session still there?
+            code = ErrorCode.UNREACHABLE if e.code == CONNECTION_CLOSED else ErrorCode.UPSTREAM_ERROR
+            return ToolOutcome.failure(code, f"MCP server {self.name!r}: {message}")
         except (OSError, httpx2.HTTPError) as e:
             return self._lost_during_call(client, f"failed during the call: {_describe(e)}")
         return outcome_of(result)
@@ -238,6 +264,7 @@ class McpServerLink:
             self.state = "down"
             self.last_error = message
             self._lost.set()
+            self._probe_now.set()
             self._report("down")
         return ToolOutcome.failure(ErrorCode.UNREACHABLE, message)
 
@@ -248,9 +275,11 @@ class McpServerLink:
 
 
 def _connection_gone(error: MCPError) -> bool:
-    from mcp_types.jsonrpc import CONNECTION_CLOSED
-
-    return error.code == CONNECTION_CLOSED
+    """The SDK's own "the connection closed" (its session is over). Not any error with that code: the
+    SDK also fails one request whose answer stream broke with it (`SSE stream failed: ...`), and it is
+    the JSON-RPC "server error" that servers answer many things with (the TypeScript SDK: an unknown
+    session, a body too large); those end the call, and a probe tells whether the connection is gone."""
+    return error.code == CONNECTION_CLOSED and error.message == "Connection closed"
 
 
 def _describe(error: BaseException) -> str:
