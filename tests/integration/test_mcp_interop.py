@@ -17,16 +17,20 @@ import asyncio
 import json
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from strata_runtime.app import create_app
 from strata_runtime.config import RuntimeConfig
 from strata_runtime.tools.contract import CallContext, ErrorCode, ToolOutcome
 from strata_runtime.tools.mcp_client import McpTools
 from strata_runtime.tools.registry import ToolRegistry
+from tests.support.fixtures import UpstreamServer
 from tests.support.mcp_processes import EverythingHttpServer, everything_stdio_config, time_server_config
 
 pytestmark = pytest.mark.integration
@@ -145,6 +149,62 @@ def _renamed(spec: Any, name: str) -> Any:
     from dataclasses import replace
 
     return replace(spec, id=f"time.{name}", name=name, target=f"time/{name}")
+
+
+@pytest.fixture
+async def api_with_time(openai_upstream: UpstreamServer, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The app (in process) whose agent `support` may use the time server, its model the scripted upstream."""
+    config = RuntimeConfig.model_validate({
+        "auth": {"mode": "apiKey", "apiKeys": [{"tenant": "acme", "keyEnv": "STRATA_KEY_ACME"}],
+                 "internalTokenEnv": "STRATA_INTERNAL_TOKEN"},
+        "stores": {"redis": {"backend": "memory"}, "sql": {"backend": "sqlite", "sqlitePath": str(tmp_path / "s.db")},
+                   "vectors": {"backend": "memory"}},
+        "cache": {"enabled": False}, "routing": {"semantic": {"enabled": False}},
+        "memory": {"longTerm": {"enabled": False}},
+        "models": [{"name": "gpt-4o-mini", "provider": "openai", "baseUrl": openai_upstream.base_url,
+                    "apiKeyEnv": "UPKEY", "maxRetries": 0}],
+        "mcpServers": [time_server_config("time", **QUIET)],
+        "agents": [{"id": "support", "tenant": "acme", "model": "gpt-4o-mini", "limits": {"maxToolSteps": 3}}],
+    })
+    app = create_app(config, env={"STRATA_KEY_ACME": "acme-key", "STRATA_INTERNAL_TOKEN": "internal", "UPKEY": "k"})
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://strata.test", timeout=60) as client:
+        async def offered() -> bool:
+            response = await client.get("/internal/tools", params={"agent_id": "support", "tenant_id": "acme"},
+                                        headers={"x-strata-internal-token": "internal"})
+            return "time.convert_time" in response.text
+
+        await eventually(offered, 120, "the time server's tools discovered")
+        yield client
+
+
+async def _turn(api: httpx.AsyncClient, message: str) -> dict[str, Any]:
+    response = await api.post("/api/v1/query", headers={"authorization": "Bearer acme-key"},
+                              json={"message": message, "session_id": uuid.uuid4().hex, "chatbot_id": "support"})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_an_agent_turn_calls_the_time_server_and_gets_its_structured_result(
+        api_with_time: httpx.AsyncClient) -> None:
+    body = await _turn(api_with_time, 'call tool time__convert_time '
+                                      '{"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}')
+    [call] = body["tool_calls"]
+    assert call["tool"] == "time.convert_time" and call["ok"] is True, call
+    assert call["result"]["target"]["datetime"].endswith("T21:00:00+09:00")
+    assert call["result"]["time_difference"] == "+9.0h"
+    assert body["status"] == "completed"
+
+
+async def test_an_agent_turns_bad_arguments_reach_the_model_as_a_validation_error(
+        api_with_time: httpx.AsyncClient) -> None:
+    body = await _turn(api_with_time, 'call tool time__get_current_time {"timezone": 5}')
+    [call] = body["tool_calls"]
+    assert call["tool"] == "time.get_current_time" and call["ok"] is False
+    assert call["error"]["code"] == ErrorCode.INVALID_ARGUMENTS
+    assert "timezone: 5 is not of type 'string'" in call["error"]["message"]
+    assert body["status"] == "completed"  # the model got the error and answered
 
 
 # the reference everything server (TypeScript SDK) --------------------------------------------------------
