@@ -1,4 +1,5 @@
-"""The runtime's `/mcp` endpoint, called by the `mcp` SDK's own client against a real runtime process.
+"""The runtime's `/mcp` endpoint against a real runtime process, called by the `mcp` SDK's own client
+and by a client we did not write (the TypeScript SDK's, tests/support/mcp_ts_client.mjs).
 
 Two tenants with one agent each (demo model, embedded stores); acme's agent may use the tools of a
 stdio MCP server (the demo server, a real child process of the runtime). A key sees and calls only
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -24,13 +26,14 @@ import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.support.mcp_processes import stdio_server_config
+from tests.support.mcp_processes import everything_install, stdio_server_config
 from tests.support.runtime_process import RuntimeProcess, embedded_config
 
 pytestmark = pytest.mark.integration
 
 KEYS = {"STRATA_KEY_ACME": "acme-key-0123456789", "STRATA_KEY_BETA": "beta-key-0123456789"}
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+TS_CLIENT = Path(__file__).parents[1] / "support" / "mcp_ts_client.mjs"
 INIT_BODY = (b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",'
              b'"capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}')
 
@@ -136,9 +139,13 @@ async def test_another_tenant_sees_none_of_those_tools(runtime: RuntimeProcess) 
         assert await agent_tools(client, "support.")  # they exist (discovered) ...
     async with mcp_client(runtime, KEYS["STRATA_KEY_BETA"]) as client:
         names = [t.name for t in (await client.list_tools()).tools]
-        result = await client.call_tool("support.local.add", {"a": 1, "b": 2})
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("support.local.add", {"a": 1, "b": 2})
+        with pytest.raises(MCPError) as missing:
+            await client.call_tool("support.local.nothing", {"a": 1, "b": 2})
     assert names == ["ask_sales"]  # ... and beta sees only its own agent
-    assert result.is_error and "unknown_tool" in str(result.content[0])
+    assert refused.value.code == missing.value.code == -32602  # an unknown tool, like one that does not exist
+    assert refused.value.message == "Unknown tool: support.local.add"
 
 
 async def test_asking_an_agent_runs_a_real_turn_recorded_in_its_session(runtime: RuntimeProcess) -> None:
@@ -168,10 +175,15 @@ async def test_without_a_session_id_each_call_gets_a_new_session(runtime: Runtim
 async def test_a_tenant_never_sees_nor_asks_another_tenants_agent(runtime: RuntimeProcess) -> None:
     async with mcp_client(runtime, KEYS["STRATA_KEY_BETA"]) as client:
         names = [t.name for t in (await client.list_tools()).tools]
-        result = await client.call_tool("ask_support", {"message": "leak?"})
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("ask_support", {"message": "leak?"})
+        with pytest.raises(MCPError) as missing:
+            await client.call_tool("ask_nobody", {"message": "leak?"})
+        still_fine = await client.call_tool("ask_sales", {"message": "mine"})
     assert names == ["ask_sales"]
-    assert result.is_error
-    assert "unknown_tool" in str(result.content[0])
+    assert refused.value.code == missing.value.code == -32602
+    assert refused.value.message == "Unknown tool: ask_support"
+    assert not still_fine.is_error
 
 
 async def test_bad_arguments_are_a_tool_error_not_a_crash(runtime: RuntimeProcess) -> None:
@@ -289,3 +301,60 @@ def test_an_unsupported_protocol_version_header_is_400(runtime: RuntimeProcess) 
     status, _, _ = post_raw(runtime, b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}', {
         "Authorization": f"Bearer {KEYS['STRATA_KEY_ACME']}", "MCP-Protocol-Version": "1999-01-01"})
     assert status == 400
+
+
+def ts_client(runtime: RuntimeProcess, key: str | None, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The TypeScript SDK's client as a node process: connects, runs the steps, reports each one."""
+    done = subprocess.run(["node", str(TS_CLIENT), str(everything_install()), runtime.base_url + "/mcp", key or "",
+                           json.dumps(steps)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+async def test_the_typescript_sdk_client_lists_asks_and_runs_tools(runtime: RuntimeProcess) -> None:
+    async with mcp_client(runtime, KEYS["STRATA_KEY_ACME"]) as client:
+        assert await agent_tools(client, "support.")  # the runtime's MCP client has discovered them
+    report = await asyncio.to_thread(ts_client, runtime, KEYS["STRATA_KEY_ACME"], [
+        {"op": "list"},
+        {"op": "call", "name": "ask_support", "arguments": {"message": "from typescript", "session_id": "ts-s1"}},
+        {"op": "call", "name": "support.local.add", "arguments": {"a": 20, "b": 22}},
+    ])
+    assert report["connected"] and report["session"] is None  # stateless: no session id is issued
+    listed, asked, added = report["steps"]
+    assert listed["ok"] and {"ask_support", "support.local.add"} <= {t["name"] for t in listed["result"]["tools"]}
+    # that client checks structuredContent against the tool's outputSchema: a mismatch fails the step
+    assert asked["ok"] and not asked["result"]["isError"], asked
+    answer = asked["result"]["structuredContent"]
+    assert answer["session_id"] == "ts-s1" and answer["agent_id"] == "support" and answer["status"] == "completed"
+    assert "from typescript" in answer["message"]
+    assert added["ok"] and added["result"]["structuredContent"] == {"result": 42}
+
+
+async def test_the_typescript_sdk_client_gets_protocol_errors_and_tool_errors(runtime: RuntimeProcess) -> None:
+    acme = await asyncio.to_thread(ts_client, runtime, KEYS["STRATA_KEY_ACME"], [
+        {"op": "call", "name": "no.such.tool", "arguments": {}},
+        {"op": "call", "name": "ask_support", "arguments": {}},
+        {"op": "call", "name": "ask_support", "arguments": {"message": "x", "session_id": "../etc"}},
+        {"op": "call", "name": "ask_support", "arguments": {"message": "still there?"}},
+    ])
+    beta = await asyncio.to_thread(ts_client, runtime, KEYS["STRATA_KEY_BETA"], [
+        {"op": "call", "name": "ask_support", "arguments": {"message": "leak?"}},
+        {"op": "call", "name": "support.local.add", "arguments": {"a": 1, "b": 2}},
+    ])
+    unknown, missing, bad_session, fine = acme["steps"]
+    assert (unknown["ok"], unknown["code"]) == (False, -32602) and "Unknown tool: no.such.tool" in unknown["message"]
+    assert missing["ok"] and missing["result"]["isError"]  # bad arguments: the tool's error, readable by a model
+    assert bad_session["ok"] and bad_session["result"]["isError"]
+    assert fine["ok"] and not fine["result"]["isError"]
+    for step, name in zip(beta["steps"], ["ask_support", "support.local.add"], strict=True):
+        assert (step["ok"], step["code"]) == (False, -32602)  # another tenant's: exactly like a missing tool
+        assert f"Unknown tool: {name}" in step["message"]
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"], ids=["no key", "wrong key"])
+def test_the_typescript_sdk_client_without_a_valid_key_is_refused_with_401(runtime: RuntimeProcess,
+                                                                          key: str | None) -> None:
+    report = ts_client(runtime, key, [{"op": "list"}])
+    assert not report["connected"]
+    assert report["code"] == 401 and "unauthorized" in report["message"]

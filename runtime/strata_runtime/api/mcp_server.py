@@ -6,9 +6,11 @@ layer sees a byte. The caller sees, for each agent of its tenant, `ask_<agent id
 (`{message, session_id?}` in; the agent's answer out, as text and as structured
 `{session_id, message, status, agent_id, turn_seq}`), and the agent's own tools as
 `<agent id>.<tool id>`, run through the toolcore exactly as the agent would run them (its
-permissions, schemas, deadlines and size caps). Nothing of another tenant is visible. A call IS a JSON `/api/v1/query`,
-dispatched in process to the app itself with the caller's own credentials: the same routing,
-memory, tools, limits and errors, and the answer is recorded in the session.
+permissions, schemas, deadlines and size caps); a tool's failure (bad arguments included) is an
+`isError` result, an unknown tool the JSON-RPC error -32602. Nothing of another tenant is visible.
+A call IS a JSON `/api/v1/query`, dispatched in process to the app itself with the caller's own
+credentials: the same routing, memory, tools, limits and errors, and the answer is recorded in the
+session.
 
 Streamable HTTP, stateless: any pod answers any request (no MCP session to keep on one pod).
 - `POST` answers with an SSE stream (`text/event-stream`) when the request's `Accept` names
@@ -183,8 +185,12 @@ class McpEndpoint:
                 spec = (await self._agent_tools(tenant, agent)).get(name)
                 if spec is not None:
                     return await self._run_tool(tenant, agent.id, spec, args)
-        # another tenant's agent or tool looks exactly like one that does not exist
-        return _tool_error("unknown_tool", f"no tool named {name!r}")
+        # An unknown tool is a JSON-RPC error (-32602), as the protocol asks, not a tool's failed result;
+        # another tenant's agent or tool gets exactly the same answer as one that does not exist.
+        from mcp import MCPError
+        from mcp.types import INVALID_PARAMS
+
+        raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
 
     async def _run_tool(self, tenant: str, agent_id: str, spec: ToolSpec, args: dict[str, Any]) -> CallToolResult:
         """One call of an agent's tool through the toolcore (permissions, schemas, deadline, size cap)."""
