@@ -7,7 +7,8 @@ A tool that no agent of the caller's tenant may use is reported as unknown, neve
 so a tenant cannot learn what other tenants have.
 
 Per call: the arguments are validated against the input schema (`invalid_arguments`, the
-message says which field), the executor runs with the tool's timeout, the result is capped at
+message says which field) under the draft it names in `$schema` (MCP servers built on the
+TypeScript SDK send draft-07; default 2020-12), the executor runs with the tool's timeout, the result is capped at
 `maxResultBytes` and validated against the output schema when there is one.
 """
 
@@ -23,6 +24,8 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from jsonschema.exceptions import ValidationError as SchemaViolation
+from jsonschema.protocols import Validator
+from jsonschema.validators import validator_for
 
 from strata_runtime.config import RuntimeConfig
 from strata_runtime.config.agents import AgentConfig, ToolConfig
@@ -62,15 +65,17 @@ def spec_from_config(tool: ToolConfig) -> ToolSpec:
     )
 
 
-def _validator(schema: dict[str, Any], where: str) -> Draft202012Validator:
+def _validator(schema: dict[str, Any], where: str) -> Validator:
+    """A validator of the draft the schema names in `$schema` (2020-12 when it names none)."""
+    cls = validator_for(schema, default=Draft202012Validator)
     try:
-        Draft202012Validator.check_schema(schema)
+        cls.check_schema(schema)
     except SchemaError as e:
         raise ValueError(f"{where} is not a valid JSON Schema: {e.message}") from e
-    return Draft202012Validator(schema)
+    return cls(schema)
 
 
-def _violation(validator: Draft202012Validator, value: Any) -> str | None:
+def _violation(validator: Validator, value: Any) -> str | None:
     error = next(iter(validator.iter_errors(value)), None)
     if error is None:
         return None
@@ -104,8 +109,8 @@ class ConfigAgents:
 @dataclass
 class _Entry:
     spec: ToolSpec
-    inputs: Draft202012Validator
-    outputs: Draft202012Validator | None
+    inputs: Validator
+    outputs: Validator | None
 
 
 class ToolRegistry:
@@ -125,6 +130,7 @@ class ToolRegistry:
         self._config_id = -1
         self._discovered: dict[str, _Entry] = {}
         self._discovered_at = float("-inf")
+        self._refused: dict[str, str] = {}  # discovered tools left out for an invalid schema: id -> why
 
     # the tool table --------------------------------------------------------------------------
     def _configured(self) -> Mapping[str, _Entry]:
@@ -147,10 +153,18 @@ class ToolRegistry:
         found: dict[str, _Entry] = {}
         for source in self.sources:
             try:
-                for spec in await source.list_tools():
-                    found[spec.id] = self._entry(spec)
+                specs = await source.list_tools()
             except Exception:
                 log.warning("tool discovery failed for a source; its tools are unavailable", exc_info=True)
+                continue
+            for spec in specs:  # one tool's bad schema leaves out that tool, not its server's or others'
+                try:
+                    found[spec.id] = self._entry(spec)
+                except ValueError as e:
+                    if self._refused.get(spec.id) != str(e):
+                        log.warning("a discovered tool's schema is invalid; the tool is left out",
+                                    extra={"tool": spec.id, "error": str(e)})
+                    self._refused[spec.id] = str(e)
         self._discovered, self._discovered_at = found, time.monotonic()
 
     def validate_config(self) -> None:
