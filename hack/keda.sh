@@ -47,6 +47,7 @@ source_dir() {
 build() {
   local bin="$KEDA_CACHE/bin" src tmp t0
   if [[ -x "$bin/keda" && -x "$bin/keda-adapter" ]]; then return 0; fi
+  go_env  # here too: source_dir's own call runs in the $(...) subshell, so GO would not reach the build
   t0="$(now)"; src="$(source_dir)"; [[ -d "$src" ]] || die "could not download $KEDA_MODULE@$KEDA_VERSION"
   mkdir -p "$KEDA_CACHE"; tmp="$KEDA_CACHE/bin.tmp.$$"; rm -rf "$tmp"
   klog "building keda $KEDA_VERSION (operator, metrics API server) from $src"
