@@ -317,7 +317,8 @@ async def test_the_typescript_sdk_client_lists_asks_and_runs_tools(runtime: Runt
         assert await agent_tools(client, "support.")  # the runtime's MCP client has discovered them
     report = await asyncio.to_thread(ts_client, runtime, KEYS["STRATA_KEY_ACME"], [
         {"op": "list"},
-        {"op": "call", "name": "ask_support", "arguments": {"message": "from typescript", "session_id": "ts-s1"}},
+        {"op": "call", "name": "ask_support", "arguments": {"message": "from typescript", "session_id": "ts-s1"},
+         "progress": True},
         {"op": "call", "name": "support.local.add", "arguments": {"a": 20, "b": 22}},
     ])
     assert report["connected"] and report["session"] is None  # stateless: no session id is issued
@@ -328,6 +329,8 @@ async def test_the_typescript_sdk_client_lists_asks_and_runs_tools(runtime: Runt
     answer = asked["result"]["structuredContent"]
     assert answer["session_id"] == "ts-s1" and answer["agent_id"] == "support" and answer["status"] == "completed"
     assert "from typescript" in answer["message"]
+    assert [note.get("message") for note in asked["progress"]] == ["asking the agent 'support'",
+                                                                  "the agent's turn ended with HTTP 200"]
     assert added["ok"] and added["result"]["structuredContent"] == {"result": 42}
 
 

@@ -3,9 +3,10 @@
 // with what each step gave, so a test can drive it as a process.
 //
 //   node mcp_ts_client.mjs <install dir> <url> <bearer key or ""> '<steps as JSON>'
-//   steps: [{"op": "list"} | {"op": "call", "name": ..., "arguments": {...}}, ...]
-//   output: {"connected": true, "session": <id or null>, "protocol": ..., "steps": [{"ok": true, "result": ...}
-//            | {"ok": false, "code": <JSON-RPC code or null>, "message": ...}]}  or  {"connected": false, ...}
+//   steps: [{"op": "list"} | {"op": "call", "name": ..., "arguments": {...}, "progress": true?}, ...]
+//   output: {"connected": true, "session": <id or null>, "protocol": ..., "steps": [{"ok": true, "result": ...,
+//            "progress": [<notifications/progress params>]} | {"ok": false, "code": <JSON-RPC code or null>,
+//            "message": ...}]}  or  {"connected": false, ...}
 import { pathToFileURL } from "node:url";
 
 const [install, url, key, stepsJson] = process.argv.slice(2);
@@ -28,11 +29,13 @@ try {
 }
 const steps = [];
 for (const step of JSON.parse(stepsJson)) {
+  const progress = [];
+  const options = step.progress ? { onprogress: (note) => progress.push(note) } : undefined;
   try {
     const result = step.op === "list"
       ? await client.listTools()
-      : await client.callTool({ name: step.name, arguments: step.arguments ?? {} });
-    steps.push({ ok: true, result });
+      : await client.callTool({ name: step.name, arguments: step.arguments ?? {} }, undefined, options);
+    steps.push({ ok: true, result, progress });
   } catch (error) {
     steps.push(failure(error));
   }
