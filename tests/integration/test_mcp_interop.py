@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 import uuid
@@ -143,6 +144,27 @@ async def test_time_tool_errors_and_unknown_tools_are_errors_of_that_call_only(t
     assert "Unknown tool: get_time" in failed(gone, ErrorCode.UPSTREAM_ERROR)
     assert (await time_tools.call("time.get_current_time", {"timezone": "UTC"})).ok
     assert time_tools.mcp.links["time"].connects == 1  # the same connection throughout
+
+
+async def test_what_a_stdio_server_writes_on_stderr_becomes_log_lines_naming_it(
+        capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    core = Toolcore([time_server_config("time", **QUIET)])
+    await core.mcp.start()
+    try:
+        await core.ready()
+        capfd.readouterr()
+        with caplog.at_level(logging.INFO, logger="strata.tools.mcp"):
+            assert not (await core.call("time.get_current_time", {"timezone": "Mars/Olympus"})).ok  # it logs why
+
+            def logged() -> bool:
+                return any("get_current_time" in str(getattr(r, "line", "")) for r in caplog.records)
+
+            await eventually(logged, 30, "the server's log line relayed")
+    finally:
+        await asyncio.wait_for(core.mcp.close(), 60)
+    lines = [r for r in caplog.records if r.getMessage() == "MCP server stderr"]
+    assert lines and all(getattr(r, "server", None) == "time" for r in lines)
+    assert "get_current_time" not in capfd.readouterr().err  # nothing raw on the runtime's own stderr
 
 
 def _renamed(spec: Any, name: str) -> Any:

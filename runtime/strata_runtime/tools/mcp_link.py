@@ -8,6 +8,8 @@ session: its answer is an error, not a closed connection). When that or a call f
 connection gone it reconnects with exponential back-off (0.5 s doubled per failed attempt,
 jittered, capped at `reconnectMaxSeconds`). Start-up never waits for it. A tool the server runs
 only as a task (`execution.taskSupport: required`) is not offered: this client calls tools directly.
+What a stdio server writes on its stderr becomes log lines of the runtime (`MCP server stderr`,
+with the server's name), not free text between the runtime's structured log lines.
 
 A call runs under the earlier of the call's deadline and the server's `timeoutSeconds`, and
 carries the call id as `_meta["strata.dev/idempotency-key"]`. While the server is down its tools
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -28,6 +31,7 @@ from typing import Any, Literal, cast
 
 import httpx2
 from mcp import Client, MCPError, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent, Tool
 from mcp_types import RequestParamsMeta
@@ -53,6 +57,7 @@ _MAX_SSE_EVENT_BYTES = 8 * 1024 * 1024
 # long (stdin closed, 2 s to exit, SIGTERM, 2 s, SIGKILL, 2 s to reap) before cancelling again: a
 # second cancellation inside that shutdown abandons the child alive and the close hangs on its pipe.
 _CLOSE_GRACE_SECONDS = 10.0
+_MAX_STDERR_LINE = 4000
 
 
 def mcp_tool_id(server: str, tool: str) -> str:
@@ -183,8 +188,18 @@ class McpServerLink:
         if config.transport == "stdio":
             env = dict(config.env) | self._resolve(config.env_from_runtime, "envFromRuntime")
             params = StdioServerParameters(command=config.command[0], args=list(config.command[1:]), env=env)
-            async with Client(params, read_timeout_seconds=config.timeout_seconds, cache=None) as client:
-                yield client
+            read_end, write_end = os.pipe()
+            relay = asyncio.create_task(_relay_stderr(self.name, read_end), name=f"mcp-stderr-{self.name}")
+            try:
+                with os.fdopen(write_end, "w") as errlog:  # the child's stderr
+                    transport = stdio_client(params, errlog=errlog)
+                    async with Client(transport, read_timeout_seconds=config.timeout_seconds, cache=None) as client:
+                        errlog.close()  # the child has its copy: the relay reads to its end
+                        yield client
+                with contextlib.suppress(TimeoutError):  # the child has stopped: its last lines
+                    await asyncio.wait_for(asyncio.shield(relay), 1.0)
+            finally:
+                await cancel_and_wait(relay)
             return
         assert config.url is not None  # the config validator requires it for http
         headers = self._resolve(config.headers_env, "headersEnv")
@@ -280,6 +295,29 @@ def _connection_gone(error: MCPError) -> bool:
     the JSON-RPC "server error" that servers answer many things with (the TypeScript SDK: an unknown
     session, a body too large); those end the call, and a probe tells whether the connection is gone."""
     return error.code == CONNECTION_CLOSED and error.message == "Connection closed"
+
+
+async def _relay_stderr(server: str, read_end: int) -> None:
+    """Each line a stdio server writes on its stderr, as one log line of this runtime, until its end."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_MAX_STDERR_LINE)
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as end:
+                    if not end.partial:
+                        return
+                    line = end.partial  # the last line, without its newline
+                except asyncio.LimitOverrunError as long:
+                    line = await reader.readexactly(long.consumed)  # a very long line, in pieces
+                text = line.decode(errors="replace").rstrip()
+                if text:
+                    log.info("MCP server stderr", extra={"server": server, "line": text[:_MAX_STDERR_LINE]})
+        finally:
+            transport.close()
 
 
 def _describe(error: BaseException) -> str:
