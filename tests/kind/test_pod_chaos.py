@@ -62,4 +62,5 @@ async def test_streams_resume_on_another_pod_after_delete_and_kill_9(kube: Kube,
     assert summary["resumed"] > 0, f"nothing was interrupted: {summary}"
     assert summary["completed"] == summary["acknowledged"], summary
     counts = await audit(base_url, outcome.acked, headers=AUTH)
+    log.info("audit: %s", counts)
     assert counts["sessions"] == 50, counts

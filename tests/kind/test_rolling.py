@@ -76,4 +76,4 @@ async def test_a_config_change_rolls_the_pods_with_zero_failed_requests(kube: Ku
     assert summary["refused_503"] == 0 and summary["unacknowledged_breaks"] == 0, summary
     assert summary["resumed"] == 0, f"a stream broke during the roll: {summary}"
     assert summary["completed"] == summary["acknowledged"] > 0, summary
-    await audit(base_url, outcome.acked, headers=AUTH)
+    log.info("audit: %s", await audit(base_url, outcome.acked, headers=AUTH))

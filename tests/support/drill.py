@@ -257,10 +257,11 @@ async def audit(base: str, acked: list[Acked], headers: dict[str, str] | None = 
     by_session: dict[str, list[Acked]] = {}
     for turn in acked:
         by_session.setdefault(turn.session_id, []).append(turn)
-    stored_turns = 0
+    stored_turns = reconnects = 0
     async with httpx.AsyncClient(timeout=30, headers=headers) as http:
         for session_id, turns in by_session.items():
-            resp = await http.get(f"{base}/api/v1/sessions/{session_id}")
+            resp, retried = await _get_reconnecting(http, f"{base}/api/v1/sessions/{session_id}")
+            reconnects += retried
             assert resp.status_code == 200, (session_id, resp.status_code, resp.text[:300])
             history = resp.json()["turns"]
             stored_turns += len(history)
@@ -280,7 +281,20 @@ async def audit(base: str, acked: list[Acked], headers: dict[str, str] | None = 
                 assert answer is not None and (answer["role"], answer["content"]) == ("assistant", expected), \
                     f"{session_id}: answer of {turn} missing or wrong: {history}"
                 assert users[turn.message] == 1, f"{session_id}: {turn.message!r} stored {users[turn.message]} times"
-    return {"sessions": len(by_session), "stored_turns": stored_turns}
+    return {"sessions": len(by_session), "stored_turns": stored_turns, "reconnects": reconnects}
+
+
+async def _get_reconnecting(http: httpx.AsyncClient, url: str, attempts: int = 5) -> tuple[httpx.Response, int]:
+    """A GET that reconnects after a dropped connection, as any HTTP client does for a read: the
+    audit checks what was stored, and a connection lost on the way (a proxy in front of a pod that
+    was just replaced) says nothing about that. Returns the answer and how many tries it took past
+    the first."""
+    for attempt in range(attempts - 1):
+        try:
+            return await http.get(url), attempt
+        except httpx.TransportError:
+            await asyncio.sleep(0.5 * (attempt + 1))
+    return await http.get(url), attempts - 1
 
 
 async def pools_settle(runtimes: list[RuntimeProcess], backend: str = "redis") -> list[dict[str, Any]]:
