@@ -34,7 +34,7 @@ class HashingEmbedder:
             return vec
         return vec / norm
 
-    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> npt.NDArray[np.float32]:
         return np.stack([self._vector(t) for t in texts]) if texts else np.zeros((0, self.dimension), np.float32)
 
     async def close(self) -> None:

@@ -196,7 +196,7 @@ class LookupEmbedder:
         self.vectors = vectors
         self._by_stripped: dict[str, npt.NDArray[np.float32]] = {}
 
-    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> npt.NDArray[np.float32]:
         # the router embeds a message stripped (and cut): find it under the text it came from
         return np.stack([self.vectors[t] if t in self.vectors else self._stripped()[t] for t in texts])
 

@@ -95,6 +95,28 @@ async def test_callers_that_gave_up_are_never_computed() -> None:
     await embedder.close()
 
 
+async def test_waited_for_calls_go_ahead_of_background_work_which_waits_longer() -> None:
+    model = GatedModel()
+    embedder = _embedder(model, timeout=0.3, limit=100)
+    embedder.max_batch = 1  # one call per batch: the order of the batches is the order of the queue
+    first = asyncio.create_task(embedder.embed(["running"]))
+    await _running(model)
+    archives = [asyncio.create_task(embedder.embed([f"archive {i}"], background=True)) for i in range(2)]
+    await asyncio.sleep(0)
+    lookup = asyncio.create_task(embedder.embed(["lookup"]))
+    await asyncio.sleep(0.5)  # past the foreground deadline (0.3 s), not the background one
+    assert lookup.done() and isinstance(lookup.exception(), EmbeddingUnavailable)
+    assert not any(a.done() for a in archives), "background work keeps waiting past the foreground deadline"
+    embedder.timeout_seconds = 30
+    late = asyncio.create_task(embedder.embed(["late lookup"]))
+    await asyncio.sleep(0)
+    model.gate.set()
+    await asyncio.gather(first, late, *archives, return_exceptions=True)
+    assert [len(await a) for a in archives] == [1, 1]
+    assert model.encoded == ["running", "late lookup", "archive 0", "archive 1"]
+    await embedder.close()
+
+
 def test_a_busy_embedder_is_a_503_embedder_busy_with_retry_after() -> None:
     error = unavailable_error(EmbedderBusy(600, 10, 512))
     assert isinstance(error, EmbeddingQueueFull)

@@ -46,7 +46,7 @@ class TableEmbedder:
         self.delay = 0.0
         self.nan = False
 
-    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> npt.NDArray[np.float32]:
         self.calls += 1
         if self.delay:
             await asyncio.sleep(self.delay)

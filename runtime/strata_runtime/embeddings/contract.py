@@ -26,8 +26,11 @@ class Embedder(Protocol):
     name: str
     dimension: int
 
-    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Return an (n, dimension) float32 array of L2-normalised vectors, in input order."""
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> npt.NDArray[np.float32]:
+        """Return an (n, dimension) float32 array of L2-normalised vectors, in input order.
+
+        `background`: work nobody waits on (session archives): it yields to calls a request is
+        waiting for, and may take longer than their deadline."""
         ...
 
     async def close(self) -> None: ...

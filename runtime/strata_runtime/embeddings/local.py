@@ -8,6 +8,11 @@ batch (one worker thread call each), so 20 concurrent queries cost a few forward
 not 20. BLAS is pinned to `threads` threads: two BLAS threads per process on a shared
 2-core box blow up tail latency.
 
+Calls a request waits for go ahead of background work (`background=True`: session archives,
+which nobody waits on): under load an archive backlog never makes a cache lookup or a memory
+call miss its deadline, and background work gets a longer deadline of its own
+(BACKGROUND_DEADLINE_SECONDS) instead of failing and retrying while the foreground is busy.
+
 The queue is bounded: while texts are waiting, a call that would take the waiting texts above
 `max_queued_texts` is refused at once (EmbedderBusy; `/v1/embeddings` answers 503
 `embedder_busy`, the cache, the router and memory recall skip their semantic step). A caller
@@ -36,6 +41,7 @@ E5_NAMES = (E5_NAME, "intfloat/multilingual-e5-small")
 LOCAL_MODELS = E5_NAMES + MINILM_NAMES
 # About two seconds of work (the default deadline) for e5-small on one core, with headroom.
 MAX_QUEUED_TEXTS = 512
+BACKGROUND_DEADLINE_SECONDS = 30.0
 Model = MiniLM | E5Small
 
 log = logging.getLogger("strata.embeddings")
@@ -44,6 +50,7 @@ log = logging.getLogger("strata.embeddings")
 @dataclass(eq=False)
 class _Pending:
     texts: list[str]
+    background: bool
     future: asyncio.Future[npt.NDArray[np.float32]] = field(repr=False)
 
 
@@ -87,26 +94,34 @@ class LocalEmbedder:
             return E5Small(threads=self.threads)
         return MiniLM(self._model_dir)
 
-    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> npt.NDArray[np.float32]:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         wanted = len(texts)
         if self._queued_texts and self._queued_texts + wanted > self.max_queued_texts:
             raise EmbedderBusy(self._queued_texts, wanted, self.max_queued_texts)
         loop = asyncio.get_running_loop()
-        pending = _Pending(list(texts), loop.create_future())
+        pending = _Pending(list(texts), background, loop.create_future())
         # Retrieve late failures so a caller that gave up never leaves an unread exception behind.
         pending.future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._queue.append(pending)
-        self._queued_texts += wanted
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain(), name="embedder-batcher")
+        self._enqueue(pending)
+        deadline = max(self.timeout_seconds, BACKGROUND_DEADLINE_SECONDS) if background else self.timeout_seconds
         try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), self.timeout_seconds)
+            return await asyncio.wait_for(asyncio.shield(pending.future), deadline)
         except TimeoutError as e:
-            raise EmbeddingUnavailable(f"local embedder missed its {self.timeout_seconds}s deadline") from e
+            raise EmbeddingUnavailable(f"local embedder missed its {deadline}s deadline") from e
         finally:
             self._abandon(pending)
+
+    def _enqueue(self, pending: _Pending) -> None:
+        """Background work at the end; a waited-for call ahead of every background one."""
+        at = len(self._queue)
+        if not pending.background:
+            at = next((i for i, queued in enumerate(self._queue) if queued.background), at)
+        self._queue.insert(at, pending)
+        self._queued_texts += len(pending.texts)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain(), name="embedder-batcher")
 
     @property
     def queued_texts(self) -> int:

@@ -37,7 +37,8 @@ class OpenAIEmbedder:
     async def start(self) -> None:
         return None
 
-    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> npt.NDArray[np.float32]:
+        # `background` changes nothing here: the endpoint has its own queue, and its own deadline applies.
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if time.monotonic() < self._down_until:

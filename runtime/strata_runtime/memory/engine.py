@@ -282,7 +282,7 @@ class MemoryEngine:
             await self.long_term.upsert(row_id=bid, tenant=state.tenant, agent_id=state.agent_id,
                                         channel=ctx.channel_id or "", kind="conversation", content=summary,
                                         source="session-archive", session_id=state.session_id,
-                                        extra={"first_seq": first, "last_seq": last})
+                                        extra={"first_seq": first, "last_seq": last}, background=True)
         trimmed = await self._record_and_trim(state, bid, batch, summary)
         state.archive.failures, state.archive.retry_at, state.archive.draft = 0, 0.0, None
         return trimmed
@@ -367,7 +367,8 @@ class MemoryEngine:
             await self.long_term.upsert(row_id=batch.batch_id, tenant=batch.tenant, agent_id=batch.agent_id,
                                         channel=batch.channel, kind="conversation", content=summary,
                                         source="session-archive", session_id=batch.session_id,
-                                        extra={"first_seq": batch.first_seq, "last_seq": batch.last_seq})
+                                        extra={"first_seq": batch.first_seq, "last_seq": batch.last_seq},
+                                        background=True)
         except Exception as e:  # the embedder or the vector store: the batch stays parked
             await self._back_off(batch, e)
             return False

@@ -63,8 +63,10 @@ class LongTermMemory:
         return index
 
     async def upsert(self, *, row_id: str, tenant: str, agent_id: str, channel: str, kind: str, content: str,
-                     source: str, session_id: str = "", extra: Mapping[str, Scalar] | None = None) -> str:
-        vector = (await self.embedder.embed([content]))[0]
+                     source: str, session_id: str = "", extra: Mapping[str, Scalar] | None = None,
+                     background: bool = False) -> str:
+        """Embed and store one memory; `background` for writes nobody waits on (session archives)."""
+        vector = (await self.embedder.embed([content], background=background))[0]
         fields: dict[str, Scalar] = {"tenant": tenant, "agent": agent_id, "channel": channel, "kind": kind,
                                      "content": content, "source": source, "session": session_id,
                                      "ts": time.time(), **(extra or {})}
