@@ -1,9 +1,12 @@
-"""Background tasks: stopping one (cancel and wait until it has ended) and its wake-up wait."""
+"""Background tasks: stopping one (cancel and wait until it has ended), its wake-up wait, and
+stepping an awaitable by hand (run it now as far as it goes without waiting, finish it later)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import types
+from collections.abc import Generator
 from typing import Any
 
 # How long a cancelled task may take to end before it is cancelled again.
@@ -33,3 +36,47 @@ async def wait_for_event(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await event.wait()
+
+
+ENDED: Any = object()  # what `step_now` gives for an iterator's end (StopAsyncIteration)
+
+
+def step_now(step: Generator[Any, Any, Any]) -> tuple[bool, Any]:
+    """Runs an awaitable (its `__await__()`) until it first waits: (True, its result, or
+    ENDED when it raised StopAsyncIteration) if it finished, else (False, what it waits on)
+    for `finish`. No task switch and no loop iteration when the result is already there."""
+    try:
+        return False, step.send(None)
+    except StopIteration as done:
+        return True, done.value
+    except StopAsyncIteration:
+        return True, ENDED
+
+
+@types.coroutine
+def finish(step: Generator[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
+    """Carries on an awaitable `step_now` started, as an `await` would have (the task waits on what it
+    yields; a cancellation goes into the awaitable, as with a plain await)."""
+    while True:
+        try:
+            sent = yield waiting_on
+        except BaseException as error:
+            try:
+                waiting_on = step.throw(error)
+            except StopIteration as done:
+                return done.value
+            continue
+        try:
+            waiting_on = step.send(sent)
+        except StopIteration as done:
+            return done.value
+
+
+async def unwind(step: Generator[Any, Any, Any], waiting_on: Any, error: BaseException) -> None:
+    """Ends an awaitable `step_now` started that nobody will finish: `error` goes into it where it
+    waits (its clean-up runs, and may wait), and whatever it raises then is dropped. Left half-run,
+    an async generator's `__anext__` keeps the generator "running": its `aclose()` would fail."""
+    del waiting_on  # it waited on that; the error replaces the answer
+    with contextlib.suppress(BaseException):
+        after = step.throw(error)
+        await finish(step, after)

@@ -87,3 +87,34 @@ async def test_a_cancellation_from_outside_still_propagates() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_client_leaving_while_a_write_waits_closes_the_iteration_it_had_started() -> None:
+    """The next chunk is asked for before the ready ones are written; a write that waits (a slow
+    client) and is cancelled there must not leave that request half-run: the iterator is closed."""
+    ended = asyncio.Event()
+    disconnected = asyncio.Event()
+    written = asyncio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            yield b"first"
+            await asyncio.Event().wait()
+            yield b"never"
+        finally:
+            ended.set()
+
+    async def receive() -> Any:
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def slow_send(message: Any) -> None:
+        if message["type"] == "http.response.body":
+            written.set()
+            await asyncio.Event().wait()  # the socket's buffer is full: the write waits
+
+    task = asyncio.create_task(SSEResponse(chunks())({"type": "http"}, receive, slow_send))
+    await written.wait()
+    disconnected.set()
+    await asyncio.wait_for(task, 10)  # no "aclose(): asynchronous generator is already running"
+    assert ended.is_set()

@@ -12,12 +12,13 @@ upstream request ends and the tenant's slots are freed as soon as the server not
 from __future__ import annotations
 
 import asyncio
-import types
-from collections.abc import AsyncIterator, Generator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from strata_runtime.tasks import ENDED, finish, step_now, unwind
 
 # The scope key under which the request middleware leaves the `send` it was given.
 RAW_SEND = "strata.raw_send"
@@ -83,16 +84,20 @@ async def _relay(chunks: AsyncIterator[Any], send: Send, framing: Framing) -> No
     try:
         while True:
             pending = chunks.__anext__().__await__()
-            ready, value = _try_now(pending)
+            ready, value = step_now(pending)
             if not ready:  # nothing more without waiting: write what is there, then wait
                 if batch:
-                    await send({"type": "http.response.body", "body": b"".join(batch), "more_body": True})
+                    try:
+                        await send({"type": "http.response.body", "body": b"".join(batch), "more_body": True})
+                    except BaseException as error:  # (a slow client's write waited, and it left meanwhile)
+                        await unwind(pending, value, error)
+                        raise
                     batch = []
                 try:
-                    value = await _finish(pending, value)
+                    value = await finish(pending, value)
                 except StopAsyncIteration:
                     break
-            elif value is _END:
+            elif value is ENDED:
                 break
             batch.append(frame(value))
             if len(batch) >= _MAX_BATCH:
@@ -105,34 +110,3 @@ async def _relay(chunks: AsyncIterator[Any], send: Send, framing: Framing) -> No
             raise
         batch.append(event)
     await send({"type": "http.response.body", "body": b"".join(batch), "more_body": False})
-
-
-_END: Any = object()
-
-
-def _try_now(step: Generator[Any, Any, bytes]) -> tuple[bool, Any]:
-    """Step the `__anext__` awaitable once: (True, chunk or _END) if it finished, else (False, what it waits on)."""
-    try:
-        return False, step.send(None)
-    except StopIteration as done:
-        return True, done.value
-    except StopAsyncIteration:
-        return True, _END
-
-
-@types.coroutine
-def _finish(step: Generator[Any, Any, bytes], waiting_on: Any) -> Generator[Any, Any, bytes]:
-    """Carry on an awaitable `_try_now` started, as an `await` would have (the task waits on what it yields)."""
-    while True:
-        try:
-            sent = yield waiting_on
-        except BaseException as error:  # a cancellation goes into the iterator, as with a plain await
-            try:
-                waiting_on = step.throw(error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            continue
-        try:
-            waiting_on = step.send(sent)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
