@@ -46,6 +46,7 @@ from strata_runtime.memory.state import SessionState, StreamInfo, Turn
 from strata_runtime.routing.decision import RouteDecision
 from strata_runtime.routing.prompt import system_prompt
 from strata_runtime.stores.health import StoreUnavailable
+from strata_runtime.tasks import finish, step_now
 from strata_runtime.tools.loop import ToolLoop, TurnRef, answer_text
 
 log = logging.getLogger("strata.agents")
@@ -58,25 +59,16 @@ POLL_SECONDS = 0.02
 CALL_CHAIN_KEY = "strata_call_chain"  # in a stored prompt only: {depth, chain} of a nested turn
 
 
-@dataclass(frozen=True)
 class Event:
-    kind: str  # chunk | done | error
-    index: int
-    text: str = ""
-    error: StrataError | None = None
+    """One event of a turn (one per chunk per reader: slots, not a frozen dataclass's checked setattr)."""
 
+    __slots__ = ("error", "index", "kind", "text")
 
-async def _follow_producer(producer: Producer, start: int) -> AsyncIterator[Event]:
-    """The chunks of the answer this pod is producing, live, then `done` or `error` when it ended
-    here; nothing more when the producer lost its claim (the caller goes on from Redis)."""
-    i = start
-    async for index, text in producer.follow(i):
-        yield Event("chunk", index, text)
-        i = index + 1
-    if producer.turn is not None:
-        yield Event("done", len(producer.durable), producer.turn.content)
-    elif producer.error is not None:
-        yield Event("error", i, error=producer.error)
+    def __init__(self, kind: str, index: int, text: str = "", error: StrataError | None = None) -> None:
+        self.kind = kind  # chunk | done | error
+        self.index = index
+        self.text = text
+        self.error = error
 
 
 def _deltas(chunk: dict[str, Any]) -> str:
@@ -98,10 +90,10 @@ class Producer:
         self.body = body
         self.ctx = ctx
         self.durable: list[str] = list(prefix)
-        self._queue: list[str] = []
-        self._wake = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._ending = False
+        self._queue: list[str] = []  # chunks not written yet
+        self._writing: asyncio.Task[None] | None = None  # a write that had to wait (in flight, or just ended)
+        self._readers: list[asyncio.Future[None]] = []  # readers waiting for the next durable chunks
+        self._loop = asyncio.get_running_loop()
         self.finished = False
         self.lost = False
         self.turn: Turn | None = None
@@ -112,47 +104,41 @@ class Producer:
 
     # readers ---------------------------------------------------------------------------------
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            if not reader.done():
+                reader.set_result(None)
 
-    async def follow(self, start: int) -> AsyncIterator[tuple[int, str]]:
+    async def follow(self, start: int) -> AsyncIterator[Event]:
+        """The durable chunks from `start`, live, then `done` or `error` when the turn ended here;
+        nothing more when the producer lost its claim (the caller goes on from Redis)."""
         i = start
+        durable = self.durable
         while True:
-            while i < len(self.durable):
-                yield i, self.durable[i]
+            while i < len(durable):
+                yield Event("chunk", i, durable[i])
                 i += 1
             if self.finished:
-                return
-            await self._changed.wait()
+                break
+            waiter = self._loop.create_future()  # a bare future: no Event, no loop lookup per chunk
+            self._readers.append(waiter)
+            await waiter
+        if self.turn is not None:
+            yield Event("done", len(durable), self.turn.content)
+        elif self.error is not None:
+            yield Event("error", i, error=self.error)
 
     # production ------------------------------------------------------------------------------
     async def run(self) -> None:
         gateway = self.conv.gateway()
         heartbeat = asyncio.create_task(self._heartbeat())
-        flusher = asyncio.create_task(self._flusher())
         depth = self.conv.depth
         if depth is not None:
             depth.turn_started(self.state.tenant, self.state.session_id)
         try:
             if gateway is None:
                 raise ServiceUnavailable("no LLM gateway is configured in this runtime")
-            async for piece in self._generate(gateway):
-                if self.lost:
-                    break
-                if piece:
-                    self._queue.append(piece)
-                    self._wake.set()
-            self._ending = True
-            self._wake.set()
-            await flusher
-            if self.lost:
-                return
-            self.turn = await self.engine.complete(self.state, self.seq, answer_text(self.durable),
-                                                   owner=self.conv.pod_id)
-            if self.turn is None:
-                self.lost = True
-            else:
-                self.conv.schedule_archive(self.state, self.ctx)
+            await self._produce(gateway)
         except StrataError as e:
             self.error = e
         except Exception as e:
@@ -160,7 +146,8 @@ class Producer:
             self.error = UpstreamError(f"the model call failed: {type(e).__name__}")
         finally:
             heartbeat.cancel()
-            flusher.cancel()
+            if self._writing is not None:
+                self._writing.cancel()  # (if still in flight) the turn ended here, cancelled or failed
             if depth is not None:
                 depth.turn_ended(self.state.tenant, self.state.session_id)
             if self.error is not None and not self.lost and not isinstance(self.error, (StoreUnavailable, Draining)):
@@ -171,6 +158,23 @@ class Producer:
             self.finished = True
             self._notify()
             self.conv.producers.pop((self.state.tenant, self.state.session_id, self.seq), None)
+
+    async def _produce(self, gateway: ChatGateway) -> None:
+        """The model's answer, each piece queued and written as it comes (`_write_queued`), then the turn."""
+        async for piece in self._generate(gateway):
+            if self.lost:
+                return
+            if piece:
+                self._queue.append(piece)
+                self._write_queued()
+        await self._write_rest()
+        if self.lost:
+            return
+        self.turn = await self.engine.complete(self.state, self.seq, answer_text(self.durable), owner=self.conv.pod_id)
+        if self.turn is None:
+            self.lost = True
+        else:
+            self.conv.schedule_archive(self.state, self.ctx)
 
     async def _record_failure(self, error: StrataError) -> None:
         try:
@@ -236,24 +240,45 @@ class Producer:
         async for text in self._stream(gateway, body):
             yield text
 
-    async def _flusher(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch, self._queue = self._queue, []
-                ok = await self.engine.flush_chunks(self.state, self.seq, owner=self.conv.pod_id,
-                                                    start=len(self.durable), chunks=batch)
-                if not ok:
-                    self.lost = True
-                    self._notify()
-                    return
-                if self.first_chunk_at is None:
-                    self.first_chunk_at = time.perf_counter()
-                self.durable.extend(batch)
-                self._notify()
-            if self._ending:
+    def _write_queued(self) -> None:
+        """Writes the queued chunks unless a write is in flight (that write takes them in its next
+        round: chunks that arrive while a write waits go together in the next one). The write runs
+        here, in the producer's own step, as far as it goes without waiting: a store that answers
+        at once (the in-process one) costs no task and no wake-up; one that waits (Redis, where
+        the group commit batches every turn's writes) is carried on by a task while the producer
+        goes on reading the model's answer. Readers see the chunks once the write has returned."""
+        writing = self._writing
+        if writing is not None:
+            if not writing.done():
                 return
+            self._writing = None
+            writing.result()  # a failed write fails the turn
+        write = self._write().__await__()
+        ended, waiting_on = step_now(write)
+        if not ended:
+            self._writing = self._loop.create_task(_carry_on(write, waiting_on))
+
+    async def _write_rest(self) -> None:
+        """The chunks still queued when the answer has ended, after the write in flight (its failure is the turn's)."""
+        writing = self._writing
+        if writing is not None:
+            await writing
+        if self._queue and not self.lost:
+            await self._write()
+
+    async def _write(self) -> None:
+        while self._queue and not self.lost:
+            batch, self._queue = self._queue, []
+            ok = await self.engine.flush_chunks(self.state, self.seq, owner=self.conv.pod_id,
+                                                start=len(self.durable), chunks=batch)
+            if not ok:
+                self.lost = True
+                self._notify()
+                return
+            if self.first_chunk_at is None:
+                self.first_chunk_at = time.perf_counter()
+            self.durable.extend(batch)
+            self._notify()
 
     async def _heartbeat(self) -> None:
         interval = self.conv.stale_seconds / 4
@@ -265,6 +290,10 @@ class Producer:
                 self.lost = True
                 self._notify()
                 return
+
+
+async def _carry_on(write: Any, waiting_on: Any) -> None:
+    await finish(write, waiting_on)
 
 
 def stored_prompt(body: dict[str, Any], depth: int, chain: str | None) -> bytes:
@@ -400,47 +429,44 @@ class Conversations:
         return (await self._done_from_history(tenant, session_id, seq, 0)).kind == "done"
 
     async def events(self, tenant: str, session_id: str, seq: int, start: int) -> AsyncIterator[Event]:
-        """The turn's events from chunk `start`; a store outage ends them with a retryable error event."""
+        """The turn's events from chunk `start`; a store outage ends them with a retryable error event.
+        (One generator: a chunk followed live passes through no other layer on its way to the client.)"""
         try:
-            async for event in self._events(tenant, session_id, seq, start):
-                yield event
-        except StoreUnavailable as e:
-            yield Event("error", -1, error=e)
-
-    async def _events(self, tenant: str, session_id: str, seq: int, start: int) -> AsyncIterator[Event]:
-        i = start
-        while True:
-            producer = self.producers.get((tenant, session_id, seq))
-            if producer is not None:
-                async for event in _follow_producer(producer, i):
-                    yield event
-                    if event.kind != "chunk":
-                        return
-                    i = event.index + 1
-                # The producer lost its claim: continue from Redis like any other pod.
-            turn = await self.engine.l2(lambda s: s.get_turn(tenant, session_id, seq))
-            info = await self._stream_info(tenant, session_id, seq, i)
-            if turn is not None:
-                for text in info.chunks if info else []:
+            i = start
+            while True:
+                producer = self.producers.get((tenant, session_id, seq))
+                if producer is not None:
+                    async for event in producer.follow(i):
+                        yield event
+                        if event.kind != "chunk":
+                            return
+                        i = event.index + 1
+                    # The producer lost its claim: continue from Redis like any other pod.
+                turn = await self.engine.l2(lambda s: s.get_turn(tenant, session_id, seq))
+                info = await self._stream_info(tenant, session_id, seq, i)
+                if turn is not None:
+                    for text in info.chunks if info else []:
+                        yield Event("chunk", i, text)
+                        i += 1
+                    yield Event("done", i if info else -1, turn.content)
+                    return
+                if info is None:  # never existed, or finished and its stream record expired
+                    yield await self._done_from_history(tenant, session_id, seq, i)
+                    return
+                if info.state == "failed":
+                    yield Event("error", i, error=UpstreamError(info.error or "the model call failed"))
+                    return
+                for text in info.chunks:
                     yield Event("chunk", i, text)
                     i += 1
-                yield Event("done", i if info else -1, turn.content)
-                return
-            if info is None:  # never existed, or finished and its stream record expired
-                yield await self._done_from_history(tenant, session_id, seq, i)
-                return
-            if info.state == "failed":
-                yield Event("error", i, error=UpstreamError(info.error or "the model call failed"))
-                return
-            for text in info.chunks:
-                yield Event("chunk", i, text)
-                i += 1
-            if info.state == "done":
-                # Completed, but the turn itself has left Redis (its session was released or archived
-                # to SQL since): the answer is read from the session's history.
-                yield await self._done_from_history(tenant, session_id, seq, i)
-                return
-            await self._wait_or_take_over(tenant, session_id, seq, info)
+                if info.state == "done":
+                    # Completed, but the turn itself has left Redis (its session was released or archived
+                    # to SQL since): the answer is read from the session's history.
+                    yield await self._done_from_history(tenant, session_id, seq, i)
+                    return
+                await self._wait_or_take_over(tenant, session_id, seq, info)
+        except StoreUnavailable as e:
+            yield Event("error", -1, error=e)
 
     async def _wait_or_take_over(self, tenant: str, session_id: str, seq: int, info: StreamInfo) -> None:
         """A turn still being produced: take it over once its producer went quiet, else wait a moment."""

@@ -29,7 +29,7 @@ from strata_runtime.ids import ID_PATTERN
 from strata_runtime.routing.service import route_message
 from strata_runtime.services import Services
 from strata_runtime.tools.cascade import CHAIN_HEADER, DEPTH_HEADER, parse_depth
-from strata_runtime.tools.loop import ToolTrace, decode_event
+from strata_runtime.tools.loop import EVENT_MARK, ToolTrace, decode_event
 
 router = APIRouter(dependencies=PUBLIC)
 
@@ -103,15 +103,10 @@ async def query(request: Request, services: ServicesDep, caller: PublicCaller,
                 return Response(orjson.dumps(result), media_type="application/json")
         raise ServiceUnavailable("the turn ended without an answer")
 
-    async def stream() -> AsyncIterator[bytes]:
-        yield _sse("start", {"session_id": body.session_id, "agent_id": agent.id,
-                             "config_hash": agent.config_hash, "turn_seq": started.seq,
-                             "routing": decision.summary()})
-        async for chunk in _events(conv, tenant, body, started.seq, 0, agent_id=agent.id,
-                                 config_hash=agent.config_hash):
-            yield chunk
-
-    return SSEResponse(stream(), headers=SSE_HEADERS)
+    head = _sse("start", {"session_id": body.session_id, "agent_id": agent.id, "config_hash": agent.config_hash,
+                          "turn_seq": started.seq, "routing": decision.summary()})
+    return SSEResponse(_events(conv, tenant, body, started.seq, 0, agent_id=agent.id, config_hash=agent.config_hash,
+                               head=head), headers=SSE_HEADERS)
 
 
 def _call_chain(services: Services, request: Request) -> tuple[int, str | None]:
@@ -144,13 +139,13 @@ async def _resume(conv: Conversations, tenant: str, body: QueryRequest, seq: int
     first = await anext(events, None)
     if first is None:
         return Response(status_code=204)
+    return SSEResponse(_prepend(first, events), headers=SSE_HEADERS)
 
-    async def stream() -> AsyncIterator[bytes]:
-        yield first
-        async for chunk in events:
-            yield chunk
 
-    return SSEResponse(stream(), headers=SSE_HEADERS)
+async def _prepend(first: bytes, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in events:
+        yield chunk
 
 
 async def _recorded_status(conv: Conversations, tenant: str, session_id: str, seq: int) -> str | None:
@@ -162,18 +157,26 @@ async def _recorded_status(conv: Conversations, tenant: str, session_id: str, se
 
 
 async def _events(conv: Conversations, tenant: str, body: QueryRequest, seq: int, start: int, *, agent_id: str,
-                  config_hash: str) -> AsyncIterator[bytes]:
+                  config_hash: str, head: bytes | None = None) -> AsyncIterator[bytes]:
+    """The turn's SSE events from chunk `start` (after `head`, the `start` event of a new turn). A
+    text chunk is framed in one step: the id prefix is made once per turn, the delta serialised
+    as a JSON string (the same bytes as `_sse("chunk", {"delta": text}, id)`)."""
     event: Event
     trace = ToolTrace()
+    if head is not None:
+        yield head
+    chunk_id = b"id: %d:" % seq
     async for event in conv.events(tenant, body.session_id, seq, start):
         if event.kind == "chunk":
-            tool_event = decode_event(event.text)
-            if tool_event is not None:
-                kind = str(tool_event.pop("type"))
-                trace.add({"type": kind, **tool_event})
-                yield _sse(kind, tool_event, f"{seq}:{event.index}")
-            else:
-                yield _sse("chunk", {"delta": event.text}, f"{seq}:{event.index}")
+            text = event.text
+            if not text.startswith(EVENT_MARK):
+                yield b"%s%d\nevent: chunk\ndata: {\"delta\":%s}\n\n" % (chunk_id, event.index, orjson.dumps(text))
+                continue
+            tool_event = decode_event(text)
+            assert tool_event is not None
+            kind = str(tool_event.pop("type"))
+            trace.add({"type": kind, **tool_event})
+            yield _sse(kind, tool_event, f"{seq}:{event.index}")
         elif event.kind == "done":
             if event.index >= 0 and event.index < start:
                 return  # the client already has the whole answer and the done event
