@@ -43,13 +43,25 @@ SERVER = {"drainSeconds": 5, "limits": {"perTenant": {"requests": None, "streams
 AGENTS = [{"id": "support", "tenant": "bench", "model": "gpt-4o-mini", "systemPrompt": "Be brief."}]
 
 
+# The fake upstream answers "echo: <the last user message>" cut into as many pieces as the scenario
+# has content events: a message this long gives every piece text (~22 characters in A, 1-2 in B).
+# A short one left most of B's 298 pieces empty: /api/v1/query sends no event for an empty delta,
+# so its B streams carried ~30 events, not 300, and "CPU per chunk" was per tenth of the chunks.
+FILLER = ("Tell me, in plain words and in some detail, how a request travels from the client through the "
+          "gateway to the model and back again, what each part on the way does with it, which of them may "
+          "keep a copy, where the time goes when many users ask at once, and what an operator should watch "
+          "when the answers start to arrive late. Keep it short enough to read on a phone, and say which "
+          "numbers matter most. ")
+
+
 def chat_body(unique: bool) -> dict[str, Any]:
-    text = "stream run {n} please" if unique else "stream please"
+    text = ("stream run {n} please. " if unique else "stream please. ") + FILLER
     return {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": text}]}
 
 
 def query_body() -> dict[str, Any]:
-    return {"message": "stream run {n} please", "session_id": "s{n}", "chatbot_id": "support", "stream": True}
+    return {"message": "stream run {n} please. " + FILLER, "session_id": "s{n}", "chatbot_id": "support",
+            "stream": True}
 
 
 class Target:
@@ -124,6 +136,9 @@ def start_targets(args: argparse.Namespace, upstream: UpstreamServer, workdir: P
         stop.append(base.stop)
         targets.append(Target("strata@base", base.port, base.process.pid, "/v1/chat/completions", chat_body(False),
                               auth))
+        if not args.no_query:
+            targets.append(Target("strata-query@base", base.port, base.process.pid, "/api/v1/query", query_body(),
+                                  auth, unique=True))
     if not args.no_litellm:
         litellm = LiteLLM(upstream.base_url, workdir, f"sk-{BENCH_KEY}")
         stop.append(litellm.stop)
