@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -46,12 +47,14 @@ AGENTS = [{"id": "support", "tenant": "bench", "model": "gpt-4o-mini", "systemPr
 # The fake upstream answers "echo: <the last user message>" cut into as many pieces as the scenario
 # has content events: a message this long gives every piece text (~22 characters in A, 1-2 in B).
 # A short one left most of B's 298 pieces empty: /api/v1/query sends no event for an empty delta,
-# so its B streams carried ~30 events, not 300, and "CPU per chunk" was per tenth of the chunks.
+# so its B streams carried ~30 events, not 300, and "CPU per chunk" was per tenth of the chunks. No
+# word that asks for long-term memory ("again", "before", ...): that recall embeds the message (E5,
+# ~15 ms of CPU per turn on this one), a cost of the turn that bench/memory.py covers, not the stream's.
 FILLER = ("Tell me, in plain words and in some detail, how a request travels from the client through the "
-          "gateway to the model and back again, what each part on the way does with it, which of them may "
+          "gateway to the model and back, what each part on the way does with it, which of them may "
           "keep a copy, where the time goes when many users ask at once, and what an operator should watch "
           "when the answers start to arrive late. Keep it short enough to read on a phone, and say which "
-          "numbers matter most. ")
+          "numbers matter most of all. ")
 
 
 def chat_body(unique: bool) -> dict[str, Any]:
@@ -203,6 +206,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="py-spy each target into this directory (collapsed stacks)")
     parser.add_argument("--smoke", action="store_true", help="seconds, tiny N, no LiteLLM: only that it runs")
     args = parser.parse_args()
+    _raise_open_files(max(int(x) for x in args.streams.split(",")))
     scenarios = {k: dict(SCENARIOS[k]) for k in args.scenario.split(",")}
     if args.smoke:
         args.streams, args.duration, args.ramp, args.no_litellm = "8", 0.5, 0.2, True
@@ -240,6 +244,19 @@ def main() -> None:
     failed = [r for _, r in results if r["completed"] == 0]
     if failed:
         sys.exit(f"no stream completed for {[(r['scenario'], r['target'], r['streams']) for r in failed]}")
+
+
+def _raise_open_files(streams: int) -> None:
+    """Each stream holds a socket in the load generator, two in a gateway, one in the upstream: the soft
+    limit on open files (inherited by every process the bench starts) is raised to fit, up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * streams + 1024
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        if ceiling < wanted:
+            print(f"open files limited to {ceiling} (hard limit): fewer than {wanted} for {streams} streams",
+                  file=sys.stderr)
 
 
 def ratios(results: list[tuple[str, dict[str, Any]]]) -> None:
