@@ -22,10 +22,12 @@ class _Store:
         self.written: list[list[str]] = []  # what each write held, once it returned
         self.gate: asyncio.Event | None = None
         self.fail_with: Exception | None = None
+        self.heartbeats = 0
 
     async def flush_chunks(self, state: Any, seq: int, *, owner: str, start: int, chunks: list[str]) -> bool:
         if not chunks:
-            return True  # a heartbeat
+            self.heartbeats += 1
+            return True
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_with is not None:
@@ -57,8 +59,8 @@ class _Model:
         return SimpleNamespace(chunks=chunks())
 
 
-def _producer(store: _Store, model: _Model) -> Producer:
-    conv = SimpleNamespace(engine=store, gateway=lambda: model, depth=None, tool_loop=None, stale_seconds=60.0,
+def _producer(store: _Store, model: _Model, stale_seconds: float = 60.0) -> Producer:
+    conv = SimpleNamespace(engine=store, gateway=lambda: model, depth=None, tool_loop=None, stale_seconds=stale_seconds,
                            pod_id="pod", producers={}, schedule_archive=lambda state, ctx: None)
     state = SimpleNamespace(tenant="t", session_id="s")
     return Producer(conv, state, 1, body={}, ctx=CallContext(tenant="t"), prefix=[])  # type: ignore[arg-type]
@@ -130,3 +132,16 @@ async def test_a_write_that_fails_in_flight_fails_the_turn_and_its_chunks_are_ne
     await asyncio.wait_for(reader, 5)
     assert [e.kind for e, _ in seen] == ["error"]
     assert isinstance(seen[0][0].error, StoreUnavailable)
+
+
+async def test_a_silent_model_still_gets_heartbeats_and_none_follow_the_end_of_the_turn() -> None:
+    store, model = _Store(), _Model(["a"])
+    producer = _producer(store, model, stale_seconds=0.04)  # one heartbeat every 10 ms
+    run = asyncio.create_task(producer.run())
+    await asyncio.sleep(0.2)
+    assert store.heartbeats >= 3
+    model.next_piece.release()
+    await asyncio.wait_for(run, 5)
+    after_end = store.heartbeats
+    await asyncio.sleep(0.1)
+    assert store.heartbeats == after_end

@@ -94,6 +94,8 @@ class Producer:
         self._writing: asyncio.Task[None] | None = None  # a write that had to wait (in flight, or just ended)
         self._readers: list[asyncio.Future[None]] = []  # readers waiting for the next durable chunks
         self._loop = asyncio.get_running_loop()
+        self._beat: asyncio.TimerHandle | None = None  # the next heartbeat, or
+        self._beating: asyncio.Task[None] | None = None  # the heartbeat being written
         self.finished = False
         self.lost = False
         self.turn: Turn | None = None
@@ -131,7 +133,7 @@ class Producer:
     # production ------------------------------------------------------------------------------
     async def run(self) -> None:
         gateway = self.conv.gateway()
-        heartbeat = asyncio.create_task(self._heartbeat())
+        self._arm_heartbeat()
         depth = self.conv.depth
         if depth is not None:
             depth.turn_started(self.state.tenant, self.state.session_id)
@@ -145,7 +147,7 @@ class Producer:
             log.warning("LLM call for a conversation turn failed", exc_info=True)
             self.error = UpstreamError(f"the model call failed: {type(e).__name__}")
         finally:
-            heartbeat.cancel()
+            self._stop_heartbeat()
             if self._writing is not None:
                 self._writing.cancel()  # (if still in flight) the turn ended here, cancelled or failed
             if depth is not None:
@@ -280,16 +282,28 @@ class Producer:
             self.durable.extend(batch)
             self._notify()
 
+    def _arm_heartbeat(self) -> None:
+        """The turn's record is marked alive every `streamStaleSeconds / 4` while it is produced: a
+        timer, and a task only when one is due (most answers end before the first)."""
+        self._beat = self._loop.call_later(self.conv.stale_seconds / 4, self._heartbeat_due)
+
+    def _heartbeat_due(self) -> None:
+        self._beating = self._loop.create_task(self._heartbeat())
+
+    def _stop_heartbeat(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+        if self._beating is not None:
+            self._beating.cancel()
+
     async def _heartbeat(self) -> None:
-        interval = self.conv.stale_seconds / 4
-        while True:
-            await asyncio.sleep(interval)
-            ok = await self.engine.flush_chunks(self.state, self.seq, owner=self.conv.pod_id,
-                                                start=len(self.durable), chunks=[])
-            if not ok:
-                self.lost = True
-                self._notify()
-                return
+        ok = await self.engine.flush_chunks(self.state, self.seq, owner=self.conv.pod_id,
+                                            start=len(self.durable), chunks=[])
+        if not ok:
+            self.lost = True
+            self._notify()
+        elif not self.finished:
+            self._arm_heartbeat()
 
 
 async def _carry_on(write: Any, waiting_on: Any) -> None:
