@@ -131,11 +131,12 @@ def start_targets(args: argparse.Namespace, upstream: UpstreamServer, workdir: P
                   stop: list[Any]) -> list[Target]:
     auth = (f"authorization: Bearer {BENCH_KEY}",)
     targets = [Target("upstream", upstream.port, _pid(upstream), "/v1/chat/completions", chat_body(False), ())]
-    strata = start_strata(upstream.base_url, workdir / "plain", agents=AGENTS, server=SERVER)
+    strata = start_strata(upstream.base_url, workdir / "plain", agents=AGENTS, server=SERVER,
+                          **_stores(args, workdir / "plain"))
     stop.append(strata.stop)
     targets.append(Target("strata", strata.port, strata.process.pid, "/v1/chat/completions", chat_body(False), auth))
     if args.compare_with is not None:  # the same runtime built from another checkout, interleaved
-        base = _start_from(args.compare_with, upstream.base_url, workdir / "base")
+        base = _start_from(args.compare_with, upstream.base_url, workdir / "base", args)
         stop.append(base.stop)
         targets.append(Target("strata@base", base.port, base.process.pid, "/v1/chat/completions", chat_body(False),
                               auth))
@@ -151,6 +152,7 @@ def start_targets(args: argparse.Namespace, upstream: UpstreamServer, workdir: P
         targets.append(Target("strata-query", strata.port, strata.process.pid, "/api/v1/query", query_body(), auth,
                               unique=True))
         cached = start_strata(upstream.base_url, workdir / "cache", agents=AGENTS, server=SERVER,
+                              **_stores(args, workdir / "cache"),
                               cache={"enabled": True, "backend": "memory", "semantic": {"enabled": False}})
         stop.append(cached.stop)
         targets.append(Target("strata+cache", cached.port, cached.process.pid, "/v1/chat/completions",
@@ -160,13 +162,24 @@ def start_targets(args: argparse.Namespace, upstream: UpstreamServer, workdir: P
     return targets
 
 
-def _start_from(root: Path, upstream_base_url: str, workdir: Path) -> Any:
+def _stores(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """With --redis, sessions (and the runtime's other Redis state) live in that Redis, under a key prefix
+    of this run's own: a query turn's writes then make their round trips (group-committed)."""
+    if args.redis is None:
+        return {}
+    prefix = f"bench-streams-{os.getpid()}-{workdir.name}"
+    return {"stores": {"redis": {"backend": "redis", "url": args.redis, "keyPrefix": prefix},
+                       "sql": {"backend": "sqlite", "sqlitePath": str(workdir / "s.db")},
+                       "vectors": {"backend": "memory"}}}
+
+
+def _start_from(root: Path, upstream_base_url: str, workdir: Path, args: argparse.Namespace) -> Any:
     """start_strata with the runtime package imported from `root`/runtime (RuntimeProcess copies os.environ)."""
     workdir.mkdir(exist_ok=True)
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(root.resolve() / "runtime"), str(ROOT)])
     try:
-        return start_strata(upstream_base_url, workdir, agents=AGENTS, server=SERVER)
+        return start_strata(upstream_base_url, workdir, agents=AGENTS, server=SERVER, **_stores(args, workdir))
     finally:
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
@@ -204,6 +217,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated target names to run (default: all)")
     parser.add_argument("--compare-with", type=Path, help="also run the runtime from this checkout (before/after)")
     parser.add_argument("--profile", type=Path, help="py-spy each target into this directory (collapsed stacks)")
+    parser.add_argument("--redis", help="a Redis URL: the runtimes keep sessions there (default: in process)")
     parser.add_argument("--smoke", action="store_true", help="seconds, tiny N, no LiteLLM: only that it runs")
     args = parser.parse_args()
     _raise_open_files(max(int(x) for x in args.streams.split(",")))
