@@ -148,8 +148,7 @@ class Producer:
             self.error = UpstreamError(f"the model call failed: {type(e).__name__}")
         finally:
             self._stop_heartbeat()
-            if self._writing is not None:
-                self._writing.cancel()  # (if still in flight) the turn ended here, cancelled or failed
+            self._stop_writing()
             if depth is not None:
                 depth.turn_ended(self.state.tenant, self.state.session_id)
             if self.error is not None and not self.lost and not isinstance(self.error, (StoreUnavailable, Draining)):
@@ -259,6 +258,17 @@ class Producer:
         ended, waiting_on = step_now(write)
         if not ended:
             self._writing = self._loop.create_task(_carry_on(write, waiting_on))
+
+    def _stop_writing(self) -> None:
+        """At the end of the turn: a write still in flight is cancelled (the turn ended here, cancelled or
+        failed); a failed one's error is taken (the turn reports its own), so asyncio does not log it."""
+        writing = self._writing
+        if writing is None:
+            return
+        if not writing.done():
+            writing.cancel()
+        elif not writing.cancelled():
+            writing.exception()
 
     async def _write_rest(self) -> None:
         """The chunks still queued when the answer has ended, after the write in flight (its failure is the turn's)."""
