@@ -12,6 +12,7 @@ from strata_runtime.routing.heuristic import Complexity, word_count
 from strata_runtime.routing.index import index_from_vectors, skill_texts
 from strata_runtime.routing.rules import compile_rules, match_rules
 from strata_runtime.routing.semantic import SemanticLayer
+from strata_runtime.routing.terms import SkillTerms
 
 
 def rules(*specs: dict[str, object], skills: tuple[str, ...] = ("refund", "writer")) -> list:
@@ -83,6 +84,33 @@ def test_heuristic_features_and_threshold_come_from_the_policy() -> None:
     assert complexity.is_low("what is the capital of France and why?")[0]  # no 'question' feature here
     low, score, fired = complexity.is_low("紧急 help")
     assert not low and fired == ["urgent"] and score > 0.9
+
+
+def test_skill_terms_are_words_and_chinese_character_pairs_without_stop_words() -> None:
+    terms = SkillTerms(HeuristicRoutingConfig().skill_terms)
+    assert terms.terms("Wake me up at SEVEN, please") == {"wake", "seven"}
+    assert terms.terms("playing songs") == terms.terms("play song") == {"play", "song"}
+    assert terms.terms("hi! thanks, how are you?") == set()
+    assert terms.terms("你好\uff0c谢谢") == set()
+    # 的 and 我 are stop words: they cut the text, and pairs are taken within each piece
+    assert terms.terms("帮我播放周杰伦的歌") == {"播放", "放周", "周杰", "杰伦", "歌"}
+    assert terms.terms("") == set() and terms.terms("42 !!") == set()
+
+
+def test_terms_common_to_many_skills_are_not_distinctive() -> None:
+    terms = SkillTerms(HeuristicRoutingConfig().skill_terms)  # maxSkillShare 0.25
+    skills = [SkillConfig(name=f"s{i}", description=f"account {word}", examples=[f"查询{zh}账户"])
+              for i, (word, zh) in enumerate([("balance", "余额"), ("limit", "额度"), ("owner", "户主"),
+                                              ("closure", "销户"), ("statement", "流水")])]
+    vocabulary = terms.vocabulary([*skills, SkillConfig(name="empty")])
+    assert {"balance", "closure", "余额", "流水"} <= vocabulary
+    assert "account" not in vocabulary and "账户" not in vocabulary and "查询" not in vocabulary  # in all five
+    assert terms.shared("balance please", vocabulary) == "balance"
+    assert terms.shared("my account", vocabulary) is None
+    assert terms.shared("查流水", vocabulary) == "流水"
+    # a single skill: every one of its terms is distinctive; no skill with text: no terms at all
+    assert terms.vocabulary(skills[:1]) >= {"account", "balance", "账户"}
+    assert terms.vocabulary([SkillConfig(name="empty")]) == frozenset()
 
 
 # L1.5 index and zones ---------------------------------------------------------------------------

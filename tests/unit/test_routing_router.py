@@ -93,7 +93,8 @@ AGENT = AgentConfig.model_validate({
 TABLE = {"Refunds": REFUND, "give me my money back please": REFUND, "Writes articles": WRITER,
          "生成一篇关于AI的文章": WRITER, "I would like a refund for my order": between(REFUND, WRITER, 0.99),
          "写一篇关于机器学习的文章": between(WRITER, REFUND, 0.97),
-         "maybe something about money and writing": between(REFUND, WRITER, 0.6)}
+         "maybe something about money and writing": between(REFUND, WRITER, 0.6),
+         "money back": REFUND, "文章": WRITER}
 
 
 def make(policy: dict[str, Any] | None = None, gateway: ScriptedGateway | None = None,
@@ -327,3 +328,43 @@ def test_vectors_longer_than_the_whitening_limit_keep_raw_cosines() -> None:
     assert index_from_vectors(["a", "b"], [], vectors, [20, 20], whitening=0.8).transform is None
     assert index_from_vectors(["a", "b"], [], vectors[:, :MAX_WHITENED_DIM], [20, 20],
                               whitening=0.8).transform is not None
+
+
+# L1's skill terms ------------------------------------------------------------------------------
+async def test_a_short_command_naming_a_skill_reaches_l15_and_chit_chat_stays_direct() -> None:
+    router, gateway, embedder, _ = make()
+    for message in ("hi", "thanks", "thank you", "ok", "你好", "谢谢", "好的"):
+        decision = await router.route(AGENT, message, CTX)
+        assert (decision.route, decision.layer) == ("direct", "L1"), message
+    assert embedder.calls == 0
+    assert router.complexity.is_low("money back")[0] and router.complexity.is_low("文章")[0]
+    for message, skill in (("money back", "refund"), ("文章", "writer")):
+        decision = await router.route(AGENT, message, CTX)
+        assert (decision.route, decision.layer, decision.skill) == ("skill", "L1.5", skill), message
+    assert gateway.bodies == []
+
+
+async def test_a_short_message_sharing_a_term_follows_the_whole_path_to_the_classifier() -> None:
+    router, gateway, embedder, _ = make(gateway=ScriptedGateway('{"skill": "refund"}'))
+    decision = await router.route(AGENT, "money talks", CTX)  # "money" is refund's; the vector is near nothing
+    assert (decision.route, decision.layer, decision.skill) == ("skill", "L2", "refund")
+    assert embedder.calls > 0 and len(gateway.bodies) == 1
+
+
+async def test_skill_terms_knobs_come_from_the_policy() -> None:
+    off, _, embedder, _ = make(policy={"heuristic": {"skillTerms": {"enabled": False}}})
+    assert (await off.route(AGENT, "money back", CTX)).layer == "L1" and embedder.calls == 0
+    stopped, _, embedder, _ = make(policy={"heuristic": {"skillTerms": {"stopWords": ["money", "back", "文章"]}}})
+    for message in ("money back", "文章"):
+        assert (await stopped.route(AGENT, message, CTX)).layer == "L1", message
+    assert embedder.calls == 0
+
+
+async def test_skills_without_text_give_l1_no_terms() -> None:
+    router, _, embedder, _ = make()
+    mute = AGENT.model_copy(update={"skills": [AGENT.skills[2]]})  # "silent": a name and nothing else
+    await router.prepare([mute])
+    assert router.plan(mute.skills).terms == frozenset()
+    for message in ("money back", "silent", "文章"):
+        assert (await router.route(mute, message, CTX)).layer == "L1", message
+    assert embedder.calls == 0

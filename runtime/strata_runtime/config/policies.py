@@ -141,6 +141,55 @@ DEFAULT_COMPLEXITY_FEATURES = [
 ]
 
 
+# Words that say nothing about which skill a request is for: function words, and chit-chat (so that
+# "hi", "thanks", "你好" stay with direct chat even when a skill's examples contain them).
+DEFAULT_STOP_WORDS = [
+    # English function words
+    "a", "about", "above", "after", "again", "all", "am", "an", "and", "any", "are", "as", "at", "be", "been",
+    "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing",
+    "done", "down", "during", "each", "few", "for", "from", "further", "get", "got", "had", "has", "have",
+    "having", "he", "her", "here", "hers", "him", "his", "how", "if", "in", "into", "is", "it", "its", "just",
+    "let", "like", "me", "might", "mine", "more", "most", "much", "must", "my", "myself", "need", "not", "now",
+    "of", "off", "on", "once", "only", "or", "other", "our", "ours", "out", "over", "own", "same", "shall", "she",
+    "should", "so", "some", "such", "than", "that", "the", "their", "them", "then", "there", "these", "they",
+    "this", "those", "through", "to", "too", "under", "until", "up", "us", "very", "want", "was", "we", "were",
+    "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your",
+    "yours", "yourself",
+    # English chit-chat
+    "hi", "hello", "hey", "thanks", "thank", "thx", "bye", "goodbye", "ok", "okay", "yes", "yeah", "yep", "no",
+    "nope", "please", "sorry", "cool", "great", "nice", "good", "fine", "well", "morning", "evening", "night",
+    "welcome", "lot", "sure", "right", "really",
+    # Chinese function words
+    "的", "了", "吗", "呢", "吧", "啊", "呀", "哦", "嗯", "么", "是", "在", "和", "与", "也", "都", "就", "还", "又",
+    "这", "那", "个", "我", "你", "您", "他", "她", "它", "们", "请", "把", "给", "被", "让", "一下", "一个", "很",
+    "有", "要", "想", "能", "会", "可以", "什么", "怎么", "如何", "为什么", "哪", "多少", "不", "没", "没有", "帮",
+    # Chinese chit-chat
+    "你好", "您好", "谢谢", "感谢", "多谢", "再见", "拜拜", "好的", "好", "早上好", "晚上好", "晚安", "没事", "不客气",
+]
+
+
+class SkillTermsFeature(ConfigModel):
+    """Keeps L1 from answering a request that names what a skill is about.
+
+    When the agent's skills are indexed, each skill's description, keywords, capabilities and
+    examples give a vocabulary: words (English and other space-separated scripts, lower-cased, a
+    plural or -ing/-ed ending removed) and character pairs for Chinese/Japanese/Korean text. Stop
+    words are removed first, and a term found in more than maxSkillShare of the skills (and in more
+    than one) is dropped as too common to point at a skill (an inverse-document-frequency cut:
+    idf = ln(skills / skills with the term) must exceed ln(1 / maxSkillShare)). A low-complexity
+    request sharing a remaining term with the vocabulary goes on to Layer 1.5 (and Layer 2) like any
+    other request, instead of direct chat.
+    """
+
+    enabled: bool = Field(True, description="Let low-complexity requests that share a distinctive term with a "
+                          "skill reach the semantic router.")
+    max_skill_share: float = Field(0.25, gt=0.0, le=1.0, description="A term found in more than this share of "
+                                   "the skills (and in more than one) is too common to keep a request from L1.")
+    stop_words: list[str] = Field(DEFAULT_STOP_WORDS, max_length=5000, description="Words never counted as "
+                                  "skill terms (function words and chit-chat, in every language used); a Chinese "
+                                  "stop word also splits the text around it before character pairs are taken.")
+
+
 class HeuristicRoutingConfig(ConfigModel):
     """Layer 1: a cheap complexity score; simple requests go straight to chat.
 
@@ -154,6 +203,8 @@ class HeuristicRoutingConfig(ConfigModel):
     length: LengthFeature = Field(LengthFeature(), description="The message-length feature.")
     features: list[ComplexityFeature] = Field(DEFAULT_COMPLEXITY_FEATURES, max_length=50,
                                               description="Pattern features (question, code, maths, multi-step).")
+    skill_terms: SkillTermsFeature = Field(SkillTermsFeature(), description="Low-complexity requests sharing a "
+                                           "distinctive term with a skill go on to Layer 1.5.")
 
 
 class SkillThresholds(ConfigModel):

@@ -3,7 +3,8 @@
 score = length.weight * min(1, words / length.fullAtWords) + Σ weight of every feature whose
 pattern occurs in the message, capped at 1. Words are whitespace-separated tokens, and every
 CJK character counts as one word (Chinese has no spaces). The features, weights, patterns and
-threshold all come from the policy.
+threshold all come from the policy. A low score alone does not decide: the router first checks the
+message against the skills' distinctive terms (`terms.py`).
 """
 
 from __future__ import annotations

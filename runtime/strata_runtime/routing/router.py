@@ -1,6 +1,9 @@
 """The router: L0 rules → L1 complexity → L1.5 skill embeddings → L2 LLM classifier, per agent.
 
-Everything derived from an agent's skills (compiled rules, the embedded skill index) is kept
+L1 sends a low-complexity message to direct chat unless it shares a distinctive term with one of
+the skills (`heuristic.skillTerms`); such a message goes on to L1.5 (and L2) like any other.
+
+Everything derived from an agent's skills (compiled rules, L1's skill terms, the embedded skill index) is kept
 per skill-set fingerprint, so it is computed when a skill set is first seen or changes (at
 start for the configured agents), never per query. The embedder failing, missing its
 deadline or returning NaN skips L1.5 (logged, counted); the classifier failing means direct
@@ -31,6 +34,7 @@ from strata_runtime.routing.heuristic import Complexity
 from strata_runtime.routing.index import SkillIndex, Vectors, build_index
 from strata_runtime.routing.rules import CompiledRule, compile_rules, match_rules
 from strata_runtime.routing.semantic import SemanticLayer, Zone
+from strata_runtime.routing.terms import SkillTerms
 
 log = logging.getLogger("strata.routing")
 
@@ -50,6 +54,7 @@ class SkillPlan:
     skills: tuple[SkillConfig, ...]
     fingerprint: str
     rules: list[CompiledRule]
+    terms: frozenset[str] | None = None  # L1's distinctive skill terms (None: not computed yet)
     index: SkillIndex | None = None
     building: asyncio.Task[SkillIndex] | None = None
     failed_at: float = field(default=-RETRY_BUILD_SECONDS)
@@ -65,6 +70,7 @@ class Router:
         self._gateway_source = gateway_source
         self.metrics = metrics
         self.complexity = Complexity.from_config(policy.heuristic)
+        self.skill_terms = SkillTerms(policy.heuristic.skill_terms)
         self.semantic = SemanticLayer(policy.semantic)
         self.classifier = Classifier(policy.classifier, AnswerCache(policy.classifier.cache_entries,
                                                                     policy.classifier.cache_ttl_seconds))
@@ -109,6 +115,8 @@ class Router:
     async def prepare(self, agents: Sequence[AgentConfig]) -> None:
         for agent in agents:
             plan = self.plan(agent.skills)
+            if plan.terms is None and self._uses_terms():  # ~25 µs per text: off the event loop
+                plan.terms = await asyncio.to_thread(self.skill_terms.vocabulary, plan.skills)
             if plan.skills and self.semantic.config.enabled:
                 with contextlib.suppress(EmbeddingUnavailable, TimeoutError):
                     await self._index(plan, wait=None)
@@ -142,6 +150,16 @@ class Router:
                         extra={"skills": list(index.unindexed)[:20]})
         return index
 
+    def _uses_terms(self) -> bool:
+        return self.policy.heuristic.enabled and self.policy.heuristic.skill_terms.enabled
+
+    def terms(self, plan: SkillPlan) -> frozenset[str]:
+        """L1's skill terms of a skill set; computed once (in `prepare` for the configured agents, else
+        at the first low-complexity message of a skill set not seen before)."""
+        if plan.terms is None:
+            plan.terms = self.skill_terms.vocabulary(plan.skills) if self._uses_terms() else frozenset()
+        return plan.terms
+
     def thresholds(self, skill: str | None) -> dict[str, float]:
         """The L1.5 thresholds in force for a skill (the policy's when it has none of its own)."""
         low, high = self.semantic.thresholds(skill) if skill else (self.policy.semantic.low, self.policy.semantic.high)
@@ -163,7 +181,8 @@ class Router:
             return ruled
         if self.policy.heuristic.enabled:
             low, score, fired = self.complexity.is_low(message)
-            if low:
+            # low, unless it shares a distinctive term with a skill: then on to L1.5 like any request
+            if low and self.skill_terms.shared(message, self.terms(plan)) is None:
                 return RouteDecision(route="direct", layer="L1", confidence=1.0 - score,
                                      reason=f"complexity {score:.2f} (features: {', '.join(fired) or 'none'})")
         if not plan.skills:
