@@ -14,8 +14,10 @@ out-of-scope queries. Every query goes through the runtime's Router (the same co
 real query) with the runtime's default embedder; the classifier (L2) is off, so a decision at
 L2 shows as "needs an LLM call". Printed per data set: coverage decided without an LLM call and
 its accuracy, L1.5 top-1 accuracy over in-scope queries, out-of-scope queries routed to a skill
-at high confidence. Then the routing overhead excluding the embedding (the query vector comes
-from a lookup) at 1,000 skills x 10 examples, p50/p99 over 2,000 queries.
+at high confidence, and what became of the messages L1 finds simple (`l1_simple`: sent to chat at
+L1, or passed on to L1.5 for sharing a skill term). Then the routing overhead excluding the embedding
+(the query vector comes from a lookup) at 1,000 skills x 10 examples, p50/p99 over 2,000 queries, and
+p50 of 1,000 short messages (half chit-chat, sent to chat at L1; half sharing a skill's term).
 
 `--cv` instead prints, per data set, the L1.5 top-1 accuracy of each `whitening` shrinkage by 5-fold
 cross-validation over the skills' examples alone (train split; no test query is read): how the
@@ -155,10 +157,11 @@ def smoke_dataset() -> Dataset:
     test = [("has my card been shipped yet", "card_arrival"), ("卡还没寄到", "card_arrival"),
             ("convert 100 pounds to euros", "exchange_rate"), ("美元兑人民币汇率", "exchange_rate"),
             ("someone stole my debit card", "lost_card"), ("信用卡被偷了", "lost_card"),
-            ("write a short essay about robots", "write_article"), ("写一篇关于机器学习的文章", "write_article")]
+            ("write a short essay about robots", "write_article"), ("写一篇关于机器学习的文章", "write_article"),
+            ("lost card", "lost_card"), ("汇率", "exchange_rate")]  # short: past L1 by a skill term
     return Dataset("smoke", "en+zh", [(t, i) for i, texts in train.items() for t in texts], test,
                    oos_train=["what is the weather tomorrow", "明天天气怎么样"],
-                   oos_test=["play some jazz music", "给我讲个笑话"])
+                   oos_test=["play some jazz music", "给我讲个笑话", "thanks", "你好"])
 
 
 def label_words(intent: str) -> str:
@@ -304,12 +307,17 @@ async def cv_whitening(ds: Dataset, args: argparse.Namespace) -> dict[str, objec
     return rec
 
 
-async def route_all(router: Router, agent: AgentConfig, texts: list[str]) -> list[tuple[str, str, str | None, str]]:
-    """(layer, route, skill, top candidate) per text."""
-    out: list[tuple[str, str, str | None, str]] = []
+Decided = tuple[str, str, str | None, str, bool]
+
+
+async def route_all(router: Router, agent: AgentConfig, texts: list[str]) -> list[Decided]:
+    """(layer, route, skill, top candidate, decided without an LLM call) per text. With the classifier
+    off, a message L2 would have taken is sent to chat at L1.5 with the reason "classifier disabled"."""
+    out: list[Decided] = []
     for text in texts:
         d = await router.route(agent, text, CTX)
-        out.append((d.layer, d.route, d.skill, d.candidates[0].skill if d.candidates else ""))
+        no_llm = d.layer in ("L0", "L1") or (d.layer == "L1.5" and d.reason != "classifier disabled")
+        out.append((d.layer, d.route, d.skill, d.candidates[0].skill if d.candidates else "", no_llm))
     return out
 
 
@@ -335,10 +343,13 @@ async def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, object
 
     router = Router(policy_with(fitted.skills, fitted.low, fitted.high), embedder, lambda: None)
     decided = await route_all(router, agent, [t for t, _ in queries])
-    no_llm = [(d, label) for d, (_, label) in zip(decided, queries, strict=True)
-              if d[0] in ("L0", "L1") or (d[0] == "L1.5" and d[1] == "skill")]
+    no_llm = [(d, label) for d, (_, label) in zip(decided, queries, strict=True) if d[4]]
     right = sum(1 for d, label in no_llm if (d[2] if d[1] == "skill" else None) == label)
-    high = [(d, label) for d, label in no_llm if d[0] == "L1.5"]  # L1.5's high zone alone (no L1 short-cut)
+    # L1.5's high zone alone (no L1 short-cut)
+    high = [(d, label) for d, label in no_llm if d[0] == "L1.5" and d[1] == "skill"]
+    # messages L1 found simple: how many went on to L1.5 (sharing a skill term), and what became of them
+    simple = [(d, label) for d, (text, label) in zip(decided, queries, strict=True)
+              if router.complexity.is_low(text)[0]]
     in_scope = [(d, label) for d, (_, label) in zip(decided, queries, strict=True) if label is not None]
     # top-1 over in-scope queries: the best skill L1.5 found, whichever layer decided.
     top1_pairs = [(d[3], label) for d, label in in_scope if d[3]]
@@ -354,6 +365,12 @@ async def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, object
            "accuracy_no_llm": round(right / len(no_llm), 4) if no_llm else None,
            "by_layer": {layer: sum(1 for d in decided if d[0] == layer and (layer != "L1.5" or d[1] == "skill"))
                         for layer in ("L0", "L1", "L1.5")},
+           "l1_simple": {"in_scope": sum(1 for _, label in simple if label is not None),
+                         "in_scope_direct_at_l1": sum(1 for d, label in simple if label is not None and d[0] == "L1"),
+                         "in_scope_right": sum(1 for d, label in simple if label is not None and d[2] == label),
+                         "out_of_scope": sum(1 for _, label in simple if label is None),
+                         "out_of_scope_direct": sum(1 for d, label in simple if label is None and d[1] == "direct"
+                                                    and d[4])},
            "l15_top1_in_scope": round(top1_all, 4),
            "l15_top1_in_scope_past_l1": round(sum(1 for s, lab in top1_pairs if s == lab) / len(top1_pairs), 4)
            if top1_pairs else None,
@@ -364,7 +381,8 @@ async def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, object
     print(f"{ds.name:<10} {ds.language}  skills {len(skills):>3}  queries {len(queries):>5}  "
           f"no-LLM coverage {rec['coverage_no_llm']:.1%} at accuracy {rec['accuracy_no_llm'] or 0:.1%}  "
           f"(L1.5 high alone {rec['accuracy_l15_high'] or 0:.1%})  L1.5 top-1 {rec['l15_top1_in_scope']:.1%}  "
-          f"OOS high {rec['oos_routed_high'] or 0:.1%}",
+          f"OOS high {rec['oos_routed_high'] or 0:.1%}  simple in-scope direct at L1 "
+          f"{rec['l1_simple']['in_scope_direct_at_l1']} of {rec['l1_simple']['in_scope']}",  # type: ignore[index]
           file=sys.stderr)
     return rec
 
@@ -381,14 +399,20 @@ async def top1_only(probe: Router, agent: AgentConfig, texts: list[str], labels:
 async def overhead(skills_n: int, examples: int, queries: int, dim: int) -> dict[str, object]:
     """Routing time without the embedding: query vectors come from a lookup."""
     rng = np.random.default_rng(SEED)
+
+    def tag(n: int) -> str:  # a distinct word per skill, for L1's skill terms
+        return "".join(chr(ord("a") + (n // 26 ** k) % 26) for k in range(3)) + "ix"
+
     texts = [f"skill {s} example {e}" for s in range(skills_n) for e in range(examples)]
-    profiles = [f"skill {s}" for s in range(skills_n)]
+    profiles = [f"skill {s} {tag(s)}" for s in range(skills_n)]
     asked = [f"query number {q} about something in particular" for q in range(queries)]
-    all_texts = texts + profiles + asked
+    # short messages L1 finds simple: half share a skill's term (on to L1.5), half are chit-chat (direct)
+    short = [f"{tag(q % skills_n)} please" if q % 2 else "thank you" for q in range(queries // 2)]
+    all_texts = texts + profiles + asked + short
     matrix = rng.standard_normal((len(all_texts), dim)).astype(np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     vectors = dict(zip(all_texts, matrix, strict=True))
-    skills = [SkillConfig(name=f"s{s}", description=f"skill {s}",
+    skills = [SkillConfig(name=f"s{s}", description=f"skill {s} {tag(s)}",
                           examples=[f"skill {s} example {e}" for e in range(examples)]) for s in range(skills_n)]
     agent = AgentConfig(id="bench", tenant="bench", model="none", skills=skills)
     router = Router(policy_with(None, 0.6, 0.85), LookupEmbedder("lookup", dim, vectors), lambda: None)
@@ -398,12 +422,23 @@ async def overhead(skills_n: int, examples: int, queries: int, dim: int) -> dict
         t = time.perf_counter()
         await router.route(agent, text, CTX)
         times.append((time.perf_counter() - t) * 1000)
+    short_times: dict[str, list[float]] = {"L1": [], "L1.5": []}
+    for text in short:
+        t = time.perf_counter()
+        d = await router.route(agent, text, CTX)
+        short_times["L1" if d.layer == "L1" else "L1.5"].append((time.perf_counter() - t) * 1000)
     rec = {"bench": "routing_overhead", "skills": skills_n, "examples_per_skill": examples, "dim": dim,
            "queries": queries, "p50_ms": round(float(np.percentile(times, 50)), 4),
-           "p99_ms": round(float(np.percentile(times, 99)), 4)}
+           "p99_ms": round(float(np.percentile(times, 99)), 4),
+           "short_direct_at_l1": {"queries": len(short_times["L1"]),
+                                  "p50_ms": round(float(np.percentile(short_times["L1"] or [0.0], 50)), 4)},
+           "short_on_to_l15": {"queries": len(short_times["L1.5"]),
+                               "p50_ms": round(float(np.percentile(short_times["L1.5"] or [0.0], 50)), 4)}}
     emit(rec)
     print(f"overhead   {skills_n} skills x {examples} examples (dim {dim}): p50 {rec['p50_ms']:.3f} ms  "
-          f"p99 {rec['p99_ms']:.3f} ms (excluding the embedding)", file=sys.stderr)
+          f"p99 {rec['p99_ms']:.3f} ms (excluding the embedding); short messages: direct at L1 p50 "
+          f"{rec['short_direct_at_l1']['p50_ms']:.3f} ms ({len(short_times['L1'])}), sharing a skill term "
+          f"p50 {rec['short_on_to_l15']['p50_ms']:.3f} ms ({len(short_times['L1.5'])})", file=sys.stderr)
     return rec
 
 
