@@ -21,7 +21,9 @@ if [ ! -x "$UV" ]; then
   ln -sf "$CACHE/uv-pkg/bin/uv" "$UV"
 fi
 stamp=".venv/.strata-installed-$EXTRAS"
-inputs_hash() { { cat pyproject.toml; cat uv.lock 2>/dev/null || true; } | sha256sum | cut -c1-16; }
+# The checkout's path too: the project is installed editable, so a venv that another checkout
+# (a git worktree sharing it through a symlink) synced last points at that checkout's code.
+inputs_hash() { { pwd; cat pyproject.toml; cat uv.lock 2>/dev/null || true; } | sha256sum | cut -c1-16; }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(inputs_hash)" ]; then
   exit 0
 fi
