@@ -9,8 +9,8 @@ not 20. BLAS is pinned to `threads` threads: two BLAS threads per process on a s
 2-core box blow up tail latency.
 
 Calls a request waits for go ahead of background work (`background=True`: session archives,
-which nobody waits on): under load an archive backlog never makes a cache lookup or a memory
-call miss its deadline, and background work gets a longer deadline of its own
+which nobody waits on): under load a cache lookup or a memory call waits at most for the batch
+already running, not behind an archive backlog; background work gets a longer deadline of its own
 (BACKGROUND_DEADLINE_SECONDS) instead of failing and retrying while the foreground is busy.
 
 The queue is bounded: while texts are waiting, a call that would take the waiting texts above
