@@ -30,6 +30,23 @@ async def _never_disconnects() -> Any:
     await asyncio.Event().wait()
 
 
+async def _one_chunk_then_silence(ended: asyncio.Event) -> AsyncIterator[bytes]:
+    """An upstream that sends one chunk and then nothing more; `ended` is set once it is closed."""
+    try:
+        yield b"first"
+        await asyncio.Event().wait()
+        yield b"never"
+    finally:
+        ended.set()
+
+
+def _disconnects_when(event: asyncio.Event) -> Any:
+    async def receive() -> Any:
+        await event.wait()
+        return {"type": "http.disconnect"}
+    return receive
+
+
 async def test_chunks_ready_together_leave_in_one_write_and_waits_split_writes() -> None:
     gate = asyncio.Event()
 
@@ -54,21 +71,9 @@ async def test_chunks_ready_together_leave_in_one_write_and_waits_split_writes()
 async def test_a_disconnect_cancels_the_iteration_and_the_response_returns() -> None:
     ended = asyncio.Event()
     disconnected = asyncio.Event()
-
-    async def chunks() -> AsyncIterator[bytes]:
-        try:
-            yield b"first"
-            await asyncio.Event().wait()  # an upstream that says nothing more
-            yield b"never"
-        finally:
-            ended.set()
-
-    async def receive() -> Any:
-        await disconnected.wait()
-        return {"type": "http.disconnect"}
-
     send = _Recorder()
-    task = asyncio.create_task(SSEResponse(chunks())({"type": "http"}, receive, send))
+    task = asyncio.create_task(SSEResponse(_one_chunk_then_silence(ended))({"type": "http"},
+                                                                           _disconnects_when(disconnected), send))
     await send.until(2)
     disconnected.set()
     await asyncio.wait_for(task, 10)  # returns normally: the client left, nothing failed
@@ -96,24 +101,13 @@ async def test_a_client_leaving_while_a_write_waits_closes_the_iteration_it_had_
     disconnected = asyncio.Event()
     written = asyncio.Event()
 
-    async def chunks() -> AsyncIterator[bytes]:
-        try:
-            yield b"first"
-            await asyncio.Event().wait()
-            yield b"never"
-        finally:
-            ended.set()
-
-    async def receive() -> Any:
-        await disconnected.wait()
-        return {"type": "http.disconnect"}
-
     async def slow_send(message: Any) -> None:
         if message["type"] == "http.response.body":
             written.set()
             await asyncio.Event().wait()  # the socket's buffer is full: the write waits
 
-    task = asyncio.create_task(SSEResponse(chunks())({"type": "http"}, receive, slow_send))
+    task = asyncio.create_task(SSEResponse(_one_chunk_then_silence(ended))({"type": "http"},
+                                                                           _disconnects_when(disconnected), slow_send))
     await written.wait()
     disconnected.set()
     await asyncio.wait_for(task, 10)  # no "aclose(): asynchronous generator is already running"
