@@ -27,6 +27,7 @@ from typing import Any
 
 import httptools
 
+from bench._stats import percentile
 from tests.support.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,13 +93,6 @@ async def worker(host: str, port: int, payload: bytes, stop_at: float, record_fr
         ttft.append((conn.first_body or ended) - started)
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000
-
-
 async def run(args: argparse.Namespace) -> dict[str, float]:
     body = args.body.encode()
     headers = "".join(f"{h}\r\n" for h in args.header)
@@ -115,8 +109,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                            for _ in range(args.concurrency)))
     measured = time.perf_counter() - record_from
     return {"completed": len(lat), "completed_incl_warmup": total[0], "errors": len(errors), "rps": len(lat) / measured,
-            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "ttft_p50_ms": pct(ttft, 50),
-            "ttft_p99_ms": pct(ttft, 99), "measured_s": measured}
+            "p50_ms": percentile(lat, 0.5) * 1000, "p99_ms": percentile(lat, 0.99) * 1000,
+            "ttft_p50_ms": percentile(ttft, 0.5) * 1000, "ttft_p99_ms": percentile(ttft, 0.99) * 1000,
+            "measured_s": measured}
 
 
 # ---------------------------------------------------------------------------------------------

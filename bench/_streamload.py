@@ -25,6 +25,8 @@ from typing import Any
 
 import httptools
 
+from bench._stats import percentile
+
 
 class _Conn(asyncio.Protocol):
     def __init__(self) -> None:
@@ -122,13 +124,6 @@ async def worker(args: argparse.Namespace, head: bytes, payload: bytes, *, start
             totals.added.extend(max(0.0, b - a - interval) for a, b in itertools.pairwise(reads))
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     body = args.body.encode()
     headers = "".join(f"{h}\r\n" for h in args.header)
@@ -147,9 +142,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     return {"completed": totals.completed, "errors": len(totals.errors), "error_kinds": sorted(set(totals.errors))[:5],
             "events": totals.events, "reads": totals.reads, "events_all": totals.events_all,
-            "ttfb_p50_ms": pct(totals.ttfb, 50), "ttfb_p99_ms": pct(totals.ttfb, 99),
-            "added_p50_ms": pct(totals.added, 50), "added_p99_ms": pct(totals.added, 99),
-            "added_max_ms": pct(totals.added, 100), "loadgen_cpu_s": cpu,
+            "ttfb_p50_ms": percentile(totals.ttfb, 0.5) * 1000, "ttfb_p99_ms": percentile(totals.ttfb, 0.99) * 1000,
+            "added_p50_ms": percentile(totals.added, 0.5) * 1000, "added_p99_ms": percentile(totals.added, 0.99) * 1000,
+            "added_max_ms": percentile(totals.added, 1) * 1000, "loadgen_cpu_s": cpu,
             "wall_s": time.perf_counter() - now}
 
 

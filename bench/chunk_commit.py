@@ -26,12 +26,8 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
+from bench._stats import percentile
 from strata_runtime.memory.l2 import RedisSessionStore
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
 
 
 class Direct:
@@ -83,8 +79,8 @@ async def run_mode(client: Any, prefix: str, mode: str, *, sessions: int, second
     cpu = time.process_time() - cpu0
     batches = store._flush_group.batches
     return {"mode": mode, "sessions": sessions, "flushes": flushes, "round_trips_per_flush": batches / max(1, flushes),
-            "cpu_us_per_flush": cpu * 1e6 / max(1, flushes), "p50_ms": pct(latencies, 0.5),
-            "p99_ms": pct(latencies, 0.99), "errors": len(errors), "error_kinds": sorted(set(errors)),
+            "cpu_us_per_flush": cpu * 1e6 / max(1, flushes), "p50_ms": percentile(latencies, 0.5) * 1000,
+            "p99_ms": percentile(latencies, 0.99) * 1000, "errors": len(errors), "error_kinds": sorted(set(errors)),
             "loadavg_1m": os.getloadavg()[0]}
 
 

@@ -36,6 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "runtime"))
 
+from bench._stats import percentile  # noqa: E402
 from strata_runtime.agents.guard import ConfigGuard  # noqa: E402
 from strata_runtime.agents.manager import AgentManager  # noqa: E402
 from strata_runtime.agents.parse_cache import ParseCache  # noqa: E402
@@ -55,11 +56,6 @@ def template(variant: int = 0) -> dict[str, Any]:
                "instructions": f"For topic {i}, check the order first.", "version": "3"} for i in range(5)]
     return {"model": "demo", "systemPrompt": PROMPT + (f" Variant {variant}." if variant else ""),
             "skills": skills, "limits": {"maxToolSteps": 6, "maxInteractionsPerSession": 300, "maxDepth": 4}}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def timed_sync(call: Callable[[], object], iterations: int) -> list[float]:

@@ -23,6 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bench._hashing_embedder import HashingEmbedder
+from bench._stats import percentile
 from strata_runtime.config import MemoryConfig, RedisStoreConfig, SqlStoreConfig, VectorStoreConfig
 from strata_runtime.gateway.contract import CallContext, ChatResult
 from strata_runtime.memory.engine import MemoryEngine
@@ -32,11 +33,6 @@ from strata_runtime.memory.spill import SpillStore
 from strata_runtime.stores.redis import RedisConnector
 from strata_runtime.stores.sql import SqlConnector
 from strata_runtime.stores.vectors import VectorConnector, VectorRow
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 class SummaryGateway:
@@ -65,7 +61,7 @@ def timed_ms(t0: float) -> float:
 
 
 def latency_row(bench: str, lat: list[float], **extra: Any) -> dict[str, Any]:
-    return {"bench": bench, "n": len(lat), "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), **extra}
+    return {"bench": bench, "n": len(lat), "p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99), **extra}
 
 
 async def bench_turns(engine: MemoryEngine, sids: list[str]) -> list[dict[str, Any]]:

@@ -48,6 +48,7 @@ from typing import Any
 
 from kubernetes import client, config, watch
 
+from bench._stats import percentile
 from strata_operator.k8s import Kube
 from strata_operator.models import AgentDeploymentSpec, CachePolicySpec
 from strata_operator.reconcile import Inputs, Owner, render
@@ -94,13 +95,6 @@ def cpu_by_component(pids: dict[str, int]) -> dict[str, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu["bench"] = usage.ru_utime + usage.ru_stime
     return cpu
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 2)
 
 
 def agent(namespace: str, name: str) -> dict[str, Any]:
@@ -343,7 +337,8 @@ def run_one(count: int, *, api: client.ApiClient, kubeconfig: str, idle_seconds:
             "create_seconds": round(created, 2), "all_ready_seconds": round(total, 2) if all_ready else None,
             "deployments_applied_seconds": deployments.all_seconds("applied", count),
             "pods_ready_seconds": deployments.all_seconds("ready", count),
-            "p50_seconds": percentile(per_object, 0.5), "p99_seconds": percentile(per_object, 0.99),
+            "p50_seconds": round(percentile(per_object, 0.5), 2) if per_object else None,
+            "p99_seconds": round(percentile(per_object, 0.99), 2) if per_object else None,
             "burst_cpu_seconds": burst_cpu["operator"], "burst_cpu_seconds_by_process": burst_cpu,
             "burst_peak_rss_mb": round(proc_peak_rss_mb(operator.pid), 1),
             "api_writes_per_object": writes_per_object(writes_start, api_writes(api), count),

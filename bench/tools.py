@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "runtime"))
 
+from bench._stats import percentile  # noqa: E402
 from strata_runtime.config import RuntimeConfig  # noqa: E402
 from strata_runtime.gateway.contract import CallContext as GatewayContext  # noqa: E402
 from strata_runtime.gateway.contract import ChatResult, ChatStream  # noqa: E402
@@ -124,11 +125,6 @@ def _config(steps: int, redis_url: str | None, prefix: str) -> RuntimeConfig:
             ],
         }
     )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def bench_loop(turns: int, steps: int, redis_url: str | None) -> dict[str, Any]:
