@@ -7,44 +7,25 @@ by the memory soak: every resume of such a turn hung until the client gave up)."
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from strata_runtime.agents.conversation import Conversations, Event
-from strata_runtime.config import parse_config
 from strata_runtime.memory.l2 import session_base
-from strata_runtime.services import Services, build_services
+from strata_runtime.services import Services
 from tests.support.fixtures import UpstreamServer
-from tests.support.turns import run_turn
+from tests.support.turns import redis_postgres_services, run_turn
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def services(openai_upstream: UpstreamServer) -> AsyncIterator[Services]:
-    if not (os.environ.get("STRATA_TEST_REDIS_URL") and os.environ.get("STRATA_TEST_POSTGRES_DSN")):
-        pytest.fail("needs hack/services.sh up and its env")
-    config = parse_config({
-        "auth": {"mode": "none"},
-        "stores": {"redis": {"backend": "redis", "url": os.environ["STRATA_TEST_REDIS_URL"],
-                             "keyPrefix": f"rr{uuid.uuid4().hex[:8]}"},
-                   "sql": {"backend": "postgresql", "dsnEnv": "STRATA_TEST_POSTGRES_DSN"},
-                   "vectors": {"backend": "memory"}},
-        "models": [{"name": "gpt-4o-mini", "provider": "openai", "baseUrl": openai_upstream.base_url,
-                    "apiKeyEnv": "UPKEY", "maxRetries": 0}],
-        "agents": [{"id": "support", "tenant": "acme", "model": "gpt-4o-mini", "systemPrompt": "Be brief."}],
-        "memory": {"bufferTurns": 2, "sessionIdleSeconds": 3600, "resumeWindowSeconds": 20},
-        "cache": {"enabled": False},
-    })
-    services = build_services(config, {**os.environ, "UPKEY": "k"})
-    await services.start()
-    try:
+    async with redis_postgres_services(openai_upstream, {"bufferTurns": 2, "sessionIdleSeconds": 3600,
+                                                       "resumeWindowSeconds": 20}) as services:
         yield services
-    finally:
-        await services.close()
 
 
 async def _resume(conv: Conversations, session_id: str, seq: int, start: int) -> list[Event]:
