@@ -136,7 +136,10 @@ async def test_redis_cluster_master_sigkilled_under_load_loses_no_acknowledged_t
 
     try:
         outcome = await _drill(runtimes, outage)
-        assert outcome.refused > 0, "the outage was not felt: the drill proved nothing"
+        # A turn on the dead master's slots is refused (503) when it starts during the outage, or
+        # breaks after its `start` event and is resumed by its client; which one depends on timing.
+        felt = outcome.refused + outcome.summary()["resumed"]
+        assert felt > 0 and outcome.readyz[503] > 0, "the outage was not felt: the drill proved nothing"
         pools = await pools_settle(runtimes)
         assert all(p["inUse"] == 0 for p in pools), pools
         await _same_as_fresh(runtimes[0], config, tmp_path / "fresh", env)
