@@ -40,11 +40,16 @@ TCP_PROBE: Obj = {"tcpSocket": {"port": "tcp"}}
 VOLUMES = [{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
 
 
+# A store stays in its Service while the machine is starved (an exec probe can take seconds then):
+# a dropped endpoint would read as a store outage nobody caused.
+STORE_READINESS = {"periodSeconds": 2, "timeoutSeconds": 10, "failureThreshold": 10}
+
+
 def _container(name: str, port: int, command: list[str], probe: Obj, *, env: list[Obj] | None = None,
                memory: str = "512Mi") -> Obj:
     return {
         "name": name, "image": IMAGE, "imagePullPolicy": "Never", "command": command, "env": env or [],
-        "ports": [{"name": "tcp", "containerPort": port}], "readinessProbe": {**probe, "periodSeconds": 2},
+        "ports": [{"name": "tcp", "containerPort": port}], "readinessProbe": {**probe, **STORE_READINESS},
         "resources": {"limits": {"memory": memory}},
         "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,

@@ -257,11 +257,11 @@ async def audit(base: str, acked: list[Acked], headers: dict[str, str] | None = 
     by_session: dict[str, list[Acked]] = {}
     for turn in acked:
         by_session.setdefault(turn.session_id, []).append(turn)
-    stored_turns = reconnects = 0
+    stored_turns = retries = 0
     async with httpx.AsyncClient(timeout=30, headers=headers) as http:
         for session_id, turns in by_session.items():
             resp, retried = await _get_reconnecting(http, f"{base}/api/v1/sessions/{session_id}")
-            reconnects += retried
+            retries += retried
             assert resp.status_code == 200, (session_id, resp.status_code, resp.text[:300])
             history = resp.json()["turns"]
             stored_turns += len(history)
@@ -281,20 +281,29 @@ async def audit(base: str, acked: list[Acked], headers: dict[str, str] | None = 
                 assert answer is not None and (answer["role"], answer["content"]) == ("assistant", expected), \
                     f"{session_id}: answer of {turn} missing or wrong: {history}"
                 assert users[turn.message] == 1, f"{session_id}: {turn.message!r} stored {users[turn.message]} times"
-    return {"sessions": len(by_session), "stored_turns": stored_turns, "reconnects": reconnects}
+    return {"sessions": len(by_session), "stored_turns": stored_turns, "retries": retries}
 
 
-async def _get_reconnecting(http: httpx.AsyncClient, url: str, attempts: int = 5) -> tuple[httpx.Response, int]:
-    """A GET that reconnects after a dropped connection, as any HTTP client does for a read: the
-    audit checks what was stored, and a connection lost on the way (a proxy in front of a pod that
-    was just replaced) says nothing about that. Returns the answer and how many tries it took past
-    the first."""
-    for attempt in range(attempts - 1):
+async def _get_reconnecting(http: httpx.AsyncClient, url: str, patience_seconds: float = 60.0
+                            ) -> tuple[httpx.Response, int]:
+    """A GET retried as any HTTP client retries a read: after a dropped connection (a proxy in front
+    of a pod that was just replaced) and after a 503 with Retry-After (a store the answering pod
+    briefly lost). Neither says anything about what was stored, which is what the audit checks.
+    Returns the last answer and how many tries it took past the first."""
+    deadline = time.monotonic() + patience_seconds
+    tries = 0
+    while True:
         try:
-            return await http.get(url), attempt
+            resp = await http.get(url)
+            retry_after = resp.headers.get("retry-after") if resp.status_code == 503 else None
+            if retry_after is None or time.monotonic() > deadline:
+                return resp, tries
+            await asyncio.sleep(min(float(retry_after), 5.0))
         except httpx.TransportError:
-            await asyncio.sleep(0.5 * (attempt + 1))
-    return await http.get(url), attempts - 1
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5 * min(tries + 1, 4))
+        tries += 1
 
 
 async def pools_settle(runtimes: list[RuntimeProcess], backend: str = "redis") -> list[dict[str, Any]]:
