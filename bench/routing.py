@@ -1,6 +1,7 @@
 """Semantic routing benchmark: JSON lines on stdout, a human table on stderr.
 
-    .venv/bin/python -m bench.routing [--banking DIR] [--clinc FILE] [--hwu DIR] [--cais DIR] [--examples 10]
+    .venv/bin/python -m bench.routing [--banking DIR] [--clinc FILE] [--hwu DIR] [--massive DIR] [--cais DIR]
+                                      [--only SETS] [--examples 10]
                                       [--calibration 20] [--target 0.97] [--queries-per-intent N]
                                       [--whitening W|none] [--cv] [--cache FILE] [--smoke]
 
@@ -8,8 +9,8 @@ Each intent data set is split the way a user would split it: every in-scope inte
 skill (description = its label in words, `examples` = the first N utterances of its train
 split); `routing fit` thresholds are fitted on other train utterances (+ out-of-scope ones);
 queries come from the test split, out-of-scope queries included. Data sets without
-out-of-scope queries (banking77, HWU64, CAIS) hold out a seeded 15% of their intents: those intents'
-train utterances are the out-of-scope calibration lines and their test utterances the
+out-of-scope queries (banking77, HWU64, MASSIVE, CAIS) hold out a seeded 15% of their intents: those
+intents' train utterances are the out-of-scope calibration lines and their test utterances the
 out-of-scope queries. Every query goes through the runtime's Router (the same code path as a
 real query) with the runtime's default embedder; the classifier (L2) is off, so a decision at
 L2 shows as "needs an LLM call". Printed per data set: coverage decided without an LLM call and
@@ -24,10 +25,12 @@ cross-validation over the skills' examples alone (train split; no test query is 
 default was chosen. `--whitening none` routes on raw cosine similarities (the scoring before it).
 
 Data: banking77 (CC BY 4.0; `text,category` CSVs), CLINC150 `data_full.json` (clinc/oos-eval,
-CC BY 3.0) and HWU64 (xliuhw/NLU-Evaluation-Data, CC BY 4.0; `text,category` CSVs, held out: nothing
-was chosen on it), all in bench/data; CAIS (Chinese; `ch.{train,valid,test}` + `.intent` from GitHub
-Adaxry/CM-Net, released with Liu et al., EMNLP 2019, no licence file: measurement only, not
-redistributed), with `--cais DIR`. `--queries-per-intent N` draws at most N test queries per
+CC BY 3.0), HWU64 (xliuhw/NLU-Evaluation-Data, CC BY 4.0; `text,category` CSVs, held out: nothing
+was chosen on it) and MASSIVE 1.0 (Amazon, CC BY 4.0; the same utterances in zh-CN and en-US, data
+sets `massive-zh` and `massive-en`: Chinese against English like for like), all in bench/data;
+CAIS (Chinese; `ch.{train,valid,test}` + `.intent` from GitHub Adaxry/CM-Net, released with Liu et
+al., EMNLP 2019, no licence file: measurement only, not redistributed), with `--cais DIR`.
+`--only SETS` runs those data sets alone. `--queries-per-intent N` draws at most N test queries per
 intent (out-of-scope ones in the same share); `--cache FILE` keeps the embeddings between runs.
 `--smoke` (make test): a 4-skill English + Chinese set written in this file, and 50 skills for
 the overhead.
@@ -86,12 +89,12 @@ class Dataset:
     oos_test: list[str] = field(default_factory=list)
 
 
-def load_csv(path: Path, name: str) -> Dataset:
+def load_csv(path: Path, name: str, language: str = "en") -> Dataset:
     def rows(split: str) -> list[Pair]:
         with open(path / split, newline="", encoding="utf-8") as f:
             return [(r["text"], r["category"]) for r in csv.DictReader(f)]
 
-    return hold_out(Dataset(name, "en", rows("train.csv"), rows("test.csv")))
+    return hold_out(Dataset(name, language, rows("train.csv"), rows("test.csv")))
 
 
 def load_banking(path: Path) -> Dataset:
@@ -100,6 +103,16 @@ def load_banking(path: Path) -> Dataset:
 
 def load_hwu(path: Path) -> Dataset:
     return load_csv(path, "hwu64")
+
+
+def load_massive_zh(path: Path) -> Dataset:
+    """MASSIVE's zh-CN locale; the same intents are held out as for en-US (same names, same seed)."""
+    return load_csv(path / "zh-CN", "massive-zh", "zh")
+
+
+def load_massive_en(path: Path) -> Dataset:
+    """MASSIVE's en-US locale: the English original of the zh-CN utterances, line for line."""
+    return load_csv(path / "en-US", "massive-en", "en")
 
 
 def load_clinc(path: Path) -> Dataset:
@@ -461,7 +474,12 @@ def main() -> None:
     parser.add_argument("--banking", default=str(DATA / "banking77"), help="banking77 directory (CSV)")
     parser.add_argument("--clinc", default=str(DATA / "clinc150" / "data_full.json"), help="CLINC150 data_full.json")
     parser.add_argument("--hwu", default=str(DATA / "hwu64"), help="HWU64 directory (CSV)")
+    parser.add_argument("--massive", default=str(DATA / "massive"),
+                        help="MASSIVE directory (en-US/ and zh-CN/, train.csv and test.csv in each)")
     parser.add_argument("--cais", default=None, help="CAIS directory (ch.train, ch.train.intent, ...)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated data sets to run (banking77, clinc150, hwu64, massive-en, massive-zh, "
+                             "cais); all when empty")
     parser.add_argument("--whitening", default="default",
                         help="semantic.whitening of the policy: a shrinkage in [0, 1], none, or default")
     parser.add_argument("--cv", action="store_true",
@@ -478,8 +496,13 @@ def main() -> None:
     if args.whitening != "default":
         WHITENING[:] = [None if args.whitening == "none" else float(args.whitening)]
     datasets = [smoke_dataset()] if args.smoke else []
-    for path, loader in () if args.smoke else ((args.banking, load_banking), (args.clinc, load_clinc),
-                                                (args.hwu, load_hwu), (args.cais, load_cais)):
+    only = {n.strip() for n in args.only.split(",") if n.strip()}
+    loaders = (("banking77", args.banking, load_banking), ("clinc150", args.clinc, load_clinc),
+               ("hwu64", args.hwu, load_hwu), ("massive-en", args.massive, load_massive_en),
+               ("massive-zh", args.massive, load_massive_zh), ("cais", args.cais, load_cais))
+    if only - {n for n, _, _ in loaders}:
+        parser.error(f"--only: unknown data set(s) {', '.join(sorted(only - {n for n, _, _ in loaders}))}")
+    for _, path, loader in () if args.smoke else [t for t in loaders if not only or t[0] in only]:
         if path is not None and not Path(path).exists():
             print(f"skipping {path}: not found", file=sys.stderr)
         elif path is not None:
