@@ -2,11 +2,15 @@
 
 A `McpServerLink` owns its server's connection in a background task: connect (streamable HTTP,
 or a stdio child), list the tools (ids `server.tool`, target `server/tool`), then list them again
-every `probeIntervalSeconds` (the protocol dropped `ping`; this also picks up changed tools), and
-at once after a call failed at the protocol level (a server that restarted has forgotten our
-session: its answer is an error, not a closed connection). When that or a call finds the
-connection gone it reconnects with exponential back-off (0.5 s doubled per failed attempt,
-jittered, capped at `reconnectMaxSeconds`). Start-up never waits for it. A tool the server runs
+every `probeIntervalSeconds` (the protocol dropped `ping`; this also picks up changed tools). When
+a probe or a call finds the connection gone it reconnects with exponential back-off (0.5 s doubled
+per failed attempt since the last good connection, jittered, capped at `reconnectMaxSeconds`).
+Start-up never waits for it.
+
+A call that fails at the protocol level is followed at once by a probe on the same session. A
+server that restarted has forgotten our session and refuses both (its answer is an error, not a
+closed connection): it ran neither, so the call waits for the reconnect (within its deadline) and
+is sent once more on the new session. When the probe succeeds the error was the call's own. A tool the server runs
 only as a task (`execution.taskSupport: required`) is not offered: this client calls tools directly.
 What a stdio server writes on its stderr becomes log lines of the runtime (`MCP server stderr`,
 with the server's name), not free text between the runtime's structured log lines.
@@ -94,6 +98,7 @@ class McpServerLink:
         self._client: Client | None = None
         self._lost = asyncio.Event()
         self._probe_now = asyncio.Event()
+        self._connected = asyncio.Event()  # set while `_client` serves calls
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -134,15 +139,18 @@ class McpServerLink:
             if not first:
                 self.reconnects += 1
             first = False
+            connects = self.connects
             try:
                 await self._session()
-                attempt = 0  # it was up: the next reconnect starts the back-off again
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # any failure of a server degrades only its own tools
                 self.last_error = _describe(e)
                 log.info("MCP server connection attempt failed", extra={"server": self.name,
                                                                         "error": self.last_error, "attempt": attempt})
+            if self.connects > connects:
+                attempt = 0  # it was up: this outage starts the back-off again
+            self._connected.clear()
             self._client = None
             self.state = "down"
             self._report("down")
@@ -164,6 +172,7 @@ class McpServerLink:
             self.state = "ready"
             self.connects += 1
             self.last_error = None
+            self._connected.set()
             self._report("connected")
             await self._watch(client)
 
@@ -247,35 +256,75 @@ class McpServerLink:
                                    f"MCP server {self.name!r} is unavailable{reason}{retry}")
 
     async def call(self, tool: str, args: dict[str, Any], *, within: float, call_id: str) -> ToolOutcome:
+        deadline = time.monotonic() + within
+        outcome, session_forgotten = await self._call_once(tool, args, deadline, call_id)
+        if session_forgotten and await self._reconnected(deadline):
+            outcome, _ = await self._call_once(tool, args, deadline, call_id)
+        return outcome
+
+    async def _call_once(self, tool: str, args: dict[str, Any], deadline: float,
+                         call_id: str) -> tuple[ToolOutcome, bool]:
+        """The call's outcome, and whether the server refused it because it forgot our session."""
         client = self._client
         if client is None or self.state != "ready":
-            return self.unavailable()
+            return self.unavailable(), False
+        within = deadline - time.monotonic()
         if within <= 0:
-            return ToolOutcome.failure(ErrorCode.TIMEOUT, "the call's deadline had passed before it started")
+            return ToolOutcome.failure(ErrorCode.TIMEOUT, "the call's deadline had passed before it started"), False
         try:
             async with asyncio.timeout(within):
                 result = await client.call_tool(tool, args, read_timeout_seconds=within,
                                                 meta=cast(RequestParamsMeta, {IDEMPOTENCY_META_KEY: call_id}))
         except TimeoutError:
             return ToolOutcome.failure(ErrorCode.TIMEOUT, f"MCP tool {tool!r} on {self.name!r} gave no answer "
-                                       f"within {within:.1f}s")
+                                       f"within {within:.1f}s"), False
         except MCPError as e:
             message = str(e.message)[:_MAX_ERROR_CHARS]
             if _connection_gone(e):
-                return self._lost_during_call(client, "closed the connection during the call")
-            if self._client is client:
-                self._probe_now.set()  # an error of the protocol, not the tool's: is the session still there?
+                return self._lost_during_call(client, "closed the connection during the call"), False
+            session = await self._probe_session(client, deadline)
+            if session == "forgotten":
+                return self._lost_during_call(client, f"no longer knows our session: {message}"), True
+            if session == "gone":
+                return self._lost_during_call(client, f"failed after a protocol error: {message}"), False
             code = ErrorCode.UNREACHABLE if e.code == CONNECTION_CLOSED else ErrorCode.UPSTREAM_ERROR
-            return ToolOutcome.failure(code, f"MCP server {self.name!r}: {message}")
+            return ToolOutcome.failure(code, f"MCP server {self.name!r}: {message}"), False
         except (OSError, httpx2.HTTPError) as e:
-            return self._lost_during_call(client, f"failed during the call: {_describe(e)}")
-        return outcome_of(result)
+            return self._lost_during_call(client, f"failed during the call: {_describe(e)}"), False
+        return outcome_of(result), False
+
+    async def _probe_session(self, client: Client, deadline: float) -> Literal["alive", "forgotten", "gone"]:
+        """After a protocol error: does the session still answer (`tools/list`)? An error the server
+        answers for the call alone leaves it answering (`alive`); a server that forgot the session
+        refuses this too (`forgotten`); a connection that fails now says nothing about the call
+        (`gone`: not retried). No time left to ask counts as alive: nothing is retried then."""
+        within = min(deadline - time.monotonic(), self.config.timeout_seconds)
+        if within <= 0:
+            return "alive"
+        try:
+            async with asyncio.timeout(within):
+                await client.list_tools()
+        except TimeoutError:
+            return "alive"
+        except MCPError as e:
+            return "gone" if _connection_gone(e) else "forgotten"
+        except (OSError, httpx2.HTTPError):
+            return "gone"
+        return "alive"
+
+    async def _reconnected(self, deadline: float) -> bool:
+        """Wait for the background task's next connection, at most until `deadline`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._connected.wait()
+        return self._connected.is_set()
 
     def _lost_during_call(self, client: Client, what: str) -> ToolOutcome:
         """The connection is gone: refuse further calls now and let the background task reconnect."""
         message = f"MCP server {self.name!r} {what}"
         if self._client is client:
             self._client = None
+            self._connected.clear()
             self.state = "down"
             self.last_error = message
             self._lost.set()
