@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from strata_runtime.tools.contract import CallContext, ErrorCode, ToolOutcome, ToolSpec, openai_name
@@ -28,4 +29,13 @@ def test_namespaced_ids_become_valid_openai_function_names() -> None:
         id="srv.get/x", name="x", description="d", input_schema={"type": "object"}, executor="mcp", target="srv/x"
     )
     name = spec.openai_tool()["function"]["name"]
-    assert all(c.isalnum() or c in "_-" for c in name)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name), name
+
+
+def test_function_names_stay_valid_and_distinct_for_any_ids() -> None:
+    ids = ["a.b", "a__b", "a._b", "a_.b", "a___b", "天气.查询", "天气.预报", "srv.get/x", "srv.get_x",
+           "x" * 70 + ".one", "x" * 70 + ".two", "a..b", ".a", "a.", "plain", "with-dash.ok"]
+    names = [openai_name(i) for i in ids]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", n) for n in names), names
+    assert len(set(names)) == len(ids), names
+    assert openai_name("with-dash.ok") == "with-dash__ok" and openai_name("plain") == "plain"

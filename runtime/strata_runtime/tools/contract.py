@@ -20,6 +20,8 @@ an idempotency key to the tool (HTTP `Idempotency-Key` header, an MCP `_meta` fi
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -79,9 +81,25 @@ class ToolSpec:
         }
 
 
+_PLAIN_ID = re.compile(r"[A-Za-z0-9-]+(?:_[A-Za-z0-9-]+)*")  # no `__`, no `_` at either end
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_MAX_FUNCTION_NAME = 64
+
+
 def openai_name(tool_id: str) -> str:
-    """OpenAI function names allow `[A-Za-z0-9_-]{1,64}`; ids with dots or slashes are mapped."""
-    return "".join(c if c.isalnum() or c in "_-" else "__" for c in tool_id)[:64]
+    """The tool's OpenAI function name (`[A-Za-z0-9_-]{1,64}`), distinct for distinct ids.
+
+    Readable when it can be: an id of dot-separated plain parts (`weather.lookup`, an MCP tool's
+    `server.tool`) becomes `weather__lookup`, and since plain parts hold no `__` and never start
+    or end with `_`, each `__` stands for one dot and no two such ids meet. Any other id (other
+    characters, e.g. Chinese; `__` or `_` next to a dot; too long) keeps its safe characters and
+    ends in 10 hex digits of its SHA-256, so ids that differ only in what was dropped still differ."""
+    parts = tool_id.split(".")
+    readable = "__".join(parts)
+    if all(_PLAIN_ID.fullmatch(part) for part in parts) and len(readable) <= _MAX_FUNCTION_NAME:
+        return readable
+    digest = hashlib.sha256(tool_id.encode()).hexdigest()[:10]
+    return f"{_UNSAFE.sub('_', tool_id)[:_MAX_FUNCTION_NAME - 12]}-h{digest}"
 
 
 @dataclass(frozen=True)
