@@ -13,7 +13,8 @@ closed connection): it ran neither, so the call waits for the reconnect (within 
 is sent once more on the new session. When the probe succeeds the error was the call's own. A tool the server runs
 only as a task (`execution.taskSupport: required`) is not offered: this client calls tools directly.
 What a stdio server writes on its stderr becomes log lines of the runtime (`MCP server stderr`,
-with the server's name), not free text between the runtime's structured log lines.
+with the server's name), not free text between the runtime's structured log lines; a server that
+writes faster than 20 lines/s (bursts of 200 pass) has the rest counted and reported, not logged.
 
 A call runs under the earlier of the call's deadline and the server's `timeoutSeconds`, and
 carries the call id as `_meta["strata.dev/idempotency-key"]`. While the server is down its tools
@@ -29,7 +30,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal, cast
 
@@ -62,6 +63,8 @@ _MAX_SSE_EVENT_BYTES = 8 * 1024 * 1024
 # second cancellation inside that shutdown abandons the child alive and the close hangs on its pipe.
 _CLOSE_GRACE_SECONDS = 10.0
 _MAX_STDERR_LINE = 4000
+_STDERR_LINES_PER_SECOND = 20.0
+_STDERR_BURST_LINES = 200
 
 
 def mcp_tool_id(server: str, tool: str) -> str:
@@ -346,9 +349,38 @@ def _connection_gone(error: MCPError) -> bool:
     return error.code == CONNECTION_CLOSED and error.message == "Connection closed"
 
 
+class LineBudget:
+    """A token bucket of log lines: `rate` per second, bursts of `burst`; counts what it refuses."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = float(burst)
+        self.clock = clock
+        self.tokens = float(burst)
+        self.at = clock()
+        self.dropped = 0
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.dropped += 1
+        return False
+
+    def take_dropped(self) -> int:
+        """How many lines were refused since the last call (reported once a line passes again)."""
+        dropped, self.dropped = self.dropped, 0
+        return dropped
+
+
 async def _relay_stderr(server: str, read_end: int) -> None:
-    """Each line a stdio server writes on its stderr, as one log line of this runtime, until its end."""
+    """Each line a stdio server writes on its stderr, as one log line of this runtime, until its end;
+    beyond the line budget, lines are counted and the count is logged when lines pass again."""
     loop = asyncio.get_running_loop()
+    budget = LineBudget(_STDERR_LINES_PER_SECOND, _STDERR_BURST_LINES)
     reader = asyncio.StreamReader(limit=_MAX_STDERR_LINE)
     with os.fdopen(read_end, "rb", buffering=0) as pipe:
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
@@ -363,9 +395,14 @@ async def _relay_stderr(server: str, read_end: int) -> None:
                 except asyncio.LimitOverrunError as long:
                     line = await reader.readexactly(long.consumed)  # a very long line, in pieces
                 text = line.decode(errors="replace").rstrip()
-                if text:
+                if text and budget.take():
+                    if dropped := budget.take_dropped():
+                        log.warning("MCP server stderr lines dropped (too many)",
+                                    extra={"server": server, "dropped": dropped})
                     log.info("MCP server stderr", extra={"server": server, "line": text[:_MAX_STDERR_LINE]})
         finally:
+            if dropped := budget.take_dropped():
+                log.warning("MCP server stderr lines dropped (too many)", extra={"server": server, "dropped": dropped})
             transport.close()
 
 
