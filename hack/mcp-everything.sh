@@ -20,7 +20,7 @@ if [ ! -x "$BIN" ]; then
     tmp="$(mktemp -d "$CACHE/npm/.install.XXXXXX")"
     cp "$LOCKED/package.json" "$LOCKED/package-lock.json" "$tmp/"
     # exactly the locked tree (versions and integrity hashes), from the registry or npm's own cache
-    (cd "$tmp" && npm ci --no-audit --no-fund --prefer-offline --loglevel=error >&2)
+    (cd "$tmp" && npm ci --no-audit --no-fund --no-update-notifier --prefer-offline --loglevel=error >&2)
     rm -rf "$DIR"
     mv "$tmp" "$DIR"  # complete or absent: a half install is never used
   fi
