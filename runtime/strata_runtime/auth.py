@@ -1,11 +1,13 @@
 """Who is calling: API key → tenant for public routes, a service token for /internal.
 
-Keys are kept only as salted hashes (HMAC-SHA256 under a random per-key salt), never as the
-keys themselves, and a presented key is checked against EVERY stored hash with a
-constant-time compare and no early exit, so timing reveals neither which tenant a key
-belongs to nor how much of it matched. API keys are random tokens, not passwords: a slow
-KDF would add milliseconds per request per key and no safety, so one HMAC per stored key
-(about a microsecond each) it is.
+Keys are kept only as keyed hashes (HMAC-SHA256), never as the keys themselves. Plain keys are
+hashed under one random salt of this process, so a presented key costs one HMAC and one lookup
+of its digest, however many tenants there are (a linear scan cost ~1 µs per stored key per
+request). The lookup compares digests, which an attacker who does not know the salt cannot steer:
+timing reveals neither which tenant a key belongs to nor how much of it matched. Already hashed
+keys (below) carry salts of their own: one HMAC per distinct salt, every salt tried, no early
+exit. API keys are random tokens, not passwords: a slow KDF would add milliseconds per request
+and no safety.
 
 A key source (`keyEnv`/`keyFile`) may hold several keys, one per line, and a tenant may be
 listed several times: during a rotation the old and the new key are both valid. A line of the
@@ -48,10 +50,11 @@ class StoredKey:
     tenant: str
 
     @classmethod
-    def from_secret(cls, value: str, tenant: str) -> StoredKey:
-        """A stored key from a plain key (hashed here under a fresh salt) or an `hmac-sha256$…` line."""
+    def from_secret(cls, value: str, tenant: str, salt: bytes | None = None) -> StoredKey:
+        """A stored key from a plain key (hashed here under `salt`, a fresh one if not given) or an
+        `hmac-sha256$…` line (its own salt)."""
         if not value.startswith(HASHED_PREFIX):
-            salt = os.urandom(_SALT_BYTES)
+            salt = salt or os.urandom(_SALT_BYTES)
             return cls(salt, _digest(salt, value.encode()), tenant)
         _, salt_hex, digest_hex = value.split("$", 2) if value.count("$") == 2 else ("", "", "")
         try:
@@ -73,7 +76,9 @@ def _digest(salt: bytes, key: bytes) -> bytes:
 class Authenticator:
     def __init__(self, config: AuthConfig, env: Mapping[str, str]):
         self.mode = config.mode
-        self._keys: list[StoredKey] = []
+        plain_salt = os.urandom(_SALT_BYTES)
+        # salt -> digest -> tenant; a key listed for several tenants belongs to the last one listed
+        self._tenants_by_salt: dict[bytes, dict[bytes, str]] = {}
         for ref in config.api_keys:
             source = ref.key_env or ref.key_file
             lines = _secret_lines(_read_secret(env, ref.key_env, ref.key_file))
@@ -82,10 +87,12 @@ class Authenticator:
                             extra={"tenant": ref.tenant, "source": source})
             for line in lines:
                 try:
-                    self._keys.append(StoredKey.from_secret(line, ref.tenant))
+                    key = StoredKey.from_secret(line, ref.tenant, plain_salt)
                 except ValueError as e:
                     log.warning("ignoring a malformed hashed API key", extra={"tenant": ref.tenant,
                                                                                "source": source, "error": str(e)})
+                    continue
+                self._tenants_by_salt.setdefault(key.salt, {})[key.digest] = key.tenant
         token = _read_secret(env, config.internal_token_env, None)
         self._internal_token = StoredKey.from_secret(token, "") if token else None
         if self.mode == "none":
@@ -96,9 +103,10 @@ class Authenticator:
     def tenant_for_key(self, presented: str) -> str | None:
         candidate = presented.encode()
         found: str | None = None
-        for key in self._keys:  # no early exit: the time taken does not depend on which key matched
-            if key.matches(candidate):
-                found = key.tenant
+        for salt, tenants in self._tenants_by_salt.items():  # no early exit: every salt is tried
+            tenant = tenants.get(_digest(salt, candidate))
+            if tenant is not None:
+                found = tenant
         return found
 
     def public_caller(self, request: Request) -> Caller:

@@ -199,13 +199,16 @@ async def test_api_keys_are_kept_only_as_salted_hashes() -> None:
     from strata_runtime.config import AuthConfig
 
     config = AuthConfig.model_validate({"apiKeys": [{"tenant": "acme", "keyEnv": "A"},
-                                                    {"tenant": "globex", "keyEnv": "B"}]})
-    auth = Authenticator(config, {"A": "same-key-for-both", "B": "same-key-for-both"})
-    stored = auth._keys
-    assert len(stored) == 2
-    assert all(b"same-key-for-both" not in k.salt + k.digest for k in stored)
-    assert stored[0].salt != stored[1].salt and stored[0].digest != stored[1].digest  # per-key salt
+                                                    {"tenant": "globex", "keyEnv": "B"},
+                                                    {"tenant": "initech", "keyEnv": "C"}]})
+    env = {"A": "same-key-for-both", "B": "same-key-for-both", "C": "initech-key"}
+    auth, other_process = Authenticator(config, env), Authenticator(config, env)
+    [(salt, digests)] = auth._tenants_by_salt.items()  # plain keys: one salt, one HMAC per request
+    assert all(b"same-key-for-both" not in salt + digest for digest in digests)
     assert "same-key-for-both" not in repr(vars(auth))
+    assert salt not in other_process._tenants_by_salt  # a random salt per process: no shared digests
+    assert auth.tenant_for_key("same-key-for-both") == "globex"  # the last tenant listed, as before
+    assert auth.tenant_for_key("initech-key") == "initech" and auth.tenant_for_key("initech-ke") is None
 
 
 async def test_rotation_old_and_new_keys_both_work_and_hashed_keys_are_accepted(make_api: MakeApi,
