@@ -125,3 +125,44 @@ async def test_fit_scores_messages_as_the_router_does(tmp_path: Path) -> None:
             assert decision.confidence == pytest.approx(item.score, abs=1e-4)
     finally:
         await embedder.close()
+
+
+async def test_a_labelled_line_that_is_also_an_example_is_scored_without_it(tmp_path: Path) -> None:
+    """Scored against itself a skill's own example looks surer than any new message would: `routing fit`
+    scores it against the skills without that example (out of fold), other lines against them all."""
+    from strata_runtime.config.agents import AgentConfig, SkillConfig
+    from strata_runtime.config.runtime import EmbedderConfig
+    from strata_runtime.embeddings.factory import build_embedder
+    from strata_runtime.gateway.contract import CallContext
+    from strata_runtime.routing.cli import in_sample_folds, score
+    from strata_runtime.routing.router import Router
+
+    weather = ["what is the weather tomorrow", "will it rain today", "明天天气怎么样", "is it cold outside",
+               "北京会下雪吗", "do I need an umbrella"]
+    writer = ["write an article about AI", "draft a blog post on cars", "生成一篇关于AI的文章", "write a short story",
+              "写一篇关于旅游的博客", "compose an essay on history"]
+    skills = [SkillConfig(name="weather", description="Weather forecasts", examples=weather),
+              SkillConfig(name="writer", description="Writes articles", examples=writer)]
+    # confidence = the top score (no lead): two skills this far apart would both reach the cap of 1
+    policy = RoutingPolicySpec.model_validate({"heuristic": {"enabled": False}, "classifier": {"enabled": False},
+                                               "semantic": {"marginWeight": 0}})
+    labelled: list[tuple[str, str | None]] = [(" will it rain today ", "weather"), ("后天会下雨吗", "weather"),
+                                              ("will it rain today", None)]
+    assert in_sample_folds(skills, labelled) == {0: 0}  # an out-of-scope line is nobody's example
+    config = EmbedderConfig(timeout_seconds=60)
+    scored = await score(skills, labelled, config, policy)
+    embedder = build_embedder(config, {})
+    ctx = CallContext(tenant="t", agent_id="bot")
+    try:
+        full = AgentConfig(id="bot", tenant="t", model="demo", skills=skills)
+        without = AgentConfig(id="bot", tenant="t", model="demo", skills=[
+            skills[0].model_copy(update={"examples": [e for e in weather if e != "will it rain today"]}), skills[1]])
+        in_sample = await Router(policy, embedder, lambda: None).route(full, "will it rain today", ctx)
+        out_of_fold = await Router(policy, embedder, lambda: None).route(without, "will it rain today", ctx)
+        assert scored[0].score == pytest.approx(out_of_fold.confidence, abs=1e-4)
+        assert in_sample.confidence > out_of_fold.confidence + 0.2
+        for (text, _), item in list(zip(labelled, scored, strict=True))[1:]:
+            decision = await Router(policy, embedder, lambda: None).route(full, text, ctx)
+            assert item.score == pytest.approx(decision.confidence, abs=1e-4)
+    finally:
+        await embedder.close()

@@ -5,7 +5,10 @@ or a RoutingPolicy manifest (its `spec` is updated; skills and the embedder come
 runtime config given with `--config`). Labelled lines are JSON `{"text": ..., "skill": name}`,
 `"skill": null` for a message no skill should take. The fitted `semantic.low/high` and the
 per-skill `semantic.skills` are written back into FILE (YAML; comments are not kept) and
-coverage/accuracy on the labelled lines are printed (in-sample: measure on other lines too).
+coverage/accuracy on the labelled lines are printed (in-sample: measure on other lines too). A
+labelled line may also be one of its skill's examples: it is then scored against the skills with a
+fifth of those examples left out (its own among them), so the same lines can serve as examples and
+as calibration without making the thresholds optimistic.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 import yaml
 from pydantic import ValidationError
@@ -25,10 +31,11 @@ from strata_runtime.config.agents import SkillConfig
 from strata_runtime.config.loading import ConfigError, describe_validation_error, load_config, parse_config
 from strata_runtime.config.policies import RoutingPolicySpec
 from strata_runtime.config.runtime import EmbedderConfig, RuntimeConfig
-from strata_runtime.embeddings.contract import EmbeddingUnavailable
+from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable
 from strata_runtime.embeddings.factory import build_embedder
 from strata_runtime.routing.calibrate import Fit, Scored, fit, report
-from strata_runtime.routing.index import EMBED_BATCH, build_index
+from strata_runtime.routing.index import EMBED_BATCH, SkillIndex, build_index
+from strata_runtime.routing.router import MAX_EMBED_CHARS
 from strata_runtime.routing.semantic import SemanticLayer
 
 INVALID = 2
@@ -119,22 +126,65 @@ def read_labelled(path: Path, names: set[str]) -> list[tuple[str, str | None]]:
     return out
 
 
+FOLDS = 5  # labelled lines that are also examples of their skill are scored out of this many folds
+
+
+class _Memo:
+    """The embedder, each distinct text embedded once (the folds' indexes re-use the skills' vectors)."""
+
+    def __init__(self, embedder: Embedder):
+        self.embedder = embedder
+        self.name, self.dimension = embedder.name, embedder.dimension
+        self.vectors: dict[str, npt.NDArray[np.float32]] = {}
+
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> npt.NDArray[np.float32]:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.vectors))
+        for start in range(0, len(missing), EMBED_BATCH):
+            chunk = missing[start:start + EMBED_BATCH]
+            self.vectors.update(zip(chunk, await self.embedder.embed(chunk, background=background), strict=True))
+        if not texts:
+            return np.zeros((0, self.dimension), np.float32)
+        return np.stack([self.vectors[t] for t in texts])
+
+    async def close(self) -> None:
+        await self.embedder.close()
+
+
+def in_sample_folds(skills: Sequence[SkillConfig], labelled: Sequence[tuple[str, str | None]]) -> dict[int, int]:
+    """Line number -> fold, for the labelled lines that are also one of their skill's examples: scored
+    against their own example they would look surer than any new message (the similarity of a text
+    to itself), so each is scored against an index without its fold's examples."""
+    examples = {s.name: {e.strip() for e in s.examples} for s in skills}
+    seen: dict[str, int] = {}
+    folds: dict[int, int] = {}
+    for number, (text, label) in enumerate(labelled):
+        if label is not None and text.strip() in examples.get(label, set()):
+            folds[number] = seen.get(label, 0) % FOLDS
+            seen[label] = seen.get(label, 0) + 1
+    return folds
+
+
 async def score(skills: list[SkillConfig], labelled: list[tuple[str, str | None]], embedder_config: EmbedderConfig,
                 policy: RoutingPolicySpec) -> list[Scored]:
-    """L1.5's top skill and score for each line, with the embedder and aggregation in force."""
+    """L1.5's top skill and score for each line, with the embedder and aggregation in force; a line that
+    is also one of its skill's examples is scored out of fold (see `in_sample_folds`)."""
     # an offline batch: the per-request deadline of the runtime would fail it on a busy machine
     batch_config = embedder_config.model_copy(update={"timeout_seconds": max(embedder_config.timeout_seconds, 60.0)})
-    embedder = build_embedder(batch_config, dict(os.environ))
+    embedder = _Memo(build_embedder(batch_config, dict(os.environ)))
     try:
-        index = await build_index(skills, embedder, whitening=policy.semantic.whitening)
         layer = SemanticLayer(policy.semantic)
-        texts = [t for t, _ in labelled]
+        vectors = await embedder.embed([t.strip()[:MAX_EMBED_CHARS] or " " for t, _ in labelled])  # as the router
+        folds = in_sample_folds(skills, labelled)
+        index_of: dict[int, SkillIndex] = {-1: await build_index(skills, embedder, whitening=policy.semantic.whitening)}
+        for fold in sorted(set(folds.values())):
+            held = {(labelled[n][1], labelled[n][0].strip()) for n, f in folds.items() if f == fold}
+            reduced = [s.model_copy(update={"examples": [e for e in s.examples if (s.name, e.strip()) not in held]})
+                       for s in skills]
+            index_of[fold] = await build_index(reduced, embedder, whitening=policy.semantic.whitening)
         scored: list[Scored] = []
-        for start in range(0, len(texts), EMBED_BATCH):
-            vectors = await embedder.embed(texts[start:start + EMBED_BATCH])
-            for vector, (_, label) in zip(vectors, labelled[start:start + EMBED_BATCH], strict=True):
-                zone = layer.zone(index, vector)
-                scored.append(Scored(zone.candidates[0].skill if zone.candidates else None, zone.score, label))
+        for number, (vector, (_, label)) in enumerate(zip(vectors, labelled, strict=True)):
+            zone = layer.zone(index_of[folds.get(number, -1)], vector)
+            scored.append(Scored(zone.candidates[0].skill if zone.candidates else None, zone.score, label))
         return scored
     except EmbeddingUnavailable as e:
         raise FitError(f"the embedder failed: {e}") from e
