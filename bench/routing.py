@@ -1,7 +1,7 @@
 """Semantic routing benchmark: JSON lines on stdout, a human table on stderr.
 
     .venv/bin/python -m bench.routing [--banking DIR] [--clinc FILE] [--hwu DIR] [--massive DIR] [--cais DIR]
-                                      [--only SETS] [--examples 10]
+                                      [--only SETS] [--examples 10] [--cross-fit]
                                       [--calibration 20] [--target 0.97] [--queries-per-intent N]
                                       [--whitening W|none] [--cv] [--cache FILE] [--smoke]
 
@@ -30,8 +30,10 @@ was chosen on it) and MASSIVE 1.0 (Amazon, CC BY 4.0; the same utterances in zh-
 sets `massive-zh` and `massive-en`: Chinese against English like for like), all in bench/data;
 CAIS (Chinese; `ch.{train,valid,test}` + `.intent` from GitHub Adaxry/CM-Net, released with Liu et
 al., EMNLP 2019, no licence file: measurement only, not redistributed), with `--cais DIR`.
-`--only SETS` runs those data sets alone. `--queries-per-intent N` draws at most N test queries per
-intent (out-of-scope ones in the same share); `--cache FILE` keeps the embeddings between runs.
+`--only SETS` runs those data sets alone. `--cross-fit`: each intent's calibration lines are also
+its skill's examples (N + calibration per skill); `routing fit`'s scoring takes them out of fold.
+`--queries-per-intent N` draws at most N test queries per intent (out-of-scope ones in the same
+share); `--cache FILE` keeps the embeddings between runs.
 `--smoke` (make test): a 4-skill English + Chinese set written in this file, and 50 skills for
 the overhead.
 """
@@ -65,7 +67,8 @@ from strata_runtime.config.policies import RoutingPolicySpec  # noqa: E402
 from strata_runtime.config.runtime import EmbedderConfig  # noqa: E402
 from strata_runtime.embeddings.factory import build_embedder  # noqa: E402
 from strata_runtime.gateway.contract import CallContext  # noqa: E402
-from strata_runtime.routing.calibrate import Scored, fit  # noqa: E402
+from strata_runtime.routing.calibrate import fit  # noqa: E402
+from strata_runtime.routing.cli import score_with  # noqa: E402
 from strata_runtime.routing.index import index_from_vectors, profile_text, skill_texts  # noqa: E402
 from strata_runtime.routing.router import MAX_EMBED_CHARS, Router  # noqa: E402
 from strata_runtime.routing.semantic import SemanticLayer  # noqa: E402
@@ -336,6 +339,12 @@ async def route_all(router: Router, agent: AgentConfig, texts: list[str]) -> lis
 
 async def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, object]:
     skills, labelled = split(ds, args.examples, args.calibration)
+    if args.cross_fit:  # the calibration lines are examples too; `routing fit` scores them out of fold
+        extra: dict[str, list[str]] = defaultdict(list)
+        for text, label in labelled:
+            if label is not None:
+                extra[label].append(text)
+        skills = [s.model_copy(update={"examples": [*s.examples, *extra[s.name]]}) for s in skills]
     queries: Labelled = [(t, i) for t, i in ds.test]
     queries += [(t, None) for t in ds.oos_test]
     texts = [t for s in skills for t in [*s.examples, s.description]] + [t for t, _ in labelled + queries]
@@ -345,14 +354,10 @@ async def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, object
     agent = AgentConfig(id="bench", tenant="bench", model="none", skills=skills)
     embedder = LookupEmbedder(name, dim, vectors)
 
-    # Calibrate as `routing fit` does: L1.5 scores of the labelled lines, thresholds per skill.
-    probe = Router(policy_with(None, 0.0, 1.0, heuristic=False), embedder, lambda: None)
-    scored = []
-    for text, label in labelled:
-        d = await probe.route(agent, text, CTX)
-        top = d.candidates[0] if d.candidates else None
-        scored.append(Scored(top.skill if top else None, d.confidence if top else 0.0, label))  # the zone's confidence
-    fitted = fit(scored, target=args.target)
+    # Calibrate with `routing fit`'s own scoring: L1.5 confidence of the labelled lines, thresholds per skill.
+    probe_policy = policy_with(None, 0.0, 1.0, heuristic=False)
+    probe = Router(probe_policy, embedder, lambda: None)
+    fitted = fit(await score_with(skills, labelled, embedder, probe_policy), target=args.target)
 
     router = Router(policy_with(fitted.skills, fitted.low, fitted.high), embedder, lambda: None)
     decided = await route_all(router, agent, [t for t, _ in queries])
@@ -373,7 +378,7 @@ async def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, object
            "examples_per_skill": args.examples, "queries": len(queries), "in_scope": len(in_scope),
            "out_of_scope": len(oos), "embedder": name, "embed_s": round(embed_s, 1),
            "whitening": WHITENING[0], "fitted_low": fitted.low, "fitted_high": fitted.high,
-           "target_precision": args.target,
+           "target_precision": args.target, "cross_fit": args.cross_fit,
            "coverage_no_llm": round(len(no_llm) / len(queries), 4),
            "accuracy_no_llm": round(right / len(no_llm), 4) if no_llm else None,
            "by_layer": {layer: sum(1 for d in decided if d[0] == layer and (layer != "L1.5" or d[1] == "skill"))
@@ -487,6 +492,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=10, help="examples per skill, from the train split")
     parser.add_argument("--calibration", type=int, default=20, help="labelled lines per intent for routing fit")
     parser.add_argument("--target", type=float, default=0.97, help="target precision of routing fit")
+    parser.add_argument("--cross-fit", action="store_true",
+                        help="calibration lines are also the skills' examples (routing fit scores them out of fold)")
     parser.add_argument("--smoke", action="store_true", help="a tiny run (make test)")
     parser.add_argument("--queries-per-intent", type=int, default=0,
                         help="at most this many test queries per intent (0: all); out-of-scope ones in the same share")

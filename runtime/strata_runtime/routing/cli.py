@@ -170,17 +170,27 @@ async def score(skills: list[SkillConfig], labelled: list[tuple[str, str | None]
     is also one of its skill's examples is scored out of fold (see `in_sample_folds`)."""
     # an offline batch: the per-request deadline of the runtime would fail it on a busy machine
     batch_config = embedder_config.model_copy(update={"timeout_seconds": max(embedder_config.timeout_seconds, 60.0)})
-    embedder = _Memo(build_embedder(batch_config, dict(os.environ)))
+    embedder = build_embedder(batch_config, dict(os.environ))
+    try:
+        return await score_with(skills, labelled, embedder, policy)
+    finally:
+        await embedder.close()
+
+
+async def score_with(skills: list[SkillConfig], labelled: list[tuple[str, str | None]], embedder: Embedder,
+                     policy: RoutingPolicySpec) -> list[Scored]:
+    """`score` with this embedder (left open)."""
+    memo = _Memo(embedder)
     try:
         layer = SemanticLayer(policy.semantic)
-        vectors = await embedder.embed([t.strip()[:MAX_EMBED_CHARS] or " " for t, _ in labelled])  # as the router
+        vectors = await memo.embed([t.strip()[:MAX_EMBED_CHARS] or " " for t, _ in labelled])  # as the router
         folds = in_sample_folds(skills, labelled)
-        index_of: dict[int, SkillIndex] = {-1: await build_index(skills, embedder, whitening=policy.semantic.whitening)}
+        index_of: dict[int, SkillIndex] = {-1: await build_index(skills, memo, whitening=policy.semantic.whitening)}
         for fold in sorted(set(folds.values())):
             held = {(labelled[n][1], labelled[n][0].strip()) for n, f in folds.items() if f == fold}
             reduced = [s.model_copy(update={"examples": [e for e in s.examples if (s.name, e.strip()) not in held]})
                        for s in skills]
-            index_of[fold] = await build_index(reduced, embedder, whitening=policy.semantic.whitening)
+            index_of[fold] = await build_index(reduced, memo, whitening=policy.semantic.whitening)
         scored: list[Scored] = []
         for number, (vector, (_, label)) in enumerate(zip(vectors, labelled, strict=True)):
             zone = layer.zone(index_of[folds.get(number, -1)], vector)
@@ -188,8 +198,6 @@ async def score(skills: list[SkillConfig], labelled: list[tuple[str, str | None]
         return scored
     except EmbeddingUnavailable as e:
         raise FitError(f"the embedder failed: {e}") from e
-    finally:
-        await embedder.close()
 
 
 def write_back(node: dict[str, Any], fitted: Fit) -> RoutingPolicySpec:
