@@ -24,7 +24,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal, cast
 from urllib.parse import urlsplit
@@ -98,7 +98,8 @@ class _Exchange:
     __slots__ = ("body", "close_delimited", "complete", "deadline", "error", "headers", "headers_done", "last_data",
                  "limit", "loop", "read_timeout", "received", "status", "streaming", "timer", "waiter")
 
-    def __init__(self, streaming: bool, limit: int, deadline: float, read_timeout: float) -> None:
+    def __init__(self, streaming: bool, limit: int, deadline: float, read_timeout: float,
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: deque[bytes] = deque()
@@ -114,8 +115,8 @@ class _Exchange:
         self.deadline = deadline
         self.read_timeout = read_timeout
         self.timer: asyncio.TimerHandle | None = None
-        # Looked up once: on Python 3.11 every `get_running_loop()` is a getpid() system call.
-        self.loop = asyncio.get_running_loop()
+        # The connection's loop: on Python 3.11 every `get_running_loop()` is a getpid() system call.
+        self.loop = loop
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -165,8 +166,9 @@ class _Exchange:
 class _Connection(asyncio.Protocol):
     _PAUSE_AT = 64  # buffered body pieces before reading pauses (a slow stream consumer)
 
-    def __init__(self, pool: HttpPool) -> None:
+    def __init__(self, pool: HttpPool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
+        self.loop = loop  # the loop it was opened on (its exchanges run there)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: _Exchange | None = None
@@ -288,7 +290,7 @@ class HttpResponse:
                 return value
         return None
 
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
+    async def iter_bytes(self) -> AsyncGenerator[bytes, None]:
         ex = self._ex
         conn = self._conn
         try:
@@ -372,7 +374,7 @@ class HttpPool:
 
     async def _connect(self, seconds: float) -> _Connection:
         loop = asyncio.get_running_loop()
-        conn = _Connection(self)
+        conn = _Connection(self, loop)
         try:
             async with asyncio.timeout(seconds):
                 if self.proxy is None:
@@ -513,7 +515,7 @@ class HttpPool:
 
     async def _exchange(self, conn: _Connection, payload: bytes, deadline: float, read_timeout: float,
                         *, stream: bool, max_body: int) -> HttpResponse:
-        ex = _Exchange(stream, max_body, deadline, read_timeout)
+        ex = _Exchange(stream, max_body, deadline, read_timeout, conn.loop)
         conn.exchange = ex
         assert conn.transport is not None
         conn.transport.write(payload)

@@ -163,26 +163,29 @@ class OpenAICompatProvider:
     async def _events(self, response: HttpResponse) -> AsyncIterator[JSON]:
         reader = _SseReader(self.limits.event)
         ended = False  # saw [DONE] or a finish_reason: the upstream finished its answer
+        pieces = response.iter_bytes()
+        next_piece = pieces.__anext__
+        last = False
         try:
-            async for piece in response.iter_bytes():
-                for data in reader.feed(piece):
+            while not last:
+                try:
+                    events = reader.feed(await next_piece())
+                except StopAsyncIteration:  # the body ended: its last event may lack the blank line
+                    events, last = reader.close(), True
+                for data in events:
                     if data == b"[DONE]":
                         return
                     chunk = self._chunk(data)
                     ended = ended or _finished(chunk)
                     yield chunk
-            for data in reader.close():
-                if data == b"[DONE]":
-                    return
-                chunk = self._chunk(data)
-                ended = ended or _finished(chunk)
-                yield chunk
         except _EventTooLarge as e:
             raise ProviderError(f"{self.name} upstream sent an SSE event over {self.limits.event} bytes",
                                 phase="stream", reason="event_too_large", final=True) from e
         except HttpError as e:
             raise self._transport_error(e, "stream") from e
         finally:
+            # Closed here, not left suspended after [DONE]: the loop would finalise it in a task of its own.
+            await pieces.aclose()
             await response.aclose()
         if not ended:
             raise ProviderError(f"{self.name} upstream stream ended without [DONE] or a finish_reason",
@@ -310,10 +313,14 @@ async def _single(chunk: JSON) -> AsyncIterator[JSON]:
 async def _read_bounded(response: HttpResponse, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
-    async for piece in response.iter_bytes():  # bounded in time by the request's deadline
-        parts.append(piece)
-        size += len(piece)
-        if size >= limit:
-            break
-    await response.aclose()
+    pieces = response.iter_bytes()
+    try:
+        async for piece in pieces:  # bounded in time by the request's deadline
+            parts.append(piece)
+            size += len(piece)
+            if size >= limit:
+                break
+    finally:
+        await pieces.aclose()
+        await response.aclose()
     return b"".join(parts)
