@@ -55,8 +55,8 @@ def create_app(config: RuntimeConfig, env: Mapping[str, str] | None = None) -> F
     # FastAPI's own OpenTelemetry layer is off: tracing is the runtime's (`tracing.enabled`, one span
     # per request in RequestObserver), and the layer probes three global providers (environment
     # lookups) on every request even when nothing is configured.
-    app = FastAPI(title="Strata runtime", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None, telemetry={"tracing": False, "metrics": False, "logs": False})
+    app = _App(title="Strata runtime", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+               openapi_url=None, telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.services = services
     app.state.tenant_slots = TenantSlots(config.server.limits.per_tenant)
     _install_error_handlers(app)
@@ -97,6 +97,17 @@ def create_app(config: RuntimeConfig, env: Mapping[str, str] | None = None) -> F
     services.lifecycle.append(mcp_endpoint)  # closed first: no MCP request outlives the agents
     app.router.routes.append(Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"]))  # a plain ASGI app
     return app
+
+
+class _App(FastAPI):
+    """FastAPI that leaves the server's own `send` in the scope (`RAW_SEND`): an SSE body is written
+    with it directly, past every middleware's `send` wrapper (they only look at the response start,
+    which still goes through all of them)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -154,7 +165,7 @@ class RequestObserver:
         raw_id = request_id.encode()
         if not from_client:
             scope["headers"] = [*(h for h in scope["headers"] if h[0] != b"x-request-id"), (b"x-request-id", raw_id)]
-        scope[RAW_SEND] = send  # an SSE body skips the send wrappers below: they only look at the start
+        scope.setdefault(RAW_SEND, send)  # an SSE body skips the send wrappers: they only look at the start
 
         async def send_observed(message: Message) -> None:
             nonlocal status

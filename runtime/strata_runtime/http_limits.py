@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from strata_runtime.config.http import HttpLimitsConfig
 from strata_runtime.errors import BadRequest, PayloadTooLarge, StrataError
+from strata_runtime.tasks import finish, step_now
 
 
 class _ClosesConnection(StrataError):
@@ -104,11 +105,15 @@ class _BoundedReceive:
     async def __call__(self) -> Message:
         if self.body_done:  # afterwards only a disconnect can come: no deadline on that wait
             return await self._receive()
-        try:
-            async with asyncio.timeout(self._timeout):
-                message = await self._receive()
-        except TimeoutError:
-            raise RequestTimeout(f"the request body stalled for more than {self._timeout:g} s") from None
+        pending = self._receive().__await__()
+        ready, result = step_now(pending)
+        message: Message = result
+        if not ready:  # a piece already received costs no timer; one still to come is waited for, bounded
+            try:
+                async with asyncio.timeout(self._timeout):
+                    message = await finish(pending, result)
+            except TimeoutError:
+                raise RequestTimeout(f"the request body stalled for more than {self._timeout:g} s") from None
         if message["type"] == "http.request":
             self._seen += len(message.get("body", b""))
             if self._seen > self._limit:

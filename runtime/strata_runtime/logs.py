@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -29,7 +29,8 @@ def request_id_from(header: bytes | None) -> tuple[str, bool]:
     """The request's id and whether it is the client's own: a valid header value, else a new id."""
     if header is not None and _REQUEST_ID.fullmatch(header):
         return header.decode("ascii"), True
-    return f"req_{uuid.uuid4().hex}", False
+    # 128 random bits as 32 hex digits (uuid4's text without building a UUID: a fifth of the cost)
+    return "req_" + os.urandom(16).hex(), False
 
 
 def current_request_id() -> str | None:

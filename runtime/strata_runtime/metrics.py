@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -14,6 +15,38 @@ from strata_runtime.stores.health import BackendHealth
 
 if TYPE_CHECKING:
     from strata_runtime.agents.depth import DepthReading
+
+class _RememberedLabels:
+    """`labels(*values)` remembered per tuple of values: prometheus_client checks, converts and locks on every
+    call (3-4 µs, and a stream records eight labelled samples); the child it returns is the same either way."""
+
+    def labels(self, *values: Any, **named: Any) -> Any:
+        if named:
+            return super().labels(*values, **named)  # type: ignore[misc]
+        children: dict[tuple[Any, ...], Any] | None = self.__dict__.get("_remembered")
+        if children is None:
+            children = self.__dict__["_remembered"] = {}
+        child = children.get(values)
+        if child is None:
+            child = children[values] = super().labels(*values)  # type: ignore[misc]
+        return child
+
+    def remove(self, *values: Any) -> None:
+        self.__dict__.pop("_remembered", None)
+        super().remove(*values)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self.__dict__.pop("_remembered", None)
+        super().clear()  # type: ignore[misc]
+
+
+class Counter(_RememberedLabels, prometheus_client.Counter):
+    pass
+
+
+class Histogram(_RememberedLabels, prometheus_client.Histogram):
+    pass
+
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

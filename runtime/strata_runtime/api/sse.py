@@ -3,7 +3,7 @@
 Starlette's `StreamingResponse` runs the body in an anyio task group next to a disconnect
 listener and sends every chunk through each middleware's `send` wrapper. Here the headers
 go through the middleware chain (they add the request id, record the status), the body
-messages go to the `send` the outermost middleware received (`RAW_SEND` in the scope), and
+messages go to the `send` the server gave the app (`RAW_SEND` in the scope), and
 chunks the iterator already has (several SSE events in one upstream read, the last chunk and
 `[DONE]`) leave in one write. A client that disconnects cancels the iteration, so the
 upstream request ends and the tenant's slots are freed as soon as the server notices.
@@ -56,9 +56,10 @@ class SSEResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()  # once: on Python 3.11 each lookup is a getpid() system call
+        task = asyncio.current_task(loop)
         assert task is not None
-        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task))
+        watcher = loop.create_task(_watch_disconnect(receive, task))
         try:
             await _relay(self.chunks, scope.get(RAW_SEND, send), self.framing)
         except asyncio.CancelledError:
