@@ -110,6 +110,19 @@ async def test_a_tool_error_is_an_upstream_error_with_its_message(mcp_tools: Mcp
     assert "disk full" in outcome.error.message
 
 
+@pytest.mark.parametrize("server", ["local", "web"])
+async def test_a_servers_own_protocol_error_is_its_answer_not_a_lost_connection(mcp_tools: McpTools,
+                                                                               server: str) -> None:
+    """-32000 is also the code the SDK gives a call whose answer was lost; the server's own error
+    with it is an `upstream_error`, the session stays (no reconnect) and nothing is sent twice."""
+    specs = await ready(mcp_tools, server)
+    outcome = await call(mcp_tools, specs, f"{server}.refuse", {"reason": "quota exceeded"})
+    assert outcome.error is not None and outcome.error.code == ErrorCode.UPSTREAM_ERROR, outcome
+    assert "refused: quota exceeded" in outcome.error.message
+    assert mcp_tools.links[server].connects == 1 and mcp_tools.links[server].state == "ready"
+    assert (await call(mcp_tools, specs, f"{server}.add", {"a": 2, "b": 3})).result == {"result": 5}
+
+
 async def test_a_call_past_its_timeout_is_cut_and_the_server_stays_usable(tmp_path: Path) -> None:
     config = McpServerConfig.model_validate(stdio_server_config("slow", tmp_path, **FAST, timeoutSeconds=0.5))
     tools = McpTools([config], {})

@@ -290,7 +290,7 @@ class McpServerLink:
                 return self._lost_during_call(client, f"no longer knows our session: {message}"), True
             if session == "gone":
                 return self._lost_during_call(client, f"failed after a protocol error: {message}"), False
-            code = ErrorCode.UNREACHABLE if e.code == CONNECTION_CLOSED else ErrorCode.UPSTREAM_ERROR
+            code = ErrorCode.UNREACHABLE if _answer_lost(e) else ErrorCode.UPSTREAM_ERROR
             return ToolOutcome.failure(code, f"MCP server {self.name!r}: {message}"), False
         except (OSError, httpx2.HTTPError) as e:
             return self._lost_during_call(client, f"failed during the call: {_describe(e)}"), False
@@ -374,6 +374,14 @@ class LineBudget:
         """How many lines were refused since the last call (reported once a line passes again)."""
         dropped, self.dropped = self.dropped, 0
         return dropped
+
+
+def _answer_lost(error: MCPError) -> bool:
+    """The SDK's own error for a call whose answer stream broke or ended without the answer (`SSE
+    stream failed: ...`, `SSE stream ended without a response`): the call may have run, its answer
+    is lost. A server's own error with the same code (-32000, the JSON-RPC "server error") is the
+    server's answer to the call."""
+    return error.code == CONNECTION_CLOSED and str(error.message).startswith("SSE stream ")
 
 
 async def _relay_stderr(server: str, read_end: int) -> None:

@@ -5,7 +5,8 @@
 
 Tools: `echo`, `add`, `sleep` (answers after N seconds; writes `<name>.sleeping` into
 $MCP_DEMO_DIR when it starts, so a test knows a call is in flight), `whoami` (the process id:
-a restarted server answers with another one), `fail` (a tool error), `env` (one variable of the
+a restarted server answers with another one), `fail` (a tool error), `refuse` (a JSON-RPC error
+-32000 instead of a result), `env` (one variable of the
 server's environment, to check env references reach a stdio child), `header` (a request
 header, to check header references reach an HTTP server), `idempotency_key` (the key in
 `_meta`). Every call is appended to $MCP_DEMO_DIR/calls.log when that variable is set.
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import anyio
+from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
@@ -59,6 +61,10 @@ def build(name: str) -> MCPServer:
     @server.tool(description="Always fails.")
     def fail(reason: str = "broken") -> str:
         raise ToolError(f"tool failed: {reason}")
+
+    @server.tool(description="Refuses every call with a JSON-RPC error of its own (-32000).")
+    def refuse(reason: str = "quota exceeded") -> str:
+        raise MCPError(code=-32000, message=f"refused: {reason}")
 
     @server.tool(description="The value of an environment variable of the server process.")
     def env(name: str) -> str:
