@@ -158,7 +158,9 @@ class KedaScalingSpec(ConfigModel):
         20, ge=1, description="Target strata_pending_requests per pod (prometheus trigger and HPA only)."
     )
     prometheus_address: str = Field(
-        "http://prometheus.monitoring:9090", min_length=1, description="Prometheus KEDA queries."
+        "http://prometheus.monitoring:9090", min_length=1,
+        description="Prometheus KEDA queries. When it is a Service address (<service>.<namespace>[.svc...]), "
+        "the NetworkPolicy admits that namespace, so Prometheus can scrape the runtime pods' /metrics.",
     )
     keda_namespace: str = Field(
         "keda", min_length=1, description="Namespace of the KEDA operator, admitted by the NetworkPolicy when "

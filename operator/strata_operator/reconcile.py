@@ -14,6 +14,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import yaml
@@ -635,12 +636,34 @@ def _egress_rules(egress: EgressPolicySpec) -> list[Obj]:
     return rules
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def cluster_namespace_of(url: str) -> str | None:
+    """The namespace of a cluster-local Service address (`http://<service>.<namespace>[.svc[...]]:port`),
+    None for any other host (an IP, an external name, a bare service name)."""
+    host = (urlsplit(url).hostname or "").lower()
+    labels = host.split(".")
+    if len(labels) < 2 or (len(labels) > 2 and labels[2] != "svc") or not _DNS_LABEL.fullmatch(labels[1]):
+        return None
+    return labels[1]
+
+
+def _autoscaler_peers(inputs: Inputs) -> list[Obj]:
+    """The namespace whose pods read the runtime's depth: KEDA's (metrics-api reads /metrics/session-depth)
+    or Prometheus's (it scrapes /metrics for the prometheus trigger), when that is a Service address."""
+    keda = inputs.spec.scaling.keda
+    if not (keda.enabled and inputs.keda_available):
+        return []
+    namespace = keda.keda_namespace if keda.trigger == "metricsApi" else cluster_namespace_of(keda.prometheus_address)
+    return [{"namespaceSelector": _namespaces_named([namespace])}] if namespace else []
+
+
 def render_network_policy(inputs: Inputs) -> Obj:
     owner, np = inputs.owner, inputs.spec.network_policy
     peers = _ingress_peers(owner, np)
-    keda = inputs.spec.scaling.keda
-    if keda.enabled and inputs.keda_available and keda.trigger == "metricsApi" and not np.allow_all_namespaces:
-        peers.append({"namespaceSelector": _namespaces_named([keda.keda_namespace])})  # reads /metrics/session-depth
+    if not np.allow_all_namespaces:
+        peers += _autoscaler_peers(inputs)
     spec: Obj = {"podSelector": {"matchLabels": selector(owner)}, "policyTypes": ["Ingress"],
                  "ingress": [{"from": peers, "ports": [{"port": HTTP_PORT, "protocol": "TCP"}]}]}
     if np.egress.enabled:

@@ -15,6 +15,7 @@ from strata_operator.reconcile import (
     Inputs,
     Owner,
     RenderError,
+    cluster_namespace_of,
     render,
 )
 from strata_runtime.config import parse_config
@@ -188,6 +189,34 @@ def test_the_network_policy_admits_keda_only_for_the_metrics_api_trigger() -> No
     assert keda_peer not in peers(metrics_api, keda=False)
 
 
+def test_the_network_policy_admits_the_prometheus_namespace_for_the_prometheus_trigger() -> None:
+    """Without it, Prometheus cannot scrape strata_session_depth: the query finds no series and KEDA
+    holds the fallback replicas forever."""
+    def peers(address: str | None = None, **policy: object) -> list[object]:
+        keda: dict[str, object] = {"enabled": True} | ({"prometheusAddress": address} if address else {})
+        desired = render(inputs(spec=spec(scaling={"keda": keda}, networkPolicy={"enabled": True, **policy}),
+                                keda_available=True))
+        return list(kind(desired, "NetworkPolicy")["spec"]["ingress"][0]["from"])
+
+    def namespace(name: str) -> object:
+        return {"namespaceSelector": {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [name]}]}}
+
+    assert namespace("monitoring") in peers()  # the default address, http://prometheus.monitoring:9090
+    assert namespace("obs") in peers("http://prom-server.obs.svc.cluster.local:80")
+    assert len(peers("https://prometheus.example.com")) == len(peers("http://10.0.0.7:9090")) == 1  # own only
+    assert peers(allowAllNamespaces=True) == [{"namespaceSelector": {}}]
+
+
+@pytest.mark.parametrize(("url", "namespace"), [
+    ("http://prometheus.monitoring:9090", "monitoring"), ("http://p.obs.svc", "obs"),
+    ("http://p.obs.svc.cluster.local:9090/prom", "obs"), ("http://prometheus:9090", None),
+    ("http://10.1.2.3:9090", None), ("https://prometheus.example.com", None), ("not a url", None),
+])
+def test_the_namespace_of_a_service_address(url: str, namespace: str | None) -> None:
+    assert cluster_namespace_of(url) == namespace
+
+
 def test_probes_drain_and_grace_period_follow_the_spec() -> None:
     desired = render(inputs())
     pod = kind(desired, "Deployment")["spec"]["template"]["spec"]
@@ -214,7 +243,7 @@ def test_service_keeps_client_ip_affinity_unless_disabled() -> None:
 def test_network_policy_can_restrict_to_own_and_peer_namespaces() -> None:
     restricted = spec(networkPolicy={"allowAllNamespaces": False, "peerNamespaces": ["gateway"]})
     rule = kind(render(inputs(spec=restricted)), "NetworkPolicy")["spec"]["ingress"][0]
-    [peer] = rule["from"]
+    peer, _scraper = rule["from"]
     assert peer["namespaceSelector"]["matchExpressions"][0]["values"] == ["acme", "gateway"]
     disabled = render(inputs(spec=spec(networkPolicy={"enabled": False})))
     assert ("NetworkPolicy", "support") in {(r.kind, r.name) for r in disabled.stale}

@@ -84,16 +84,19 @@ def test_a_malformed_allow_list_is_an_error_naming_the_problem(text: str) -> Non
         BaseUrlAllowList.parse(text)
 
 
-def test_the_default_network_policy_admits_only_its_own_namespace() -> None:
+def test_the_default_network_policy_admits_only_its_own_namespace_and_the_scraper() -> None:
+    """The default autoscaler reads session depth from Prometheus (http://prometheus.monitoring:9090),
+    which must scrape the pods: its namespace is the only other one admitted."""
     rule = network_policy()["ingress"][0]
     assert rule["from"] == [{"namespaceSelector": {"matchExpressions": [
-        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["acme"]}]}}]
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [name]}]}}
+        for name in ("acme", "monitoring")]
     assert network_policy()["policyTypes"] == ["Ingress"]
 
 
 def test_peer_pod_labels_narrow_the_admitted_clients_to_those_pods() -> None:
     rule = network_policy(peerNamespaces=["ingress"], peerPodLabels={"app": "gateway"})["ingress"][0]
-    [peer] = rule["from"]
+    peer, _scraper = rule["from"]
     assert peer["podSelector"] == {"matchLabels": {"app": "gateway"}}
     assert peer["namespaceSelector"]["matchExpressions"][0]["values"] == ["acme", "ingress"]
 
