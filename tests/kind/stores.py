@@ -10,6 +10,7 @@ are a Deployment each. Every store has its Service in the test namespace. Data l
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -74,6 +75,57 @@ def _store(name: str, port: int, command: list[str], probe: Obj, *, env: list[Ob
 def standalone_redis_objects() -> list[Obj]:
     """One standalone redis-server (Deployment + Service `redis`), for a test that stops Redis whole."""
     return _store("redis", 6379, REDIS_ARGS, TCP_PROBE)
+
+
+PROMETHEUS_NAMESPACE = "monitoring"  # the default AgentDeployment's keda.prometheusAddress: prometheus.monitoring:9090
+PROMETHEUS_SCRAPE_SECONDS = 5
+PROMETHEUS_TARGETS = "/data/targets/runtimes.json"
+
+
+def prometheus_config() -> str:
+    """Scrape the targets of PROMETHEUS_TARGETS (file discovery: Debian builds Prometheus without its
+    Kubernetes discovery), each with the `namespace` and `pod` labels KEDA's queries filter on; the
+    test writes them from the pod list (`prometheus_targets`), as the chart's PodMonitor would find them."""
+    return json.dumps({
+        "global": {"scrape_interval": f"{PROMETHEUS_SCRAPE_SECONDS}s",
+                   "evaluation_interval": f"{PROMETHEUS_SCRAPE_SECONDS}s"},
+        "scrape_configs": [{"job_name": "strata-runtimes", "metrics_path": "/metrics",
+                            "file_sd_configs": [{"files": [PROMETHEUS_TARGETS], "refresh_interval": "2s"}]}],
+    })
+
+
+def prometheus_targets(pods: list[Obj]) -> list[Obj]:
+    """file_sd targets for the runtime pods the PodMonitor selects (the operator's labels; the `http` port)."""
+    targets = []
+    for pod in pods:
+        labels, ip = pod["metadata"].get("labels", {}), pod["status"].get("podIP")
+        if (labels.get("app.kubernetes.io/name"), labels.get("app.kubernetes.io/managed-by")) != (
+                "strata-runtime", "strata-operator") or not ip:
+            continue
+        ports = [p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])
+                 if p.get("name") == "http"]
+        targets += [{"targets": [f"{ip}:{port}"],
+                     "labels": {"namespace": pod["metadata"]["namespace"], "pod": pod["metadata"]["name"]}}
+                    for port in ports]
+    return targets
+
+
+def prometheus_objects() -> list[Obj]:
+    """Prometheus (Deployment + Service `prometheus` in PROMETHEUS_NAMESPACE), scraping PROMETHEUS_TARGETS."""
+    name = "prometheus"
+    command = ["sh", "-c", f"mkdir -p $(dirname {PROMETHEUS_TARGETS}) && echo '[]' > {PROMETHEUS_TARGETS} && "
+               "exec prometheus --config.file=/etc/prometheus-e2e/prometheus.yml --storage.tsdb.path=/data/prom "
+               "--web.listen-address=:9090 --storage.tsdb.retention.time=1h"]
+    probe = {"httpGet": {"path": "/-/ready", "port": "tcp"}}
+    deployment, service = _store(name, 9090, command, probe)
+    pod = deployment["spec"]["template"]["spec"]
+    pod["volumes"] = [*pod["volumes"], {"name": "config", "configMap": {"name": name}}]
+    pod["containers"][0]["volumeMounts"].append({"name": "config", "mountPath": "/etc/prometheus-e2e"})
+    objects = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+                "data": {"prometheus.yml": prometheus_config()}}, deployment, service]
+    for obj in objects:
+        obj["metadata"]["namespace"] = PROMETHEUS_NAMESPACE
+    return objects
 
 
 def redis_cluster_objects() -> list[Obj]:

@@ -1,15 +1,21 @@
-"""KEDA (built from source by hack/keda.sh) scales a runtime Deployment on session depth, and back.
+"""KEDA (built from source by hack/keda.sh) scales a runtime Deployment on session depth, and back,
+with each of the two triggers the operator renders: `metricsApi` (KEDA reads the runtime's
+/metrics/session-depth) and `prometheus`, the default (KEDA queries a Prometheus that scrapes the pods;
+Debian's Prometheus runs in the `monitoring` namespace and scrapes the pods the chart's PodMonitor
+selects, with the same `namespace`/`pod` labels; Debian builds it without Kubernetes discovery, so
+the test keeps its file-discovery targets in step with the pod list, every second).
 
-Runs in a namespace of its own (STRATA_KEDA_NAMESPACE, default strata-keda) with its own Redis and
-test upstream, so it shares nothing with the other kind tests. The runtime objects are rendered by
-this tree's operator code (`render`, the ScaledObject with the metrics-api trigger included) and
-applied as they are, so the test exercises exactly what the operator would create; the in-cluster
-operator watches only the e2e namespace and does not touch them.
+Each trigger runs in a namespace of its own (STRATA_KEDA_NAMESPACE, default strata-keda, and the same
+with `-prometheus`) with its own Redis and test upstream, so it shares nothing with the other kind
+tests. The runtime objects are rendered by this tree's operator code (`render`, the ScaledObject and
+NetworkPolicy included) and applied as they are, so the test exercises exactly what the operator would
+create; the in-cluster operator watches only the e2e namespace and does not touch them.
 
 Load: 15 sessions, each taking a turn every few seconds through the runtime's Service, for as
 long as it takes to scale up. activeSessionsPerPod 5 asks for 3 pods (the max). Then no load: the
 sessions age out of the depth window and KEDA's HPA scales the Deployment back to 1. Replicas and
-depth over time are written to .cache/keda-scaling.json (STRATA_KEDA_RESULT).
+depth over time are written to .cache/keda-scaling.json (STRATA_KEDA_RESULT; `-prometheus` before
+`.json` for that trigger).
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import asyncio
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +46,17 @@ from tests.kind.conftest import (
     secrets,
     upstream_objects,
 )
-from tests.kind.stores import standalone_redis_objects
+from tests.kind.stores import (
+    PROMETHEUS_NAMESPACE,
+    PROMETHEUS_TARGETS,
+    prometheus_objects,
+    prometheus_targets,
+    standalone_redis_objects,
+)
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(900)]
 
-NS = os.environ.get("STRATA_KEDA_NAMESPACE", "strata-keda")
+BASE_NS = os.environ.get("STRATA_KEDA_NAMESPACE", "strata-keda")
 NAME = "depth"
 SESSIONS = 15
 PER_POD = 5
@@ -51,31 +65,49 @@ FALLBACK = 2  # what KEDA holds while the session depth cannot be read
 # The runtime image the Deployment runs (it must serve /metrics/session-depth).
 RUNTIME = os.environ.get("STRATA_KEDA_RUNTIME_IMAGE", RUNTIME_IMAGE)
 RESULT = Path(os.environ.get("STRATA_KEDA_RESULT", ROOT / ".cache" / "keda-scaling.json"))
+TRIGGER_TYPES = {"metricsApi": "metrics-api", "prometheus": "prometheus"}
 Obj = dict[str, Any]
 
 
-def kubectl(kube: Kube, *args: str, stdin: str | None = None, timeout: float = 300) -> str:
-    return kube.run("-n", NS, *args, stdin=stdin, timeout=timeout)
+@dataclass(frozen=True)
+class Scaled:
+    """A namespace with the runtime Deployment scaled by KEDA through `trigger`."""
+
+    kube: Kube
+    ns: str
+    trigger: str
+
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 300) -> str:
+        return self.kube.run("-n", self.ns, *args, stdin=stdin, timeout=timeout)
+
+    def apply(self, objects: list[Obj]) -> None:
+        apply(self.kube, objects, "-n", self.ns)
+
+    @property
+    def result(self) -> Path:
+        return RESULT if self.trigger == "metricsApi" else RESULT.with_name(f"{RESULT.stem}-{self.trigger}.json")
 
 
-def apply(kube: Kube, objects: list[Obj]) -> None:
-    kubectl(kube, "apply", "--server-side", "--force-conflicts", "--field-manager=keda-test", "-f", "-",
-            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+def apply(kube: Kube, objects: list[Obj], *namespace: str) -> None:
+    """Server-side apply; without `namespace` every object names its own."""
+    kube.run(*namespace, "apply", "--server-side", "--force-conflicts", "--field-manager=keda-test", "-f", "-",
+             stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
 
 
-def runtime_objects() -> list[Obj]:
-    """What the operator renders for an AgentDeployment scaling on session depth via metrics-api."""
-    redis_url = f"redis://redis.{NS}.svc:6379/0"
+def runtime_objects(ns: str, trigger: str) -> list[Obj]:
+    """What the operator renders for an AgentDeployment scaling on session depth through `trigger`."""
+    redis_url = f"redis://redis.{ns}.svc:6379/0"
     raw = agent_deployment(NAME, stores={"redis": {"backend": "redis",
                                                    "urlSecretRef": {"name": "keda-redis", "key": "url"}}},
-                           scaling={"keda": {"enabled": True, "trigger": "metricsApi", "activeSessionsPerPod": PER_POD,
+                           scaling={"keda": {"enabled": True, "trigger": trigger, "activeSessionsPerPod": PER_POD,
                                              "pollingIntervalSeconds": 5, "cooldownSeconds": 30,
-                                             "fallbackReplicas": FALLBACK}})["spec"]
+                                             "fallbackReplicas": FALLBACK}},
+                           networkPolicy={"enabled": True})["spec"]
     raw["replicas"] = {"min": 1, "max": MAX_REPLICAS}
     raw["image"] = RUNTIME
     raw["stores"]["allowPodLocalState"] = True  # SQLite per pod: this test needs only the sessions shared
-    raw["runtime"]["models"][0]["baseUrl"] = f"http://upstream.{NS}.svc:9000/v1"
-    inputs = Inputs(owner=Owner(NAME, NS, uid="00000000-0000-0000-0000-000000000000"),
+    raw["runtime"]["models"][0]["baseUrl"] = f"http://upstream.{ns}.svc:9000/v1"
+    inputs = Inputs(owner=Owner(NAME, ns, uid="00000000-0000-0000-0000-000000000000"),
                     spec=AgentDeploymentSpec.model_validate(raw), api_key_tenants=("acme",),
                     secret_data={"keda-redis": {"url": redis_url}, "acme-keys": {"acme": ACME_KEY},
                                  "strata-internal": {"token": INTERNAL_TOKEN}, "upstream-key": {"apiKey": "sk-e2e"}},
@@ -98,27 +130,66 @@ def keda(kube: Kube) -> Kube:
     return kube
 
 
-@pytest.fixture(scope="module")
-def scaled(keda: Kube) -> Iterator[Kube]:
-    kube = keda
-    kube.run("delete", "namespace", NS, "--ignore-not-found", "--wait=true", timeout=330)  # an earlier run's
-    kube.run("create", "namespace", NS)
-    apply(kube, [*secrets(), *upstream_objects()[:3], *standalone_redis_objects(),
-                 {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keda-redis"},
-                  "stringData": {"url": f"redis://redis.{NS}.svc:6379/0"}}])
+class PodDiscovery:
+    """Writes the runtime pods of `ns` as Prometheus's file-discovery targets whenever they change."""
+
+    def __init__(self, kube: Kube, ns: str) -> None:
+        self.kube, self.ns = kube, ns
+        self.stop = threading.Event()
+        self.written: list[Obj] | None = None
+        self.thread = threading.Thread(target=self._run, name="prometheus-targets", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(1.0):
+            listed = self.kube.run("-n", self.ns, "get", "pods", "-o", "json", check=False, timeout=30)
+            try:
+                targets = prometheus_targets(json.loads(listed)["items"])
+            except (ValueError, KeyError):
+                continue
+            if targets != self.written:
+                self.kube.run("-n", PROMETHEUS_NAMESPACE, "exec", "-i", "deploy/prometheus", "--", "sh", "-c",
+                              f"cat > {PROMETHEUS_TARGETS}.tmp && mv {PROMETHEUS_TARGETS}.tmp {PROMETHEUS_TARGETS}",
+                              stdin=json.dumps(targets), check=False, timeout=30)
+                self.written = targets
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(60)
+
+
+@pytest.fixture(scope="module", params=["metricsApi", "prometheus"])
+def scaled(keda: Kube, request: pytest.FixtureRequest) -> Iterator[Scaled]:
+    kube, trigger = keda, str(request.param)
+    here = Scaled(kube, BASE_NS if trigger == "metricsApi" else f"{BASE_NS}-{trigger}", trigger)
+    namespaces = [here.ns, *([PROMETHEUS_NAMESPACE] if trigger == "prometheus" else [])]
+    for ns in namespaces:  # an earlier run's
+        kube.run("delete", "namespace", ns, "--ignore-not-found", "--wait=true", timeout=330)
+        kube.run("create", "namespace", ns)
+    here.apply([*secrets(), *upstream_objects()[:3], *standalone_redis_objects(),
+                {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keda-redis"},
+                 "stringData": {"url": f"redis://redis.{here.ns}.svc:6379/0"}}])
+    discovery = None
+    if trigger == "prometheus":
+        apply(kube, prometheus_objects())
+        kube.run("-n", PROMETHEUS_NAMESPACE, "rollout", "status", "deploy/prometheus", "--timeout=300s", timeout=330)
+        discovery = PodDiscovery(kube, here.ns)
     for name in ("redis", "upstream"):
-        kubectl(kube, "rollout", "status", f"deploy/{name}", "--timeout=300s", timeout=330)
-    apply(kube, runtime_objects())
-    kubectl(kube, "rollout", "status", f"deploy/{NAME}", "--timeout=300s", timeout=330)
-    yield kube
-    kube.run("delete", "namespace", NS, "--wait=false", check=False)
+        here.kubectl("rollout", "status", f"deploy/{name}", "--timeout=300s", timeout=330)
+    here.apply(runtime_objects(here.ns, trigger))
+    here.kubectl("rollout", "status", f"deploy/{NAME}", "--timeout=300s", timeout=330)
+    yield here
+    if discovery is not None:
+        discovery.close()
+    for ns in namespaces:
+        kube.run("delete", "namespace", ns, "--wait=false", check=False)
 
 
 class ServiceForward:
     """`kubectl port-forward svc/NAME` on a free loopback port."""
 
-    def __init__(self, kube: Kube) -> None:
-        self.proc = subprocess.Popen([kube.bin, "port-forward", "-n", NS, "--address", "127.0.0.1", f"svc/{NAME}",
+    def __init__(self, kube: Kube, ns: str) -> None:
+        self.proc = subprocess.Popen([kube.bin, "port-forward", "-n", ns, "--address", "127.0.0.1", f"svc/{NAME}",
                                       ":80"], env=kube.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -132,8 +203,8 @@ class ServiceForward:
         self.proc.wait(10)
 
 
-def replicas(kube: Kube) -> tuple[int, int]:
-    status = json.loads(kubectl(kube, "get", "deploy", NAME, "-o", "json"))
+def replicas(scaled: Scaled) -> tuple[int, int]:
+    status = json.loads(scaled.kubectl("get", "deploy", NAME, "-o", "json"))
     return int(status["spec"].get("replicas", 0)), int(status["status"].get("readyReplicas", 0))
 
 
@@ -161,22 +232,22 @@ async def keep_sessions_busy(client: httpx.AsyncClient, stop: asyncio.Event, fai
     await asyncio.gather(*(session(i) for i in range(SESSIONS)))
 
 
-def write_result(samples: list[Obj]) -> None:
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps({"sessions": SESSIONS, "activeSessionsPerPod": PER_POD, "pollingIntervalSeconds": 5,
-                                  "cooldownSeconds": 30, "windowSeconds": 60, "samples": samples}, indent=1))
+def write_result(path: Path, trigger: str, samples: list[Obj]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"trigger": trigger, "sessions": SESSIONS, "activeSessionsPerPod": PER_POD,
+                                "pollingIntervalSeconds": 5, "cooldownSeconds": 30, "windowSeconds": 60,
+                                "samples": samples}, indent=1))
 
 
-async def test_session_depth_scales_the_deployment_up_via_keda_and_back_down(scaled: Kube) -> None:
-    kube = scaled
-    so = json.loads(kubectl(kube, "get", "scaledobject", NAME, "-o", "json"))
-    assert so["spec"]["triggers"][0]["type"] == "metrics-api"
-    forward = ServiceForward(kube)
+async def test_session_depth_scales_the_deployment_up_via_keda_and_back_down(scaled: Scaled) -> None:
+    so = json.loads(scaled.kubectl("get", "scaledobject", NAME, "-o", "json"))
+    assert so["spec"]["triggers"][0]["type"] == TRIGGER_TYPES[scaled.trigger]
+    forward = ServiceForward(scaled.kube, scaled.ns)
     samples: list[Obj] = []
     t0 = time.monotonic()
 
     async def sample(client: httpx.AsyncClient, phase: str) -> tuple[int, int, int | None]:
-        want, ready = await asyncio.to_thread(replicas, kube)
+        want, ready = await asyncio.to_thread(replicas, scaled)
         value = await depth(client)
         samples.append({"t": round(time.monotonic() - t0, 1), "phase": phase, "replicas": want, "ready": ready,
                         "sessionDepth": value})
@@ -212,28 +283,28 @@ async def test_session_depth_scales_the_deployment_up_via_keda_and_back_down(sca
             assert down_at is not None, f"never scaled back to 1 pod: {samples[-5:]}"
     finally:
         forward.close()
-        write_result(samples)
+        write_result(scaled.result, scaled.trigger, samples)
     first_depth = next(s["t"] for s in samples if (s["sessionDepth"] or 0) >= SESSIONS)
     first_scale = next(s["t"] for s in samples if s["replicas"] > 1)
-    print(f"\ndepth>={SESSIONS} at {first_depth}s, scale-out decided at {first_scale}s, {MAX_REPLICAS} ready at "
-          f"{up_at}s; load stopped at {load_end:.0f}s, back to 1 at {down_at}s")
+    print(f"\n{scaled.trigger}: depth>={SESSIONS} at {first_depth}s, scale-out decided at {first_scale}s, "
+          f"{MAX_REPLICAS} ready at {up_at}s; load stopped at {load_end:.0f}s, back to 1 at {down_at}s")
 
 
-def test_an_unreadable_session_depth_holds_the_fallback_replicas_not_zero_load(scaled: Kube) -> None:
-    """Redis gone: the depth is unknown (503, pods not ready), which KEDA must treat as an error and
-    hold fallbackReplicas, not as 0 sessions (that would keep 1 pod, the min)."""
-    kube = scaled
-    assert replicas(kube)[0] == 1
-    kubectl(kube, "scale", "deploy/redis", "--replicas=0")
+def test_an_unreadable_session_depth_holds_the_fallback_replicas_not_zero_load(scaled: Scaled) -> None:
+    """Redis gone: the depth is unknown (503 from /metrics/session-depth; no strata_session_depth series
+    for Prometheus), which KEDA must treat as an error and hold fallbackReplicas, not as 0 sessions
+    (that would keep 1 pod, the min)."""
+    assert replicas(scaled)[0] == 1
+    scaled.kubectl("scale", "deploy/redis", "--replicas=0")
     try:
         deadline = time.monotonic() + 240
         seen: list[int] = []
         while time.monotonic() < deadline and (not seen or seen[-1] != FALLBACK):
             time.sleep(5)
-            seen.append(replicas(kube)[0])
+            seen.append(replicas(scaled)[0])
         assert seen and seen[-1] == FALLBACK, f"replicas while the depth was unreadable: {seen}"
-        so = json.loads(kubectl(kube, "get", "scaledobject", NAME, "-o", "json"))
+        so = json.loads(scaled.kubectl("get", "scaledobject", NAME, "-o", "json"))
         fallback = [c for c in so["status"]["conditions"] if c["type"] == "Fallback"]
         assert fallback and fallback[0]["status"] == "True", so["status"]["conditions"]
     finally:
-        kubectl(kube, "scale", "deploy/redis", "--replicas=1")
+        scaled.kubectl("scale", "deploy/redis", "--replicas=1")
