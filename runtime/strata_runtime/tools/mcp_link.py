@@ -10,11 +10,13 @@ Start-up never waits for it.
 A call that fails at the protocol level is followed at once by a probe on the same session. A
 server that restarted has forgotten our session and refuses both (its answer is an error, not a
 closed connection): it ran neither, so the call waits for the reconnect (within its deadline) and
-is sent once more on the new session. When the probe succeeds the error was the call's own. A tool the server runs
-only as a task (`execution.taskSupport: required`) is not offered: this client calls tools directly.
-What a stdio server writes on its stderr becomes log lines of the runtime (`MCP server stderr`,
-with the server's name), not free text between the runtime's structured log lines; a server that
-writes faster than 20 lines/s (bursts of 200 pass) has the rest counted and reported, not logged.
+is sent once more on the new session. When the probe succeeds the error was the call's own.
+
+A tool the server runs only as a task (`execution.taskSupport: required`) is not offered: this
+client calls tools directly. What a stdio server writes on its stderr becomes log lines of the
+runtime (`MCP server stderr`, with the server's name), not free text between the runtime's
+structured log lines; a server that writes faster than 20 lines/s (bursts of 200 pass) has the
+rest counted and reported, not logged.
 
 A call runs under the earlier of the call's deadline and the server's `timeoutSeconds`, and
 carries the call id as `_meta["strata.dev/idempotency-key"]`. While the server is down its tools
