@@ -264,7 +264,10 @@ class CacheService:
     async def _embed(self, text: str) -> F32 | None:
         assert self.embedder is not None
         try:
-            vectors = await asyncio.wait_for(self.embedder.embed([text]), timeout=_embed_deadline(self.embedder))
+            # asyncio.timeout, not wait_for: wait_for wraps the call in a task of its own (two more
+            # event-loop turns on every semantic lookup).
+            async with asyncio.timeout(_embed_deadline(self.embedder)):
+                vectors = await self.embedder.embed([text])
             vector: F32 = np.asarray(vectors[0], dtype=np.float32)
             return vector
         except (EmbeddingUnavailable, TimeoutError, ValueError) as e:

@@ -107,7 +107,10 @@ class LocalEmbedder:
         self._enqueue(pending)
         deadline = max(self.timeout_seconds, BACKGROUND_DEADLINE_SECONDS) if background else self.timeout_seconds
         try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), deadline)
+            # The future itself, not a shield in wait_for: each layer costs an event-loop turn on the
+            # way back, and a caller that stops waiting cancels its future anyway (_abandon).
+            async with asyncio.timeout(deadline):
+                return await pending.future
         except TimeoutError as e:
             raise EmbeddingUnavailable(f"local embedder missed its {deadline}s deadline") from e
         finally:
@@ -137,6 +140,7 @@ class LocalEmbedder:
             self._queued_texts -= len(pending.texts)
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._queue:
             batch: list[_Pending] = []
             size = 0
@@ -148,7 +152,8 @@ class LocalEmbedder:
             texts = [t for item in batch for t in item.texts]
             try:
                 model = await self._ensure_model()
-                vectors = await asyncio.to_thread(model.encode, texts)
+                # run_in_executor: to_thread would also copy the context (nothing in encode reads it).
+                vectors = await loop.run_in_executor(None, model.encode, texts)
             except Exception as e:
                 log.warning("local embedder failed", extra={"error": type(e).__name__})
                 for item in batch:
