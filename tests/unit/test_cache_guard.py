@@ -79,3 +79,29 @@ def test_guard_still_rejects_changed_chinese_numbers_and_negations(query: str, c
     verdict = check(query, cached)
     assert not verdict.allowed
     assert verdict.reason == reason
+
+
+@pytest.mark.parametrize(("query", "cached"), [
+    # names compare without plural -s, hyphens or spaces
+    ("Where is the nearest ATM?", "Where are the nearest ATMs?"),
+    ("Can I get an auto Top-up?", "How can I get an automatic Top-up?"),
+    ("How does Top-up work?", "how does top up work"),
+    ("How do I top up with Apple Pay?", "Top-Up with Apple Pay"),
+    # a Latin name written against Han text is still the same name
+    ("我的iPhone无法使用", "我的 iPhone 无法使用"),
+])
+def test_guard_entities_compare_without_plurals_and_hyphens(query: str, cached: str):
+    assert check(query, cached).allowed
+
+
+@pytest.mark.parametrize(("query", "cached"), [
+    ("Can I use Apple Pay?", "Can I use Google Pay?"),
+    ("Paris is lovely in May, is it?", "Is Rome lovely in May?"),
+    ("Is a SEPA transfer free?", "Is a transfer free?"),
+    ("Where is the nearest ATM?", "Where is the nearest branch?"),
+    ("Transfer to iPhone users", "Transfer to Android users"),
+])
+def test_guard_entities_still_veto_other_names(query: str, cached: str):
+    verdict = check(query, cached)
+    assert not verdict.allowed
+    assert verdict.reason in {"entities", "substitution"}

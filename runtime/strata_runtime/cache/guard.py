@@ -12,7 +12,8 @@ queries differ in any of:
   (enable/disable, lock/unlock, 开启/关闭…);
 * quoted strings ("…", '…', “…”, 「…」, 《…》);
 * named entities: capitalised or mixed-case words, acronyms and alphanumeric tokens
-  (iPhone, 2FA, SEPA, Paris) — a heuristic, not an NER model;
+  (iPhone, 2FA, SEPA, Paris) — a heuristic, not an NER model; names compare without a plural
+  -s, hyphens or spaces (ATM = ATMs, Top-up = top up);
 * a one-word swap: the queries are identical except one content word replaced by another
   ("cancel my card" vs "freeze my card"; for Chinese, a replaced run of 2+ Han characters in
   an otherwise identical sentence: 巴黎 vs 伦敦).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import itertools
 import re
 import unicodedata
 from collections import Counter
@@ -207,6 +209,13 @@ def _quoted(text: str) -> set[str]:
     return {next(g for g in m.groups() if g).strip().lower() for m in _QUOTE_RE.finditer(text)}
 
 
+def _entity_key(word: str) -> str:
+    """A name as compared across the two texts: lower case, without hyphens or apostrophes
+    (Top-up = top up = topup), without a plural -s on words of 4+ letters (ATMs = ATM)."""
+    key = re.sub(r"['’\-]", "", word.lower())  # noqa: RUF001
+    return key[:-1] if len(key) >= 4 and key.endswith("s") and not key.endswith("ss") else key
+
+
 @_per_text
 def _entities(text: str) -> set[str]:
     out = set()
@@ -221,8 +230,15 @@ def _entities(text: str) -> set[str]:
             or any(c.isdigit() for c in bare)
         )
         if named and lowered not in _COMMON:
-            out.add(lowered)
+            out.add(_entity_key(bare))
     return out
+
+
+@_per_text
+def _entity_keys(text: str) -> set[str]:
+    """Every word of a text, and every two adjacent words joined, as _entity_key compares them."""
+    words = re.findall(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?", text)  # noqa: RUF001
+    return {_entity_key(w) for w in words} | {_entity_key(x + y) for x, y in itertools.pairwise(words)}
 
 
 @_per_text
@@ -274,7 +290,7 @@ def check(query: str, cached_query: str) -> GuardVerdict:
     if _quoted(a) != _quoted(b):
         return GuardVerdict(False, "quoted")
     # An entity of one query must appear in the other, in any case ("France" vs "france" is fine).
-    if _entities(a) - set(_tokens(b)) or _entities(b) - set(_tokens(a)):
+    if _entities(a) - _entity_keys(b) or _entities(b) - _entity_keys(a):
         return GuardVerdict(False, "entities")
     if _one_word_swap(a, b) or _han_swap(a, b):
         return GuardVerdict(False, "substitution")
