@@ -148,10 +148,12 @@ class PodDiscovery:
             except (ValueError, KeyError):
                 continue
             if targets != self.written:
-                self.kube.run("-n", PROMETHEUS_NAMESPACE, "exec", "-i", "deploy/prometheus", "--", "sh", "-c",
-                              f"cat > {PROMETHEUS_TARGETS}.tmp && mv {PROMETHEUS_TARGETS}.tmp {PROMETHEUS_TARGETS}",
-                              stdin=json.dumps(targets), check=False, timeout=30)
-                self.written = targets
+                done = self.kube.run("-n", PROMETHEUS_NAMESPACE, "exec", "-i", "deploy/prometheus", "--", "sh", "-c",
+                                     f"cat > {PROMETHEUS_TARGETS}.tmp && mv {PROMETHEUS_TARGETS}.tmp "
+                                     f"{PROMETHEUS_TARGETS} && echo written",
+                                     stdin=json.dumps(targets), check=False, timeout=30)
+                if done.strip() == "written":  # otherwise tried again on the next round
+                    self.written = targets
 
     def close(self) -> None:
         self.stop.set()
