@@ -122,6 +122,10 @@ async def test_a_different_system_prompt_or_earlier_conversation_never_hits(embe
     ("What is 2+3?", "What is 2+4?"),
     ("How do I enable 2FA on my account?", "How do I disable 2FA on my account?"),
     ("What is the weather in Paris today?", "What is the weather in London today?"),
+    # same words, roles swapped: only the moved-word check sees these without a verifier
+    ("Show me flights from Paris to Rome", "Show me flights from Rome to Paris"),
+    ("Transfer money from savings to checking", "Transfer money from checking to savings"),
+    ("Does the dog chase the cat?", "Does the cat chase the dog?"),
 ])
 async def test_guard_cases_miss(embedder, upstream, stored: str, asked: str):
     cache = CacheService(policy(semantic={"threshold": 0.5}), embedder=embedder)

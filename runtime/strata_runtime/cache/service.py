@@ -16,7 +16,8 @@ Decisions (where the spec is silent):
 * Semantic candidates: the nearest entries above a low recall cosine, each checked by the hit
   guard (a hard veto) and then by the verifier fitted for the embedder (cache/verifier.py) at
   the policy's `semantic.maxWrongHitRate`. An embedder with no fitted verifier falls back to
-  one cosine threshold (`semantic.threshold`, else 0.93) plus the guard.
+  one cosine threshold (`semantic.threshold`, else 0.93) plus the guard, and refuses a candidate
+  whose content words moved (swapped roles: nothing else would see them).
 * An answer produced by a fallback model is stored under the fallback's model (the key of the
   same request sent to that model), never under the model asked for.
 * Streams: the upstream's usage chunk is always passed on to the caller of `stream` (the
@@ -41,14 +42,14 @@ import numpy as np
 import orjson
 from redis.exceptions import RedisError
 
-from strata_runtime.cache import guard, streams
+from strata_runtime.cache import streams
 from strata_runtime.cache.contract import Compute, ComputeStream
 from strata_runtime.cache.flight import Flight
 from strata_runtime.cache.index import F32, SemanticIndex
 from strata_runtime.cache.keys import CacheControls, RequestKeys, namespace, pop_controls, request_keys
 from strata_runtime.cache.memory import MemoryStore
 from strata_runtime.cache.redis_store import RedisStore
-from strata_runtime.cache.verifier import Verifier, verifier_for
+from strata_runtime.cache.verifier import Verifier, check_unverified, verifier_for
 from strata_runtime.config import CachePolicySpec
 from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable
 from strata_runtime.gateway.contract import CacheResult, CallContext
@@ -320,8 +321,8 @@ class CacheService:
         if self.verifier is not None:
             decision = self.verifier.check(query, cached_query, cosine)
             return decision.allowed, decision.reason
-        verdict = guard.check(query, cached_query)
-        return verdict.allowed, verdict.reason
+        decision = check_unverified(query, cached_query)
+        return decision.allowed, decision.reason
 
     # computing and storing ------------------------------------------------------------------
     async def _lead_complete(self, plan: _Plan, client: RedisClient | None, vector: F32 | None,

@@ -265,6 +265,19 @@ class Verifier:
         return Decision(allowed, None if allowed else "verifier", score)
 
 
+def check_unverified(query: str, cached: str) -> Decision:
+    """The check for an embedder without a fitted verifier (behind its one cosine threshold): the
+    guard, and no content word moved. Nothing else reads word order there, and a cosine barely
+    moves when words change places ("from Paris to Rome" / "from Rome to Paris"); the price is the
+    paraphrases that reorder their words."""
+    verdict = guard.check(query, cached)
+    if not verdict.allowed:
+        return Decision(False, verdict.reason or "other")
+    if edit_shape(query, cached)[0]:
+        return Decision(False, "moved")
+    return Decision(True)
+
+
 @cache
 def _load_params(path: Path) -> dict[str, Any]:
     if not path.exists():

@@ -26,7 +26,8 @@ class SemanticCacheConfig(ConfigModel):
         description="Minimum cosine similarity of the last user message. Unset (the default): candidates are "
         "proposed from a low recall cosine and each one is checked by the verifier fitted for the local "
         "embedder (bench/cache.py calibrate); set: no candidate under this cosine is served. An embedder "
-        "without a fitted verifier uses this value, or 0.93 when unset, with the hit guard only.",
+        "without a fitted verifier uses this value, or 0.93 when unset, with the hit guard, and refuses a "
+        "candidate whose content words moved.",
     )
     max_wrong_hit_rate: float = Field(
         0.01, ge=0.001, le=0.1,
