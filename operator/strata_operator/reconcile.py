@@ -642,7 +642,7 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 def cluster_namespace_of(url: str) -> str | None:
     """The namespace of a cluster-local Service address (`http://<service>.<namespace>[.svc[...]]:port`),
     None for any other host (an IP, an external name, a bare service name)."""
-    host = (urlsplit(url).hostname or "").lower()
+    host = urlsplit(url).hostname or ""  # lower-cased by urlsplit
     labels = host.split(".")
     if len(labels) < 2 or (len(labels) > 2 and labels[2] != "svc") or not _DNS_LABEL.fullmatch(labels[1]):
         return None

@@ -260,7 +260,7 @@ async def audit(base: str, acked: list[Acked], headers: dict[str, str] | None = 
     stored_turns = retries = 0
     async with httpx.AsyncClient(timeout=30, headers=headers) as http:
         for session_id, turns in by_session.items():
-            resp, retried = await _get_reconnecting(http, f"{base}/api/v1/sessions/{session_id}")
+            resp, retried = await _get_retrying(http, f"{base}/api/v1/sessions/{session_id}")
             retries += retried
             assert resp.status_code == 200, (session_id, resp.status_code, resp.text[:300])
             history = resp.json()["turns"]
@@ -284,7 +284,7 @@ async def audit(base: str, acked: list[Acked], headers: dict[str, str] | None = 
     return {"sessions": len(by_session), "stored_turns": stored_turns, "retries": retries}
 
 
-async def _get_reconnecting(http: httpx.AsyncClient, url: str, patience_seconds: float = 60.0
+async def _get_retrying(http: httpx.AsyncClient, url: str, patience_seconds: float = 60.0
                             ) -> tuple[httpx.Response, int]:
     """A GET retried as any HTTP client retries a read: after a dropped connection (a proxy in front
     of a pod that was just replaced) and after a 503 with Retry-After (a store the answering pod

@@ -147,7 +147,7 @@ class _Memo:
         return np.stack([self.vectors[t] for t in texts])
 
     async def close(self) -> None:
-        await self.embedder.close()
+        """Nothing to close: the embedder belongs to whoever made this memo."""
 
 
 def in_sample_folds(skills: Sequence[SkillConfig], labelled: Sequence[tuple[str, str | None]]) -> dict[int, int]:
