@@ -7,8 +7,12 @@ Probes:
 * PAWS (paws-wiki-en, paws-x-zh): one pair is one probe: `a` is stored, `b` asks. A positive
   served is a correct hit; a negative served (same words, other meaning) is a wrong hit.
 
-Fitting uses the fitting halves only (banking77 train.csv, PAWS pairs with an even crc32);
-the table is measured on the other halves (banking77 test.csv, odd crc32).
+* clinc150, hwu64, massive-en, massive-zh: cache-like like banking77, on a sample of their test
+  split. Those not in FITTED_INTENTS are never fitted on (measure-only columns: how the verifier
+  fares on question sets it has not seen); those in it are fitted on a sample of their train split.
+
+Fitting uses the fitting halves only (banking77 train.csv, the train split of FITTED_INTENTS,
+PAWS pairs with an even crc32); the table is measured on the other halves (test splits, odd crc32).
 """
 
 from __future__ import annotations
@@ -23,11 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from bench._calibration_data import (
+    FITTED_INTENTS,
     FULL,
+    INTENT_SETS,
+    PAIR_SETS,
     Sizes,
     VectorCache,
     all_texts,
-    banking_rows,
+    intent_rows,
+    intent_splits,
     paws_pairs,
 )
 
@@ -58,8 +66,8 @@ class Probes:
         return out
 
 
-def banking_probes(split: str, limit: int, vectors: VectorCache) -> list[Probe]:
-    rows = banking_rows(split, limit)
+def intent_probes(name: str, split: str, limit: int, vectors: VectorCache) -> list[Probe]:
+    rows = intent_rows(name, split, limit)
     texts = [t for t, _ in rows]
     labels = [c for _, c in rows]
     m = vectors.matrix(texts)
@@ -69,7 +77,7 @@ def banking_probes(split: str, limit: int, vectors: VectorCache) -> list[Probe]:
     probes = []
     for i in range(len(rows)):
         cands = [(texts[j], float(sims[i, j]), labels[j] == labels[i]) for j in order[i]]
-        probes.append(Probe("banking77", texts[i], cands, True))
+        probes.append(Probe(name, texts[i], cands, True))
     return probes
 
 
@@ -81,9 +89,14 @@ def pair_probes(name: str, split: str, vectors: VectorCache, limit: int | None =
     return probes
 
 
-def load_probes(split: str, vectors: VectorCache, sizes: Sizes = FULL) -> Probes:
-    items = banking_probes(split, sizes.banking(split), vectors)
-    for name in ("paws-wiki-en", "paws-x-zh"):
+def load_probes(split: str, vectors: VectorCache, sizes: Sizes = FULL,
+                fitted: tuple[str, ...] = FITTED_INTENTS) -> Probes:
+    """The fitting probes (split "train": fitted sets only) or the measured ones ("test": all)."""
+    items: list[Probe] = []
+    for name in INTENT_SETS:
+        if split in intent_splits(name, fitted):
+            items += intent_probes(name, split, sizes.rows(name, split), vectors)
+    for name in PAIR_SETS:
         items += pair_probes(name, split, vectors, sizes.pairs)
     return Probes(items)
 
@@ -115,10 +128,12 @@ def rates(probes: list[Probe], decide: Decide) -> tuple[float, float, int, int]:
 # fitting ------------------------------------------------------------------------------------
 
 
-def fit(vectors: VectorCache, embedder: str, out: Path, sizes: Sizes = FULL) -> dict[str, object]:
+def fit(vectors: VectorCache, embedder: str, out: Path, sizes: Sizes = FULL,
+        fitted: tuple[str, ...] = FITTED_INTENTS) -> dict[str, object]:
     from strata_runtime.cache import guard, verifier
 
-    train = load_probes("train", vectors, sizes)
+    train = load_probes("train", vectors, sizes, fitted)
+    assert {p.source for p in train.items} <= set(fitted) | set(PAIR_SETS)  # never a measure-only set
     languages: dict[str, object] = {}
     for key, probes in _groups(train.items).items():
         pos_cos = [c for p in probes for _, c, right in p.candidates if right]
@@ -153,6 +168,7 @@ def fit(vectors: VectorCache, embedder: str, out: Path, sizes: Sizes = FULL) -> 
         "about": "written by bench/cache.py calibrate --fit; do not edit by hand",
         "features": list(verifier.FEATURES),
         "margin": MARGIN,
+        "fitted_on": [*fitted, *PAIR_SETS],
         "embedders": {embedder: {"languages": languages}},
     }
     existing = json.loads(out.read_text()) if out.exists() else {}
@@ -265,10 +281,11 @@ def _wrong_rate(items: list[tuple[Probe, list[float]]], t: float) -> float:
 # the table ------------------------------------------------------------------------------------
 
 
-def table(vectors: VectorCache, embedder: str, params_path: Path, sizes: Sizes = FULL) -> list[dict[str, object]]:
+def table(vectors: VectorCache, embedder: str, params_path: Path, sizes: Sizes = FULL,
+          fitted: tuple[str, ...] = FITTED_INTENTS) -> list[dict[str, object]]:
     from strata_runtime.cache import verifier
 
-    test = load_probes("test", vectors, sizes).by_source()
+    test = load_probes("test", vectors, sizes, fitted).by_source()
     rows: list[dict[str, object]] = []
     settings: list[tuple[str, Decide]] = []
     for t in (0.90, 0.93, 0.95, 0.97):
@@ -289,13 +306,14 @@ def table(vectors: VectorCache, embedder: str, params_path: Path, sizes: Sizes =
                 "wrong_hit_rate": round(wrong, 4),
                 "positives": n_pos,
                 "negatives": n_neg,
+                "fitted": source in fitted or source in PAIR_SETS,  # False: a set the fit never read
             }
         rows.append(row)
     return rows
 
 
 def run(fit_first: bool, embedder: str = "multilingual-e5-small", sizes: Sizes = FULL,
-        params_path: Path | None = None) -> list[dict[str, object]]:
+        params_path: Path | None = None, fitted: tuple[str, ...] = FITTED_INTENTS) -> list[dict[str, object]]:
     """Fit (when asked) and measure. `params_path` None: the shipped parameters beside the verifier;
     the smoke pass fits a small sample into a file of its own and never touches those."""
     from strata_runtime.cache.verifier import PARAMS_PATH
@@ -304,11 +322,11 @@ def run(fit_first: bool, embedder: str = "multilingual-e5-small", sizes: Sizes =
     assert embedder == NAME, "calibration runs the bundled local multilingual embedder"
     path = params_path or PARAMS_PATH
     vectors = VectorCache(f"{NAME}-{ENGINE}")  # vectors of another engine differ in the last digits
-    missing = [t for t in all_texts(sizes) if t not in vectors.vectors]
+    missing = [t for t in all_texts(sizes, fitted) if t not in vectors.vectors]
     if missing:
         model = E5Small()
         print(f"embedding {len(missing)} calibration sentences (cached for next time)...", file=sys.stderr)
         vectors.fill(missing, model.encode)
     if fit_first:
-        fit(vectors, embedder, path, sizes)
-    return table(vectors, embedder, path, sizes)
+        fit(vectors, embedder, path, sizes, fitted)
+    return table(vectors, embedder, path, sizes, fitted)

@@ -2,6 +2,9 @@
 
 Splits (fixed, reproducible):
 * banking77: its own train.csv (fitting) and test.csv (measuring); a seeded sample of each;
+* clinc150, hwu64, massive-en, massive-zh (intent sets, cache-like like banking77): a seeded sample
+  of their test split, measured only unless listed in FITTED_INTENTS (then a sample of their train
+  split is fitted on); the fit never reads a test split;
 * paws-wiki-en and paws-x-zh: a pair belongs to the fitting half when crc32(a + "\\t" + b) is
   even, to the measuring half otherwise.
 
@@ -29,22 +32,37 @@ DATA = Path(os.environ.get("STRATA_CALIBRATION_DATA", ROOT / "bench" / "data"))
 CACHE_DIR = Path.home() / ".cache" / "strata" / "bench"
 BANKING_TRAIN_ROWS = 2000
 BANKING_TEST_ROWS = 2000
+INTENT_ROWS = 1000  # rows of each other intent set's test split (measured) or train split (when fitted)
+
+# Cache-like intent sets: banking77 and four the verifier may never have been fitted on.
+INTENT_SETS = ("banking77", "clinc150", "hwu64", "massive-en", "massive-zh")
+# The intent sets whose train split `calibrate --fit` reads; the others are measure-only columns.
+FITTED_INTENTS: tuple[str, ...] = ("banking77",)
+PAIR_SETS = ("paws-wiki-en", "paws-x-zh")
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much of each set a run takes: banking77 rows per split, PAWS pairs per half (None: all)."""
+    """How much of each set a run takes: banking77 rows per split, rows of the other intent sets,
+    PAWS pairs per half (None: all)."""
 
     banking_train: int = BANKING_TRAIN_ROWS
     banking_test: int = BANKING_TEST_ROWS
     pairs: int | None = None
+    intents: int = INTENT_ROWS
+
+    def rows(self, name: str, split: str) -> int:
+        if name != "banking77":
+            return self.intents
+        return self.banking_train if split == "train" else self.banking_test
 
     def banking(self, split: str) -> int:
-        return self.banking_train if split == "train" else self.banking_test
+        return self.rows("banking77", split)
 
 
 FULL = Sizes()
-SMOKE = Sizes(banking_train=60, banking_test=60, pairs=12)  # the smoke pass: the same code, seconds of embedding
+# the smoke pass: the same code (every set included, a tiny sample of each), seconds of embedding
+SMOKE = Sizes(banking_train=60, banking_test=60, pairs=12, intents=30)
 
 
 @dataclass
@@ -54,10 +72,20 @@ class Pair:
     same: bool
 
 
-def banking_rows(split: str, limit: int) -> list[tuple[str, str]]:
-    with (DATA / "banking77" / f"{split}.csv").open() as f:
-        rows = [(r["text"], r["category"]) for r in csv.DictReader(f)]
-    rnd = random.Random(f"banking77-{split}")
+def intent_rows(name: str, split: str, limit: int) -> list[tuple[str, str]]:
+    """A seeded sample of (text, intent) from one split (train or test) of an intent set."""
+    assert name in INTENT_SETS and split in ("train", "test"), (name, split)
+    if name == "clinc150":  # in-scope queries only: an out-of-scope query has no intent to match
+        data = json.loads((DATA / "clinc150" / "data_full.json").read_text())
+        rows = [(text, intent) for text, intent in data[split]]
+    else:
+        locale = {"massive-en": "en-US", "massive-zh": "zh-CN"}
+        path = DATA / "massive" / locale[name] if name in locale else DATA / name
+        with (path / f"{split}.csv").open() as f:
+            rows = [(r["text"], r["category"]) for r in csv.DictReader(f)]
+    rows = list({text: (text, intent) for text, intent in reversed(rows)}.values())[::-1]  # first of each text:
+    # a repeated text would be an exact hit, not a semantic one (MASSIVE repeats some, a few under two intents)
+    rnd = random.Random(f"{name}-{split}")
     return rnd.sample(rows, min(limit, len(rows)))
 
 
@@ -74,11 +102,17 @@ def paws_pairs(name: str, split: str, limit: int | None = None) -> list[Pair]:
     return pairs
 
 
-def all_texts(sizes: Sizes = FULL) -> list[str]:
+def intent_splits(name: str, fitted: tuple[str, ...] = FITTED_INTENTS) -> tuple[str, ...]:
+    """The splits of an intent set a run reads: test always, train only when it is fitted on."""
+    return ("train", "test") if name in fitted else ("test",)
+
+
+def all_texts(sizes: Sizes = FULL, fitted: tuple[str, ...] = FITTED_INTENTS) -> list[str]:
     texts: list[str] = []
-    for split in ("train", "test"):
-        texts += [t for t, _ in banking_rows(split, sizes.banking(split))]
-    for name in ("paws-wiki-en", "paws-x-zh"):
+    for name in INTENT_SETS:
+        for split in intent_splits(name, fitted):
+            texts += [t for t, _ in intent_rows(name, split, sizes.rows(name, split))]
+    for name in PAIR_SETS:
         for split in ("train", "test"):
             for p in paws_pairs(name, split, sizes.pairs):
                 texts += [p.a, p.b]

@@ -27,7 +27,9 @@ perturbed copies of stored vectors; recall@1 is measured against an exact float6
 Calibration (bench/_cache_calibrate.py): banking77 (cache-like: same intent should hit, another
 intent must miss), paws-wiki-en and paws-x-zh (paraphrase pairs vs same-words-other-meaning
 pairs); fitted on the fitting halves, measured on the held-back halves; cosine thresholds with
-the hit guard vs the verifier at several `maxWrongHitRate` targets. The data (bench/data/, each
+the hit guard vs the verifier at several `maxWrongHitRate` targets. Measure-only columns: intent
+sets the fit never reads (clinc150, hwu64, MASSIVE en-US and zh-CN test splits, cache-like like
+banking77), printed apart, English and Chinese. --smoke takes a tiny sample of every set. The data (bench/data/, each
 set with its licence and source) can be swapped: set STRATA_CALIBRATION_DATA to another directory.
 """
 
@@ -143,16 +145,28 @@ def bench_calibrate(fit: bool, smoke: bool = False) -> None:
             rows = run(True, sizes=SMOKE, params_path=Path(tmp) / "verifier_params.json")
     else:
         rows = run(fit, sizes=FULL)
-    sources = ("banking77", "paws-wiki-en", "paws-x-zh")
-    print(f"{'setting':<34} " + " ".join(f"{s + ' right/wrong':>26}" for s in sources), file=sys.stderr)
+    # fitted sources (held-back halves), then the never-fitted ones, English and Chinese apart
+    seen = [s for s in ("banking77", "clinc150", "hwu64", "massive-en", "paws-wiki-en", "massive-zh", "paws-x-zh")
+            if any(isinstance(r.get(s), dict) for r in rows)]
+    fitted = [s for s in seen if any(isinstance(r.get(s), dict) and r[s]["fitted"] for r in rows)]
+    unseen = [s for s in seen if s not in fitted]
+    tables = [("fitted on their other half (held-back halves)", fitted),
+              ("never fitted on, English", [s for s in unseen if s != "massive-zh"]),
+              ("never fitted on, Chinese", [s for s in unseen if s == "massive-zh"])]
     for row in rows:
         emit(row)
-        cells = []
-        for source in sources:
-            cell = row.get(source)
-            cells.append(f"{cell['correct_hit_rate']:>12.3f} / {cell['wrong_hit_rate']:<11.4f}"
-                         if isinstance(cell, dict) else f"{'-':>26}")
-        print(f"{row['setting']:<34} " + " ".join(cells), file=sys.stderr)
+    for title, sources in tables:
+        if not sources:
+            continue
+        print(f"\n{title}\n{'setting':<40} " + " ".join(f"{s + ' right/wrong':>24}" for s in sources),
+              file=sys.stderr)
+        for row in rows:
+            cells = []
+            for source in sources:
+                cell = row.get(source)
+                cells.append(f"{cell['correct_hit_rate']:>11.3f} / {cell['wrong_hit_rate']:<10.4f}"
+                             if isinstance(cell, dict) else f"{'-':>24}")
+            print(f"{row['setting']:<40} " + " ".join(cells), file=sys.stderr)
 
 
 def bench_engine(smoke: bool) -> None:
