@@ -1,13 +1,15 @@
 """Semantic routing benchmark: JSON lines on stdout, a human table on stderr.
 
     .venv/bin/python -m bench.routing [--banking DIR] [--clinc FILE] [--hwu DIR] [--massive DIR] [--cais DIR]
-                                      [--only SETS] [--examples 10] [--cross-fit]
+                                      [--only SETS] [--examples 10|all] [--cross-fit]
                                       [--calibration 20] [--target 0.97] [--queries-per-intent N]
-                                      [--whitening W|none] [--cv] [--cache FILE] [--smoke]
+                                      [--whitening W|none] [--cv] [--cache FILE] [--overhead 1000x10]
+                                      [--smoke]
 
 Each intent data set is split the way a user would split it: every in-scope intent becomes a
 skill (description = its label in words, `examples` = the first N utterances of its train
-split); `routing fit` thresholds are fitted on other train utterances (+ out-of-scope ones);
+split, or with `--examples all` every one but its calibration lines); `routing fit` thresholds are
+fitted on other train utterances (+ out-of-scope ones);
 queries come from the test split, out-of-scope queries included. Data sets without
 out-of-scope queries (banking77, HWU64, MASSIVE, CAIS) hold out a seeded 15% of their intents: those
 intents' train utterances are the out-of-scope calibration lines and their test utterances the
@@ -17,8 +19,9 @@ L2 shows as "needs an LLM call". Printed per data set: coverage decided without 
 its accuracy, L1.5 top-1 accuracy over in-scope queries, out-of-scope queries routed to a skill
 at high confidence, and what became of the messages L1 finds simple (`l1_simple`: sent to chat at
 L1, or passed on to L1.5 for sharing a skill term). Then the routing overhead excluding the embedding
-(the query vector comes from a lookup) at 1,000 skills x 10 examples, p50/p99 over 2,000 queries, and
-p50 of 1,000 short messages (half chit-chat, sent to chat at L1; half sharing a skill's term).
+(the query vector comes from a lookup) at 1,000 skills x 10 examples (`--overhead`: other sizes),
+p50/p99 over 2,000 queries, and p50 of 1,000 short messages (half chit-chat, sent to chat at L1; half
+sharing a skill's term).
 
 `--cv` instead prints, per data set, the L1.5 top-1 accuracy of each `whitening` shrinkage by 5-fold
 cross-validation over the skills' examples alone (train split; no test query is read): how the
@@ -190,7 +193,10 @@ def label_words(intent: str) -> str:
 Labelled = list[tuple[str, str | None]]
 
 
-def split(ds: Dataset, examples: int, calibration: int) -> tuple[list[SkillConfig], Labelled]:
+def split(ds: Dataset, examples: int | None, calibration: int) -> tuple[list[SkillConfig], Labelled]:
+    """Per intent (seeded shuffle): the first `examples` train utterances are its skill's examples and the
+    next `calibration` ones labelled lines for `routing fit`. `examples=None` ("all"): the intent keeps
+    `calibration` lines for the fit (at most half of its train utterances) and every other one is an example."""
     by_intent: dict[str, list[str]] = defaultdict(list)
     for text, intent in ds.train:
         by_intent[intent].append(text)
@@ -200,8 +206,9 @@ def split(ds: Dataset, examples: int, calibration: int) -> tuple[list[SkillConfi
     for intent in sorted(by_intent):
         texts = by_intent[intent][:]
         rng.shuffle(texts)
-        skills.append(SkillConfig(name=intent, description=label_words(intent), examples=texts[:examples]))
-        labelled += [(t, intent) for t in texts[examples:examples + calibration]]
+        n = len(texts) - min(calibration, len(texts) // 2) if examples is None else examples
+        skills.append(SkillConfig(name=intent, description=label_words(intent), examples=texts[:n]))
+        labelled += [(t, intent) for t in texts[n:n + calibration]]
     oos = ds.oos_train[:]
     rng.shuffle(oos)
     labelled += [(t, None) for t in oos[:max(calibration * 3, len(skills))]]
@@ -318,7 +325,8 @@ async def cv_whitening(ds: Dataset, args: argparse.Namespace) -> dict[str, objec
                                        whitening=shrinkage)
             right[shrinkage] += sum(layer.zone(index, q).candidates[0].skill == name
                                     for q, (_, name) in zip(queries, asked, strict=True))
-    rec = {"bench": "routing_cv", "dataset": ds.name, "skills": len(skills), "examples_per_skill": args.examples,
+    rec = {"bench": "routing_cv", "dataset": ds.name, "skills": len(skills),
+           "examples_per_skill": "all" if args.examples is None else args.examples,
            "held_out_examples": total,
            "top1_by_whitening": {str(k): round(v / total, 4) for k, v in right.items()}}
     emit(rec)
@@ -379,7 +387,8 @@ async def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, object
                                [label for _, label in queries if label is not None])
     oos = [d for d, (_, label) in zip(decided, queries, strict=True) if label is None]
     rec = {"bench": "routing", "dataset": ds.name, "language": ds.language, "skills": len(skills),
-           "examples_per_skill": args.examples, "queries": len(queries), "in_scope": len(in_scope),
+           "examples_per_skill": "all" if args.examples is None else args.examples, "queries": len(queries),
+           "in_scope": len(in_scope),
            "out_of_scope": len(oos), "embedder": name, "embed_s": round(embed_s, 1),
            "whitening": WHITENING[0], "fitted_low": fitted.low, "fitted_high": fitted.high,
            "target_precision": args.target, "cross_fit": args.cross_fit,
@@ -475,7 +484,27 @@ async def main_async(args: argparse.Namespace, datasets: list[Dataset]) -> None:
     if args.smoke:
         await overhead(50, 3, 50, dim)
     else:
-        await overhead(1000, 10, 2000, dim)
+        for skills_n, examples in overhead_sizes(args.overhead):
+            await overhead(skills_n, examples, 2000, dim)
+
+
+def examples_arg(value: str) -> int | None:
+    """--examples: a count, or "all" (None)."""
+    if value == "all":
+        return None
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a count or all, got {value!r}")
+    return int(value)
+
+
+def overhead_sizes(value: str) -> list[tuple[int, int]]:
+    sizes = []
+    for part in value.split(","):
+        skills, _, examples = part.strip().partition("x")
+        if not (skills.isdigit() and examples.isdigit()):
+            raise argparse.ArgumentTypeError(f"--overhead: expected SKILLSxEXAMPLES, got {part!r}")
+        sizes.append((int(skills), int(examples)))
+    return sizes
 
 
 def main() -> None:
@@ -493,7 +522,11 @@ def main() -> None:
                         help="semantic.whitening of the policy: a shrinkage in [0, 1], none, or default")
     parser.add_argument("--cv", action="store_true",
                         help="print the cross-validated top-1 of each whitening on the skills' examples only")
-    parser.add_argument("--examples", type=int, default=10, help="examples per skill, from the train split")
+    parser.add_argument("--examples", type=examples_arg, default=10,
+                        help="examples per skill, from the train split; all: every train utterance of the intent "
+                             "but its calibration lines")
+    parser.add_argument("--overhead", default="1000x10",
+                        help="SKILLSxEXAMPLES[,...]: sizes of the overhead measurement (e.g. 1000x10,77x130)")
     parser.add_argument("--calibration", type=int, default=20, help="labelled lines per intent for routing fit")
     parser.add_argument("--target", type=float, default=0.97, help="target precision of routing fit")
     parser.add_argument("--cross-fit", action="store_true",
@@ -503,6 +536,10 @@ def main() -> None:
                         help="at most this many test queries per intent (0: all); out-of-scope ones in the same share")
     parser.add_argument("--cache", default=None, help="file (.npz) keeping the embeddings across runs")
     args = parser.parse_args()
+    try:
+        overhead_sizes(args.overhead)
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
     EMBED_CACHE[:] = [Path(args.cache)] if args.cache else []
     if args.whitening != "default":
         WHITENING[:] = [None if args.whitening == "none" else float(args.whitening)]

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from bench.routing import DATA, load_massive_en, load_massive_zh
+from bench.routing import DATA, load_massive_en, load_massive_zh, split
 
 pytestmark = pytest.mark.unit
 
@@ -43,3 +43,24 @@ def test_both_locales_hold_out_the_same_intents_as_out_of_scope() -> None:
     assert {i for _, i in en.test} <= kept_en and {i for _, i in zh.test} <= kept_zh
     assert len(en.oos_test) == len(zh.oos_test) > 0 and len(en.oos_train) == len(zh.oos_train) > 0
     assert len(en.test) == len(zh.test) and len(en.train) == len(zh.train)
+
+
+def test_every_example_keeps_the_calibration_lines_apart_and_the_queries_untouched() -> None:
+    """`--examples all`: every train utterance of an intent is an example but its calibration lines."""
+    ds = load_massive_en(MASSIVE)
+    test, oos_test = list(ds.test), list(ds.oos_test)
+    train: dict[str, list[str]] = {}
+    for text, intent in ds.train:
+        train.setdefault(intent, []).append(text)
+    skills, labelled = split(ds, None, 20)
+    calibration: dict[str, list[str]] = {}
+    for text, label in labelled:
+        if label is not None:
+            calibration.setdefault(label, []).append(text)
+    assert {s.name for s in skills} == set(train)
+    for s in skills:
+        kept = calibration.get(s.name, [])
+        assert len(kept) == min(20, len(train[s.name]) // 2)
+        assert sorted([*s.examples, *kept]) == sorted(train[s.name])  # disjoint, nothing left out
+    assert sum(len(s.examples) for s in skills) > sum(len(s.examples) for s in split(ds, 50, 20)[0])
+    assert ds.test == test and ds.oos_test == oos_test
