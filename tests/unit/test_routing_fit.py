@@ -116,6 +116,7 @@ async def test_fit_scores_messages_as_the_router_does(tmp_path: Path) -> None:
     config = EmbedderConfig(timeout_seconds=60)
     scored = await score(skills, labelled, config, policy)
     embedder = build_embedder(config, {})
+    await embedder.start()  # as the runtime does at start-up: loading the model is not the route's deadline
     try:
         router = Router(policy, embedder, lambda: None)
         agent = AgentConfig(id="bot", tenant="t", model="demo", skills=skills)
@@ -152,6 +153,7 @@ async def test_a_labelled_line_that_is_also_an_example_is_scored_without_it(tmp_
     config = EmbedderConfig(timeout_seconds=60)
     scored = await score(skills, labelled, config, policy)
     embedder = build_embedder(config, {})
+    await embedder.start()  # as the runtime does at start-up: loading the model is not the route's deadline
     ctx = CallContext(tenant="t", agent_id="bot")
     try:
         full = AgentConfig(id="bot", tenant="t", model="demo", skills=skills)
