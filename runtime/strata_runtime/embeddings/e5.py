@@ -31,9 +31,9 @@ from strata_runtime.embeddings.e5_weights import E5Weights, dequantise
 F32 = npt.NDArray[np.float32]
 
 NAME = "multilingual-e5-small"
-# Vectors of another engine or graph for the same model differ in the last digits: the benchmarks'
-# vector caches are keyed by this too (and the verifier is refitted when it changes).
-ENGINE = "onnx-q4"
+# Vectors of another engine or graph for the same model differ in the last digits: caches of vectors
+# (the benchmarks') are keyed by this, not by the model's name; the verifier is refitted when it changes.
+VECTORS_KEY = f"{NAME}-onnx-q4"
 DIMENSION = 384
 MAX_CHARS = 2000  # bounds one call: at most a few windows per text
 PREFIX = "query: "
