@@ -144,7 +144,7 @@ def test_local_embeddings_equal_what_the_runtime_embedder_computes(http: httpx.C
     served = np.array([d["embedding"] for d in sorted(result["data"], key=lambda d: d["index"])], dtype=np.float32)
 
     reference = asyncio.run(reference_vectors(texts))
-    assert served.shape == (3, LocalMiniLMEmbedder.dimension)
+    assert served.shape == (3, LocalMiniLMEmbedder().dimension)
     np.testing.assert_allclose(served, reference, atol=1e-5)
     assert openai_upstream.stats()["requests_total"] == 0  # never went upstream
 

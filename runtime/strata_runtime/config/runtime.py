@@ -72,8 +72,11 @@ class TracingConfig(ConfigModel):
     sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of new traces recorded (parent-based).")
 
 
+# The names embeddings/local.py's registry serves (a unit test keeps the two lists equal).
 LOCAL_EMBEDDING_MODELS = (
     "multilingual-e5-small", "intfloat/multilingual-e5-small",
+    "bge-small-en-v1.5", "BAAI/bge-small-en-v1.5",
+    "bge-small-en-v1.5+multilingual-e5-small",
     "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2",
 )
 
@@ -87,7 +90,9 @@ class EmbedderConfig(ConfigModel):
     model: str = Field(
         "multilingual-e5-small",
         description="Embedding model name. Local models: multilingual-e5-small (Chinese, English and ~90 more "
-        "languages) or all-MiniLM-L6-v2 (English only).",
+        "languages), bge-small-en-v1.5 (English only; better and faster on English), "
+        "bge-small-en-v1.5+multilingual-e5-small (768 dimensions: English texts to bge, every other text to "
+        "e5, so an English and a non-English text never match) or all-MiniLM-L6-v2 (English only).",
     )
     base_url: str | None = Field(None, description="Embeddings API base URL (provider openai).")
     api_key_env: str | None = Field(None, description="Environment variable holding the embeddings API key.")

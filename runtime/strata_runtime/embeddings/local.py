@@ -1,7 +1,10 @@
 """The embedded local embedders, off the event loop, micro-batched.
 
-`multilingual-e5-small` (the default: Chinese and English, 4-bit, see e5.py) or
-`all-MiniLM-L6-v2` (English only, numpy, see minilm.py).
+`multilingual-e5-small` (the default: Chinese, English and ~90 more languages, 4-bit, see e5.py),
+`bge-small-en-v1.5` (English only, int8, see bge.py; its weights are fetched at build time),
+`bge-small-en-v1.5+multilingual-e5-small` (English to bge, other languages to e5, in disjoint
+halves of a 768-dimensional vector, see by_language.py) or `all-MiniLM-L6-v2` (English only, numpy,
+see minilm.py). LOCAL_MODELS is the registry: names, aliases, dimensions, loaders.
 
 Concurrent `embed` calls that arrive while a batch is running are merged into the next
 batch (one worker thread call each), so 20 concurrent queries cost a few forward passes,
@@ -24,25 +27,54 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from strata_runtime.embeddings import bge, by_language, e5
+from strata_runtime.embeddings.bge import BgeSmallEn
+from strata_runtime.embeddings.by_language import ByLanguage
 from strata_runtime.embeddings.contract import EmbedderBusy, EmbeddingUnavailable
 from strata_runtime.embeddings.e5 import NAME as E5_NAME
 from strata_runtime.embeddings.e5 import E5Small
 from strata_runtime.embeddings.minilm import MiniLM
 
-MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-E5_NAMES = (E5_NAME, "intfloat/multilingual-e5-small")
-LOCAL_MODELS = E5_NAMES + MINILM_NAMES
 # About two seconds of work (the default deadline) for e5-small on one core, with headroom.
 MAX_QUEUED_TEXTS = 512
 BACKGROUND_DEADLINE_SECONDS = 30.0
-Model = MiniLM | E5Small
+Model = MiniLM | E5Small | BgeSmallEn | ByLanguage
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    name: str
+    aliases: tuple[str, ...]
+    dimension: int
+    vectors_key: str  # the identity of its vectors (model + engine): what caches of vectors are keyed by
+    load: Callable[[int, Path | None], Model] = field(repr=False)  # (threads, MiniLM's model_dir)
+
+
+def _by_language(threads: int, _: Path | None) -> ByLanguage:
+    bge.weight_files()  # missing bge weights: an error at start-up, not at the first English text
+    return ByLanguage(lambda: BgeSmallEn(threads=threads), lambda: E5Small(threads=threads))
+
+
+MODELS = (
+    LocalModel(E5_NAME, ("intfloat/multilingual-e5-small",), e5.DIMENSION, e5.VECTORS_KEY,
+               lambda threads, _: E5Small(threads=threads)),
+    LocalModel(bge.NAME, ("BAAI/bge-small-en-v1.5",), bge.DIMENSION, bge.VECTORS_KEY,
+               lambda threads, _: BgeSmallEn(threads=threads)),
+    LocalModel(by_language.NAME, (), by_language.DIMENSION, by_language.VECTORS_KEY, _by_language),
+    LocalModel("all-MiniLM-L6-v2", ("sentence-transformers/all-MiniLM-L6-v2",), 384, "all-MiniLM-L6-v2",
+               lambda _, model_dir: MiniLM(model_dir)),
+)
+LOCAL_MODEL = {alias: m for m in MODELS for alias in (m.name, *m.aliases)}
+LOCAL_MODELS = tuple(LOCAL_MODEL)
+MINILM_NAMES = (MODELS[-1].name, *MODELS[-1].aliases)
+E5_NAMES = (MODELS[0].name, *MODELS[0].aliases)
 
 log = logging.getLogger("strata.embeddings")
 
@@ -55,13 +87,13 @@ class _Pending:
 
 
 class LocalEmbedder:
-    dimension = 384
-
     def __init__(self, *, model: str = E5_NAME, timeout_seconds: float = 2.0, max_batch: int = 64,
                  threads: int = 1, model_dir: Path | None = None, max_queued_texts: int = MAX_QUEUED_TEXTS):
-        if model not in LOCAL_MODELS:
+        if model not in LOCAL_MODEL:
             raise ValueError(f"no local embedding model {model!r}; choose one of {', '.join(LOCAL_MODELS)}")
-        self.name = E5_NAME if model in E5_NAMES else MINILM_NAMES[0]
+        self.model = LOCAL_MODEL[model]
+        self.name = self.model.name
+        self.dimension = self.model.dimension
         self.timeout_seconds = timeout_seconds
         self.max_batch = max_batch
         self.threads = threads
@@ -75,7 +107,9 @@ class LocalEmbedder:
         self.batches_run = 0
 
     async def start(self) -> None:
-        await self._ensure_model()
+        model = await self._ensure_model()
+        if isinstance(model, ByLanguage):  # each engine loads on first need; a request should not wait for it
+            await asyncio.to_thread(model.warm)
 
     async def _ensure_model(self) -> Model:
         if self._model is not None:
@@ -90,9 +124,7 @@ class LocalEmbedder:
 
         # Process-wide: every BLAS call in this runtime (embedder and vector index) stays single-threaded.
         threadpool_limits(limits=self.threads, user_api="blas")
-        if self.name == E5_NAME:
-            return E5Small(threads=self.threads)
-        return MiniLM(self._model_dir)
+        return self.model.load(self.threads, self._model_dir)
 
     async def embed(self, texts: Sequence[str], *, background: bool = False) -> npt.NDArray[np.float32]:
         if not texts:
