@@ -317,14 +317,17 @@ def run(fit_first: bool, embedder: str = "multilingual-e5-small", sizes: Sizes =
     """Fit (when asked) and measure. `params_path` None: the shipped parameters beside the verifier;
     the smoke pass fits a small sample into a file of its own and never touches those."""
     from strata_runtime.cache.verifier import PARAMS_PATH
-    from strata_runtime.embeddings.e5 import NAME, VECTORS_KEY, E5Small
+    from strata_runtime.embeddings.local import LOCAL_MODEL
 
-    assert embedder == NAME, "calibration runs the bundled local multilingual embedder"
+    if embedder not in LOCAL_MODEL:
+        raise ValueError(f"calibration runs a local embedder ({', '.join(LOCAL_MODEL)}), not {embedder!r}")
+    local = LOCAL_MODEL[embedder]
+    embedder = local.name  # the verifier's parameters are looked up by the runtime embedder's name
     path = params_path or PARAMS_PATH
-    vectors = VectorCache(VECTORS_KEY)
+    vectors = VectorCache(local.vectors_key)
     missing = [t for t in all_texts(sizes, fitted) if t not in vectors.vectors]
     if missing:
-        model = E5Small()
+        model = local.load(1, None)
         print(f"embedding {len(missing)} calibration sentences (cached for next time)...", file=sys.stderr)
         vectors.fill(missing, model.encode)
     if fit_first:

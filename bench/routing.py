@@ -4,7 +4,7 @@
                                       [--only SETS] [--examples 10|all] [--cross-fit]
                                       [--calibration 20] [--target 0.97] [--queries-per-intent N]
                                       [--whitening W|none] [--cv] [--cache FILE] [--overhead 1000x10]
-                                      [--smoke]
+                                      [--embedder NAME] [--smoke]
 
 Each intent data set is split the way a user would split it: every in-scope intent becomes a
 skill (description = its label in words, `examples` = the first N utterances of its train
@@ -14,10 +14,11 @@ queries come from the test split, out-of-scope queries included. Data sets witho
 out-of-scope queries (banking77, HWU64, MASSIVE, CAIS) hold out a seeded 15% of their intents: those
 intents' train utterances are the out-of-scope calibration lines and their test utterances the
 out-of-scope queries. Every query goes through the runtime's Router (the same code path as a
-real query) with the runtime's default embedder; the classifier (L2) is off, so a decision at
-L2 shows as "needs an LLM call". Printed per data set: coverage decided without an LLM call and
-its accuracy, L1.5 top-1 accuracy over in-scope queries, out-of-scope queries routed to a skill
-at high confidence, and what became of the messages L1 finds simple (`l1_simple`: sent to chat at
+real query) with the runtime's default embedder (`--embedder NAME`: another local one); the
+classifier (L2) is off, so a decision at L2 shows as "needs an LLM call". Printed per data set:
+coverage decided without an LLM call and its accuracy, L1.5 top-1 accuracy over in-scope queries,
+out-of-scope queries routed to a skill at high confidence, and what became of the messages L1
+finds simple (`l1_simple`: sent to chat at
 L1, or passed on to L1.5 for sharing a skill term). Then the routing overhead excluding the embedding
 (the query vector comes from a lookup) at 1,000 skills x 10 examples (`--overhead`: other sizes),
 p50/p99 over 2,000 queries, and p50 of 1,000 short messages (half chit-chat, sent to chat at L1; half
@@ -68,9 +69,8 @@ sys.path.insert(0, str(ROOT))
 from strata_runtime.config.agents import AgentConfig, SkillConfig  # noqa: E402
 from strata_runtime.config.policies import RoutingPolicySpec  # noqa: E402
 from strata_runtime.config.runtime import EmbedderConfig  # noqa: E402
-from strata_runtime.embeddings.e5 import NAME as E5_NAME  # noqa: E402
-from strata_runtime.embeddings.e5 import VECTORS_KEY as E5_VECTORS_KEY  # noqa: E402
 from strata_runtime.embeddings.factory import build_embedder  # noqa: E402
+from strata_runtime.embeddings.local import LOCAL_MODEL  # noqa: E402
 from strata_runtime.gateway.contract import CallContext  # noqa: E402
 from strata_runtime.routing.calibrate import fit  # noqa: E402
 from strata_runtime.routing.cli import score_with  # noqa: E402
@@ -238,6 +238,7 @@ class LookupEmbedder:
 
 
 EMBED_CACHE: list[Path] = []  # --cache: vectors kept across runs (keyed by embedder and text)
+EMBEDDER: list[str] = []  # --embedder: a local model (default: the runtime's default embedder)
 
 
 def load_cache(name: str) -> dict[str, npt.NDArray[np.float32]]:
@@ -256,8 +257,9 @@ def save_cache(name: str, vectors: dict[str, npt.NDArray[np.float32]]) -> None:
 
 
 async def embed_all(texts: list[str]) -> tuple[str, int, dict[str, npt.NDArray[np.float32]]]:
-    embedder = build_embedder(EmbedderConfig(timeout_seconds=60), {})
-    key = E5_VECTORS_KEY if embedder.name == E5_NAME else embedder.name
+    config = EmbedderConfig(timeout_seconds=60, **({"model": EMBEDDER[0]} if EMBEDDER else {}))
+    embedder = build_embedder(config, {})
+    key = LOCAL_MODEL[embedder.name].vectors_key  # the vectors' identity (model + engine)
     try:
         cached = load_cache(key)
         out = {t: cached[t] for t in texts if t in cached}
@@ -533,13 +535,18 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a tiny run (make test)")
     parser.add_argument("--queries-per-intent", type=int, default=0,
                         help="at most this many test queries per intent (0: all); out-of-scope ones in the same share")
-    parser.add_argument("--cache", default=None, help="file (.npz) keeping the embeddings across runs")
+    parser.add_argument("--cache", default=None, help="file (.npz) keeping the embeddings across runs "
+                        "(of one embedder: another one's vectors in it are not read)")
+    parser.add_argument("--embedder", default=None, choices=sorted(LOCAL_MODEL), metavar="NAME",
+                        help="the local embedding model (default: the runtime's default, multilingual-e5-small); "
+                             "e.g. bge-small-en-v1.5+multilingual-e5-small")
     args = parser.parse_args()
     try:
         overhead_sizes(args.overhead)
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
     EMBED_CACHE[:] = [Path(args.cache)] if args.cache else []
+    EMBEDDER[:] = [args.embedder] if args.embedder else []
     if args.whitening != "default":
         WHITENING[:] = [None if args.whitening == "none" else float(args.whitening)]
     datasets = [smoke_dataset()] if args.smoke else []
