@@ -15,6 +15,8 @@ import pytest
 from strata_runtime.embeddings import bge
 from strata_runtime.embeddings.bge import BgeSmallEn, WeightsMissing
 
+pytestmark = pytest.mark.unit
+
 TEXTS = [
     "How do I reset my password?",
     "I forgot my password, how can I change it?",

@@ -17,6 +17,8 @@ from strata_runtime.embeddings.by_language import ByLanguage, is_english
 from strata_runtime.embeddings.e5 import E5Small
 from strata_runtime.embeddings.local import LOCAL_MODELS
 
+pytestmark = pytest.mark.unit
+
 ENGLISH = ["How do I reset my password?", "I forgot my password, how can I change it?",
            "don\u2019t charge my card twice \U0001f600", "order #42: 3 apples"]
 OTHER = ["我的新卡什么时候到？", "Ça coûte combien ?", "how do I say 谢谢", "12345 !?", "", "Straße"]  # noqa: RUF001
