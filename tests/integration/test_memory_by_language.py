@@ -36,7 +36,7 @@ async def services(tmp_path: Path, openai_upstream: UpstreamServer) -> AsyncIter
 
 async def test_memories_in_each_language_are_stored_and_recalled_in_a_768_wide_collection(services: Services) -> None:
     memory = services.conversations.engine.long_term
-    assert memory is not None and memory.collection.endswith("_768")
+    assert memory is not None and memory.collection == "strata_memory_bge_small_en_e5_small_768"
     notes = {"en-card": "The customer's new debit card arrives within five working days.",
              "en-pin": "PIN changes are made at any of our cash machines.",
              "zh-card": "新的借记卡会在五个工作日内寄到。",

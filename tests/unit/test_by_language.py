@@ -135,3 +135,17 @@ async def test_missing_weights_fail_the_start_naming_the_setup_command(
     with pytest.raises(WeightsMissing, match=r"fetch_models\.py"):
         await embedder.start()
     await embedder.close()
+
+
+@pytest.mark.parametrize(("name", "collection"), [
+    (e5.NAME, "strata_memory_384"), ("all-MiniLM-L6-v2", "strata_memory_384"),  # the names they always had
+    (bge.NAME, "strata_memory_bge_small_en_384"),  # 384 too, but its vectors do not compare with e5's
+    (by_language.NAME, "strata_memory_bge_small_en_e5_small_768")])
+def test_long_term_memory_keeps_each_new_model_s_vectors_in_a_collection_of_their_own(name: str,
+                                                                                        collection: str) -> None:
+    from strata_runtime.memory.l3 import LongTermMemory
+    from strata_runtime.stores.vectors import VectorConnector
+
+    embedder = LocalEmbedder(model=name)
+    memory = LongTermMemory(VectorConnector.__new__(VectorConnector), lambda: embedder, "strata_memory")
+    assert memory.collection == collection
