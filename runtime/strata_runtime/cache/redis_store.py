@@ -3,7 +3,9 @@
 Keys (every command touches one key, so nothing needs a shared hash slot):
 
     {prefix}:cache:{tenant-tag}:e:{exact-key}   the stored answer (bytes), with a TTL
-    {prefix}:cache:{tenant-tag}:s:{fingerprint} hash: exact-key -> expiry + vector + query text
+    {prefix}:cache:{tenant-tag}:s:{fingerprint}[:{space}]  hash: exact-key -> expiry + vector + query text
+                                                 (space: the embedder's `vector_space`, when it has one,
+                                                 so pods on another embedder never load these vectors)
     {prefix}:cache:{tenant-tag}:l:{exact-key}   single-flight lock across pods (SET NX PX)
     {prefix}:cache:{bound}:order                 sorted set: entry key -> time stored (oldest first)
     {prefix}:cache:{bound}:sizes                 hash: entry key -> bytes, and `~total`
@@ -98,8 +100,9 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, prefix: str, *, refresh_seconds: float = 1.0, max_local_vectors: int = 1_000_000,
-                 max_entries: int = 10_000, max_bytes: int = 256 * 1024 * 1024):
+                 max_entries: int = 10_000, max_bytes: int = 256 * 1024 * 1024, space: str | None = None):
         self.prefix = prefix
+        self._space = f":{space}" if space else ""
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.evictions = 0
@@ -113,7 +116,7 @@ class RedisStore:
         return f"{self.prefix}:cache:{tenant_tag(tenant)}:e:{key}"
 
     def partition_key(self, tenant: str | None, fingerprint: str) -> str:
-        return f"{self.prefix}:cache:{tenant_tag(tenant)}:s:{fingerprint}"
+        return f"{self.prefix}:cache:{tenant_tag(tenant)}:s:{fingerprint}{self._space}"
 
     def lock_key(self, tenant: str | None, key: str) -> str:
         return f"{self.prefix}:cache:{tenant_tag(tenant)}:l:{key}"

@@ -108,8 +108,10 @@ class CacheService:
         self.lock_wait_seconds = lock_wait_seconds
         self.memory = MemoryStore(max_entries=policy.max_entries, max_bytes=policy.max_bytes)
         prefix = redis.prefix if redis is not None else "strata"
+        # Pods on another embedder (a rolling change of model) share the entries, never the vectors.
         self.redis_store = RedisStore(prefix, max_local_vectors=max(policy.max_entries, 100_000),
-                                      max_entries=policy.max_entries, max_bytes=policy.max_bytes)
+                                      max_entries=policy.max_entries, max_bytes=policy.max_bytes,
+                                      space=getattr(embedder, "vector_space", None))
         self.stats = CacheStats()
         self._flights: dict[str, Flight] = {}
         self._pod = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -55,9 +55,10 @@ class LocalModel:
     dimension: int
     vectors_key: str  # the identity of its vectors (model + engine): what caches of vectors are keyed by
     load: Callable[[int, Path | None], Model] = field(repr=False)  # (threads, MiniLM's model_dir)
-    # Long-term memory's collection name part (memory/l3.py); None: `<collection>_<dim>` as before
-    # there were two local models of one dimension.
-    collection_tag: str | None = None
+    # Names this model's vectors where stores keep vectors of more than one embedder apart: long-term
+    # memory's collection (memory/l3.py) and the cache's Redis partitions (cache/redis_store.py).
+    # None: the names those stores had before there were two local models of one dimension.
+    vector_space: str | None = None
 
 
 def _by_language(threads: int, _: Path | None) -> ByLanguage:
@@ -69,9 +70,9 @@ MODELS = (
     LocalModel(E5_NAME, ("intfloat/multilingual-e5-small",), e5.DIMENSION, e5.VECTORS_KEY,
                lambda threads, _: E5Small(threads=threads)),
     LocalModel(bge.NAME, ("BAAI/bge-small-en-v1.5",), bge.DIMENSION, bge.VECTORS_KEY,
-               lambda threads, _: BgeSmallEn(threads=threads), collection_tag="bge_small_en"),
+               lambda threads, _: BgeSmallEn(threads=threads), vector_space="bge_small_en"),
     LocalModel(by_language.NAME, (), by_language.DIMENSION, by_language.VECTORS_KEY, _by_language,
-               collection_tag="bge_small_en_e5_small"),
+               vector_space="bge_small_en_e5_small"),
     LocalModel("all-MiniLM-L6-v2", ("sentence-transformers/all-MiniLM-L6-v2",), 384, "all-MiniLM-L6-v2",
                lambda _, model_dir: MiniLM(model_dir)),
 )
@@ -98,7 +99,7 @@ class LocalEmbedder:
         self.model = LOCAL_MODEL[model]
         self.name = self.model.name
         self.dimension = self.model.dimension
-        self.collection_tag = self.model.collection_tag
+        self.vector_space = self.model.vector_space
         self.timeout_seconds = timeout_seconds
         self.max_batch = max_batch
         self.threads = threads

@@ -40,9 +40,9 @@ def item_id(tenant: str, agent_id: str, channel: str, kind: str, content: str) -
 class LongTermMemory:
     """One collection per embedding dimension (``<collection>_<dim>``), so switching embedders
     never writes vectors of the wrong size into an existing collection. An embedder with a
-    `collection_tag` (the local models added after collections were first named: bge-small-en-v1.5
+    `vector_space` (the local models added after collections were first named: bge-small-en-v1.5
     has e5's 384 dimensions, and the two models' vectors do not compare) gets its own,
-    ``<collection>_<tag>_<dim>``; the others keep the names their collections already have."""
+    ``<collection>_<vector_space>_<dim>``; the others keep the names their collections already have."""
 
     def __init__(self, vectors: VectorConnector, embedder_source: Callable[[], Embedder], collection: str):
         self.vectors = vectors
@@ -55,7 +55,7 @@ class LongTermMemory:
 
     @property
     def collection(self) -> str:
-        tag: str | None = getattr(self.embedder, "collection_tag", None)
+        tag: str | None = getattr(self.embedder, "vector_space", None)
         return f"{self.base_collection}_{tag + '_' if tag else ''}{self.embedder.dimension}"
 
     async def _index(self) -> VectorIndex:
