@@ -89,13 +89,27 @@ def describe(config: RuntimeConfig) -> list[str]:
     auth_line = f"api keys ({len(auth.api_keys)})" if auth.mode == "apiKey" else "none (every caller trusted)"
     return [
         f"server   {server.host}:{server.port}, drain {server.drain_seconds:g} s, auth {auth_line}",
-        f"embedder {config.embedder.provider} {config.embedder.model}",
+        f"embedder {config.embedder.provider} {config.embedder.model}{_weights(config)}",
         "stores", *_stores(config),
         f"models ({len(config.models)})", *_models(config),
         f"agents ({len(config.agents)})", *_agents(config),
         f"tools {len(config.tools)}, MCP servers {len(config.mcp_servers)}",
         "policies", *_policies(config),
     ]
+
+
+def _weights(config: RuntimeConfig) -> str:
+    """A local model whose weights the build fetches (bge): whether they are installed here."""
+    from strata_runtime.embeddings import bge
+    from strata_runtime.embeddings.local import LOCAL_MODEL
+
+    if config.embedder.provider != "local" or bge.NAME not in LOCAL_MODEL[config.embedder.model].name:
+        return ""
+    try:
+        bge.weight_files()
+    except bge.WeightsMissing as e:
+        return f" (NOT INSTALLED, the runtime will not start: {e})"
+    return f" (weights in {bge.models_dir()})"
 
 
 def _semantic_check(config: RuntimeConfig) -> str:

@@ -104,3 +104,19 @@ def test_check_never_prints_a_credential(tmp_path: Path, capsys: pytest.CaptureF
     assert "redis://***@redis.example:6380/0" in out
     assert "postgres $PG_DSN" in out
     assert "key $OPENAI_API_KEY" in out
+
+
+def test_check_says_whether_a_bge_embedder_s_weights_are_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    config = yaml.safe_load(SAMPLE.read_text())
+    config["embedder"] = {"provider": "local", "model": "bge-small-en-v1.5+multilingual-e5-small"}
+    path = tmp_path / "bge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert runtime_main(["check", "--config", str(path)]) == 0
+    assert "embedder local bge-small-en-v1.5+multilingual-e5-small (weights in " in capsys.readouterr().out
+    monkeypatch.setenv("STRATA_MODELS_DIR", str(tmp_path / "empty"))
+    assert runtime_main(["check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "(NOT INSTALLED, the runtime will not start: " in out and "fetch_models.py" in out
+    assert runtime_main(["check", "--config", str(SAMPLE)]) == 0
+    assert "embedder local multilingual-e5-small\n" in capsys.readouterr().out
