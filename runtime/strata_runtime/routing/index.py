@@ -8,8 +8,9 @@ mean of that and the similarity to its centroid (the normalised mean of its rows
 (banking77, CLINC150) the blend ranks the right skill first more often than either alone.
 
 With more skills than `prefilter`, the centroids (skills x dim, small enough to stay in cache)
-pick the `prefilter` nearest skills and only their rows are scored: the cost per query stops
-growing with the number of examples.
+pick the `prefilter` nearest skills and only their rows are scored, however many skills there
+are. Those rows are read without copying the ones of large skills
+(`SkillIndex._rowwise`): a copy of ~100 rows x 64 skills cost more than the product itself.
 
 Similarities are taken in a whitened space fitted when the index is built: the rows' mean is
 subtracted and the shared within-skill covariance (how a skill's texts vary around their skill's
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -63,16 +64,27 @@ class SkillIndex:
     centroids: Vectors  # (skills, dim), normalised mean of each skill's rows
     shift: Vectors | None = None  # (dim,): subtracted before `transform`
     transform: Vectors | None = None  # (dim, dim) whitening; None: raw cosines
+    _uniform: int = field(init=False, repr=False, compare=False, default=0)  # every skill's rows, if equal
+    _blocks: Vectors | None = field(init=False, repr=False, compare=False, default=None)  # (skills, rows, dim)
 
     @property
     def rows(self) -> int:
         return int(self.vectors.shape[0])
 
+    def __post_init__(self) -> None:
+        counts = self.counts
+        uniform = int(counts[0]) if len(counts) and bool((counts == counts[0]).all()) else 0
+        object.__setattr__(self, "_uniform", uniform)
+        # every skill with the same number of rows: a (skills, rows, dim) view of the same memory
+        object.__setattr__(self, "_blocks", self.vectors.reshape(len(counts), uniform, -1) if uniform else None)
+
     def project(self, query: Vectors) -> Vectors:
         """The query in the index's space (whitened and normalised, or as it is)."""
         if self.transform is None or self.shift is None:
             return query
-        return _whiten(query.reshape(1, -1), self.shift, self.transform).reshape(-1)
+        moved = (query - self.shift) @ self.transform
+        norm = np.sqrt(np.add.reduce(moved * moved))  # as _whiten's row norm, without its 2-D overhead
+        return np.asarray(moved / norm if norm > 1e-6 else moved, dtype=np.float32)
 
     def scores(self, query: Vectors, *, aggregation: Aggregation, top_k: int, prefilter: int
                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
@@ -89,25 +101,73 @@ class SkillIndex:
         centroid = self.centroids @ query
         if prefilter <= 0 or n <= prefilter:
             ids = np.arange(n, dtype=np.int64)
-            sims = self.vectors @ query  # every row, in row order: no gather
+            rowwise = _aggregate(self.vectors @ query, self.starts, self.counts, aggregation, top_k)
         else:
             ids = np.argpartition(-centroid, prefilter - 1)[:prefilter].astype(np.int64)
-            counts = self.counts[ids]
-            first = np.cumsum(counts) - counts
-            rows = np.repeat(self.starts[ids] - first, counts) + np.arange(int(counts.sum()))
-            sims = self.vectors[rows] @ query
-        rowwise = _aggregate(sims, self.counts[ids], aggregation, top_k)
+            rowwise = self._rowwise(query, ids, aggregation, top_k)
         return ids, np.asarray(0.5 * (rowwise + centroid[ids]), dtype=np.float32)
 
+    def _rowwise(self, query: Vectors, ids: npt.NDArray[np.int64], aggregation: Aggregation, top_k: int
+                 ) -> Vectors:
+        """The row aggregate of the skills `ids` (in that order), reading only their rows.
 
-def _aggregate(sims: Vectors, counts: npt.NDArray[np.int64], aggregation: Aggregation, top_k: int) -> Vectors:
-    """Per skill (consecutive groups of `counts` rows): the best row, or the mean of the best `top_k`."""
-    first = np.cumsum(counts) - counts
+        Skills of few rows are copied out together (one product over the copy; with equal row counts
+        a copy of whole (rows, dim) blocks); skills of many rows are scored in place, one product per
+        run of neighbouring skills (a gap of at most GAP_ROWS rows is scored rather than split on), so
+        a prefilter that keeps most of the index costs one product over it, not a copy of it."""
+        counts = self.counts[ids]
+        if self._blocks is not None and self._uniform < SPAN_ROWS:
+            # the same matrix and product as the general copy below, in whole blocks
+            sims = (self._blocks[ids].reshape(-1, self.vectors.shape[1]) @ query).reshape(len(ids), -1)
+            if aggregation == "max" or top_k <= 1:
+                return np.asarray(sims.max(axis=1), dtype=np.float32)
+            k = min(top_k, sims.shape[1])
+            top = -np.partition(-sims, k - 1, axis=1)[:, :k]  # as `_aggregate`, which pads nothing here
+            return np.asarray(top.sum(axis=1) / np.minimum(counts, k), dtype=np.float32)
+        if int(counts.sum()) < SPAN_ROWS * len(ids):
+            first = np.cumsum(counts) - counts
+            rows = np.repeat(self.starts[ids] - first, counts) + np.arange(int(counts.sum()))
+            return _aggregate(np.take(self.vectors, rows, axis=0) @ query, first, counts, aggregation, top_k)
+        query = np.asarray(query, dtype=np.float32)  # np.dot's `out` takes the product's own type
+        order = np.argsort(ids, kind="stable")
+        chosen = ids[order]
+        starts, ends = self.starts[chosen], self.starts[chosen] + self.counts[chosen]
+        cuts = np.flatnonzero(starts[1:] - ends[:-1] > GAP_ROWS) + 1  # a run of skills ends before each cut
+        run_starts = starts[np.concatenate(([0], cuts))].tolist()
+        run_ends = ends[np.concatenate((cuts - 1, [len(chosen) - 1]))].tolist()
+        sims = np.empty(sum(e - s for s, e in zip(run_starts, run_ends, strict=True)), dtype=np.float32)
+        offset = 0
+        shift = np.zeros(len(chosen), dtype=np.int64)  # run start in `sims` minus its start in the index
+        for i, (s, e) in enumerate(zip(run_starts, run_ends, strict=True)):
+            np.dot(self.vectors[s:e], query, out=sims[offset:offset + e - s])
+            shift[int(cuts[i - 1]) if i else 0:] = offset - s
+            offset += e - s
+        result = np.empty(len(ids), dtype=np.float32)
+        result[order] = _aggregate(sims, starts + shift, self.counts[chosen], aggregation, top_k, tiled=False)
+        return result
+
+
+SPAN_ROWS = 32  # mean rows per skill from which scoring in place beats copying the rows out
+GAP_ROWS = 64  # scoring this many unwanted rows costs about one more product call
+
+
+def _aggregate(sims: Vectors, first: npt.NDArray[np.int64], counts: npt.NDArray[np.int64],
+               aggregation: Aggregation, top_k: int, *, tiled: bool = True) -> Vectors:
+    """Per skill, over its `counts` rows from `first` in `sims` (ascending and not overlapping; `tiled`:
+    they also cover `sims` with no row between them): the best row, or the mean of the best `top_k`."""
+    ends = first + counts
     if aggregation == "max" or top_k <= 1:
-        return np.asarray(np.maximum.reduceat(sims, first), dtype=np.float32)
+        if tiled:
+            return np.asarray(np.maximum.reduceat(sims, first), dtype=np.float32)
+        bounds = np.empty(2 * len(first), dtype=np.int64)  # [first, end) pairs; the rows between them dropped
+        bounds[0::2], bounds[1::2] = first, ends
+        if bounds[-1] == len(sims):
+            bounds = bounds[:-1]
+        return np.asarray(np.maximum.reduceat(sims, bounds)[0::2], dtype=np.float32)
     local = np.repeat(np.arange(len(counts)), counts)
+    within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     padded = np.full((len(counts), int(counts.max())), -np.inf, dtype=np.float32)
-    padded[local, np.arange(len(sims)) - first[local]] = sims
+    padded[local, within] = sims[np.repeat(first, counts) + within]
     k = min(top_k, padded.shape[1])
     top = -np.partition(-padded, k - 1, axis=1)[:, :k]
     used = np.minimum(counts, k)
