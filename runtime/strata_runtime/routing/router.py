@@ -214,7 +214,8 @@ class Router:
         try:
             index = await self._index(plan, wait=config.timeout_seconds)
             remaining = max(0.0, config.timeout_seconds - (time.monotonic() - started))
-            query = await asyncio.wait_for(self._embed(message), timeout=remaining)
+            async with asyncio.timeout(remaining):  # no extra task, unlike wait_for
+                query = await self._embed(message)
         except Exception as e:  # the embedder's failure of any kind only skips this layer
             reason = "deadline" if isinstance(e, TimeoutError) else "embedder"
             log.warning("semantic routing skipped", extra={"reason": reason, "error": str(e)[:200]})
