@@ -123,3 +123,125 @@ def test_a_busy_embedder_is_a_503_embedder_busy_with_retry_after() -> None:
     assert (error.status, error.code, error.headers()) == (503, "embedder_busy", {"Retry-After": "1"})
     other = unavailable_error(EmbeddingUnavailable("missed its deadline"))
     assert (other.status, other.code) == (503, "unavailable")
+
+
+class TextModel:
+    """Each text's vector names the text (its hash picks the one non-zero column), so a caller that
+    got another caller's vector shows; the calls (batches) and the threads they ran in are recorded."""
+
+    def __init__(self, gate: threading.Event | None = None, fail_on: str | None = None) -> None:
+        self.gate = gate
+        self.started = threading.Event()
+        self.fail_on = fail_on
+        self.calls: list[list[str]] = []
+        self.threads: set[str] = set()
+
+    def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.started.set()
+        self.threads.add(threading.current_thread().name)
+        if self.gate is not None:
+            assert self.gate.wait(30), "the test never opened the gate"
+        self.calls.append(list(texts))
+        if self.fail_on is not None and self.fail_on in texts:
+            raise RuntimeError("the model failed")
+        return np.stack([vector_of(t) for t in texts])
+
+
+def vector_of(text: str) -> npt.NDArray[np.float32]:
+    vector = np.zeros(384, dtype=np.float32)
+    vector[sum(map(ord, text)) % 384] = 1.0
+    vector[len(text) % 384] += 0.5
+    return vector
+
+
+async def test_an_idle_embedder_encodes_in_its_own_thread_and_returns_the_callers_vector() -> None:
+    model = TextModel()
+    embedder = LocalEmbedder(timeout_seconds=30)
+    embedder._model = cast(Any, model)
+    for text in ("first", "second question", "第三个"):
+        vectors = await embedder.embed([text])
+        assert vectors.shape == (1, 384) and np.array_equal(vectors[0], vector_of(text))
+    assert model.calls == [["first"], ["second question"], ["第三个"]]
+    assert model.threads == {"embedder"}, "the model never runs on the event loop's thread"
+    await embedder.close()
+
+
+async def test_callers_arriving_while_a_batch_runs_share_the_next_one_and_each_gets_its_own_vectors() -> None:
+    model = TextModel(gate=threading.Event())
+    embedder = LocalEmbedder(timeout_seconds=30)
+    embedder._model = cast(Any, model)
+    first = asyncio.create_task(embedder.embed(["running"]))
+    assert await asyncio.to_thread(model.started.wait, 30)
+    texts = [[f"q{i}"] if i % 3 else [f"q{i}", f"q{i} again"] for i in range(12)]
+    waiting = [asyncio.create_task(embedder.embed(t)) for t in texts]
+    await asyncio.sleep(0)
+    assert embedder.queued_texts == sum(map(len, texts))
+    model.gate.set()
+    results = await asyncio.gather(first, *waiting)
+    for sent, got in zip([["running"], *texts], results, strict=True):
+        assert np.array_equal(got, np.stack([vector_of(t) for t in sent]))
+    assert model.calls == [["running"], [t for sent in texts for t in sent]], "the waiting calls made one batch"
+    assert embedder.batches_run == 2 and embedder.queued_texts == 0
+    await embedder.close()
+
+
+async def test_a_failing_batch_fails_its_callers_only_and_the_embedder_keeps_serving() -> None:
+    model = TextModel(gate=threading.Event(), fail_on="poison")
+    embedder = LocalEmbedder(timeout_seconds=30)
+    embedder._model = cast(Any, model)
+    first = asyncio.create_task(embedder.embed(["running"]))
+    assert await asyncio.to_thread(model.started.wait, 30)
+    same_batch = [asyncio.create_task(embedder.embed([t])) for t in ("poison", "innocent")]
+    await asyncio.sleep(0)
+    model.gate.set()
+    assert np.array_equal((await first)[0], vector_of("running"))
+    for task in same_batch:
+        with pytest.raises(EmbeddingUnavailable, match="the model failed"):
+            await task
+    assert np.array_equal((await embedder.embed(["after"]))[0], vector_of("after"))
+    await embedder.close()
+
+
+async def test_a_missed_deadline_leaves_the_thread_to_finish_and_the_next_call_is_served() -> None:
+    model = TextModel(gate=threading.Event())
+    embedder = LocalEmbedder(timeout_seconds=0.2)
+    embedder._model = cast(Any, model)
+    with pytest.raises(EmbeddingUnavailable, match="deadline"):
+        await embedder.embed(["slow"])
+    embedder.timeout_seconds = 30
+    later = asyncio.create_task(embedder.embed(["later"]))
+    await asyncio.sleep(0)
+    assert embedder.queued_texts == 1, "one encode at a time: the next waits for the abandoned one"
+    model.gate.set()
+    assert np.array_equal((await later)[0], vector_of("later"))
+    assert model.calls == [["slow"], ["later"]]
+    await embedder.close()
+
+
+async def test_close_answers_the_running_and_queued_callers_at_once() -> None:
+    model = TextModel(gate=threading.Event())
+    embedder = LocalEmbedder(timeout_seconds=30)
+    embedder._model = cast(Any, model)
+    running = asyncio.create_task(embedder.embed(["running"]))
+    assert await asyncio.to_thread(model.started.wait, 30)
+    queued = asyncio.create_task(embedder.embed(["queued"]))
+    await asyncio.sleep(0)
+    await embedder.close()
+    for task in (running, queued):
+        with pytest.raises(EmbeddingUnavailable, match="closed"):
+            await task
+    model.gate.set()  # the thread finishes its encode and ends; nobody is left to answer
+
+
+async def test_a_model_that_cannot_load_fails_every_waiting_caller() -> None:
+    embedder = LocalEmbedder(timeout_seconds=30)
+
+    def broken() -> Any:
+        raise OSError("no model file")
+
+    embedder._load = broken  # type: ignore[method-assign]
+    results = await asyncio.gather(*(embedder.embed([f"t{i}"]) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, EmbeddingUnavailable) and "no model file" in str(r) for r in results), results
+    with pytest.raises(EmbeddingUnavailable, match="no model file"):
+        await embedder.embed(["again"])
+    await embedder.close()
