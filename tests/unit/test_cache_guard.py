@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from strata_runtime.cache import guard
 from strata_runtime.cache.guard import check
 
 
@@ -59,7 +60,35 @@ def test_guard_allows_paraphrases(query: str, cached: str):
     ("我沒有收到新卡", "我没有收到新卡"),
 ])
 def test_guard_allows_chinese_paraphrases_it_used_to_refuse(query: str, cached: str):
-    assert check(query, cached).allowed
+    # Neither the numbers nor the negation rule fires. A short question with a content character
+    # added (南非的首都 / 首都, 一张 adds 张) is still refused, by the short-edit rule.
+    verdict = check(query, cached)
+    short = min(len(guard._han_content(query)), len(guard._han_content(cached))) <= guard.SHORT_HAN
+    assert verdict.allowed or (short and verdict.reason == "short-edit")
+
+
+@pytest.mark.parametrize(("query", "cached"), [
+    ("肾虚吃什么好", "肾虚吃什么药"),  # one character replaced
+    ("十七点半叫我", "十七点半叫我起床"),  # added
+    ("怎么制作吹泡泡水？", "怎么制作吹泡泡"),  # noqa: RUF001  dropped
+    ("羊口蹄疫怎么治疗", "牛口蹄疫怎么治疗"),
+    ("南非的首都是哪里", "首都是哪里"),
+])
+def test_guard_refuses_a_changed_character_in_a_short_chinese_question(query: str, cached: str):
+    assert check(query, cached) == guard.GuardVerdict(False, "short-edit")
+
+
+@pytest.mark.parametrize(("query", "cached"), [
+    ("怎么重置密码", "如何重置密码"),  # question words set aside
+    ("花呗怎么还款？", "花呗如何还款"),  # noqa: RUF001
+    ("非常感谢，如何重置密码", "如何重置密码"),  # noqa: RUF001  courtesies set aside
+    ("转账二十三元给妈妈", "转账23元给妈妈"),  # numerals: the numbers rule compares them
+    ("我沒有收到新卡", "我没有收到新卡"),  # negation characters: the negation rule compares them
+    ("张勇电话打", "打电话张勇"),  # the same characters in another order: the verifier reads order
+    ("从北京飞往上海的航班需要多长时间呢", "从北京飞往上海的航班要多长时间"),  # over 8 characters: not this rule
+])
+def test_the_short_edit_rule_sets_aside_what_other_rules_or_the_verifier_read(query: str, cached: str):
+    assert check(query, cached).reason != "short-edit"
 
 
 @pytest.mark.parametrize(("query", "cached", "reason"), [

@@ -16,7 +16,12 @@ queries differ in any of:
   -s, hyphens or spaces (ATM = ATMs, Top-up = top up);
 * a one-word swap: the queries are identical except one content word replaced by another
   ("cancel my card" vs "freeze my card"; for Chinese, a replaced run of 2+ Han characters in
-  an otherwise identical sentence: 巴黎 vs 伦敦).
+  an otherwise identical sentence: 巴黎 vs 伦敦);
+* a short Chinese question (at most 8 Han characters once question words and particles are set
+  aside) with a content character added, dropped or replaced: 肾虚吃什么好 vs 肾虚吃什么药,
+  十七点半叫我 vs 十七点半叫我起床. In a question that short each character carries its meaning,
+  and a model fitted on long sentences reads one changed character as a small edit. The same
+  characters in another order are left to the verifier.
 
 It errs towards rejecting: a false rejection costs one upstream call, a false hit serves a
 wrong answer.
@@ -276,6 +281,34 @@ def _han_swap(a: str, b: str) -> bool:
     return False
 
 
+SHORT_HAN = 8  # content characters of the shorter Chinese question up to which any changed one vetoes
+# Set aside before comparing characters: question words and particles, courtesies, and what the
+# numbers and negation rules already compare (numerals, negation characters, traditional or not).
+_ZH_COURTESIES = ("非常感谢", "谢谢", "感谢", "麻烦", "你好", "您好")
+_ZH_SET_ASIDE = sorted({*_ZH_FUNCTION_RUNS, *_ZH_COURTESIES}, key=len, reverse=True)
+_ZH_SET_ASIDE_CHARS = set(_CJK_NUMERALS) | {c for w in _ZH_NEGATIONS for c in w if len(w) == 1}
+
+
+@_per_text
+def _han_content(text: str) -> str:
+    """The Han characters of a mostly-Chinese text less those set aside (_ZH_SET_ASIDE runs, then
+    _ZH_SET_ASIDE_CHARS); empty for a text that is not mostly Chinese."""
+    han = len(_HAN_RE.findall(text))
+    letters = sum(1 for ch in text if ch.isalpha())
+    if han == 0 or han * 3 < letters:
+        return ""
+    for run in _ZH_SET_ASIDE:
+        text = text.replace(run, "")
+    return "".join(ch for ch in _HAN_RE.findall(text) if ch not in _ZH_SET_ASIDE_CHARS)
+
+
+def _short_han_edit(a: str, b: str) -> bool:
+    ca, cb = _han_content(a), _han_content(b)
+    if not ca or not cb or min(len(ca), len(cb)) > SHORT_HAN:
+        return False
+    return Counter(ca) != Counter(cb)
+
+
 def check(query: str, cached_query: str) -> GuardVerdict:
     """Allow a semantic hit of `query` on an entry stored for `cached_query`?"""
     a, b = _normalise(query), _normalise(cached_query)
@@ -294,4 +327,6 @@ def check(query: str, cached_query: str) -> GuardVerdict:
         return GuardVerdict(False, "entities")
     if _one_word_swap(a, b) or _han_swap(a, b):
         return GuardVerdict(False, "substitution")
+    if _short_han_edit(a, b):
+        return GuardVerdict(False, "short-edit")
     return GuardVerdict(True)
