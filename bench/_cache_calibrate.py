@@ -11,8 +11,14 @@ Probes:
   split. Those not in FITTED_INTENTS are never fitted on (measure-only columns: how the verifier
   fares on question sets it has not seen); those in it are fitted on a sample of their train split.
 
+* mrpc, lcqmc, afqmc, oppo-xiaobu, sts-b-zh (outside pair sets, read from `--pairs DIR`): pair
+  probes like PAWS on a seeded sample; lcqmc and mrpc are fitted on by default (their even-crc32
+  half), the others only when named with `--fit-on`.
+
 Fitting uses the fitting halves only (banking77 train.csv, the train split of FITTED_INTENTS,
 PAWS pairs with an even crc32); the table is measured on the other halves (test splits, odd crc32).
+`fitted` (default FITTED: banking77, paws-wiki-en, paws-x-zh, lcqmc, mrpc) names the sources the fit reads:
+`--leave-out NAME` drops one of them, to measure on a source of a kind the fit has not seen.
 """
 
 from __future__ import annotations
@@ -27,13 +33,17 @@ from pathlib import Path
 import numpy as np
 
 from bench._calibration_data import (
-    FITTED_INTENTS,
+    EXTERNAL_PAIR_SETS,
+    FITTED,
     FULL,
     INTENT_SETS,
     PAIR_SETS,
     Sizes,
     VectorCache,
     all_texts,
+    external_available,
+    external_pairs,
+    external_splits,
     intent_rows,
     intent_splits,
     paws_pairs,
@@ -68,6 +78,8 @@ class Probes:
 
 def intent_probes(name: str, split: str, limit: int, vectors: VectorCache) -> list[Probe]:
     rows = intent_rows(name, split, limit)
+    if not rows:
+        return []
     texts = [t for t, _ in rows]
     labels = [c for _, c in rows]
     m = vectors.matrix(texts)
@@ -81,23 +93,32 @@ def intent_probes(name: str, split: str, limit: int, vectors: VectorCache) -> li
     return probes
 
 
-def pair_probes(name: str, split: str, vectors: VectorCache, limit: int | None = None) -> list[Probe]:
+def pair_probes(name: str, split: str, vectors: VectorCache, limit: int | None = None,
+                external: bool = False) -> list[Probe]:
+    """One probe per pair: `a` stored, `b` asks (PAWS halves, or an outside set's sample)."""
     probes = []
-    for p in paws_pairs(name, split, limit):
+    for p in external_pairs(name, split, limit or 0) if external else paws_pairs(name, split, limit):
         cos = float(vectors.vectors[p.a] @ vectors.vectors[p.b])
         probes.append(Probe(name, p.b, [(p.a, cos, p.same)], p.same))
     return probes
 
 
 def load_probes(split: str, vectors: VectorCache, sizes: Sizes = FULL,
-                fitted: tuple[str, ...] = FITTED_INTENTS) -> Probes:
-    """The fitting probes (split "train": fitted sets only) or the measured ones ("test": all)."""
+                fitted: tuple[str, ...] = FITTED, external: tuple[str, ...] = ()) -> Probes:
+    """The fitting probes (split "train": the `fitted` sources only) or the measured ones ("test":
+    every source, fitted or not: held-back halves, test splits, outside samples)."""
     items: list[Probe] = []
     for name in INTENT_SETS:
         if split in intent_splits(name, fitted):
             items += intent_probes(name, split, sizes.rows(name, split), vectors)
     for name in PAIR_SETS:
-        items += pair_probes(name, split, vectors, sizes.pairs)
+        if split == "test" or name in fitted:
+            items += pair_probes(name, split, vectors, sizes.pairs)
+    for name in external:
+        parts = external_splits(name, fitted)
+        part = split if split in parts else "all" if split == "test" else None
+        if part is not None:
+            items += pair_probes(name, part, vectors, sizes.external, external=True)
     return Probes(items)
 
 
@@ -129,13 +150,19 @@ def rates(probes: list[Probe], decide: Decide) -> tuple[float, float, int, int]:
 
 
 def fit(vectors: VectorCache, embedder: str, out: Path, sizes: Sizes = FULL,
-        fitted: tuple[str, ...] = FITTED_INTENTS) -> dict[str, object]:
+        fitted: tuple[str, ...] = FITTED, *, external: tuple[str, ...] = ()) -> dict[str, object]:
     from strata_runtime.cache import guard, verifier
 
-    train = load_probes("train", vectors, sizes, fitted)
-    assert {p.source for p in train.items} <= set(fitted) | set(PAIR_SETS)  # never a measure-only set
+    train = load_probes("train", vectors, sizes, fitted, external)
+    assert {p.source for p in train.items} <= set(fitted)  # never a measure-only or left-out set
+    assert not any(p.source in EXTERNAL_PAIR_SETS and p.source not in fitted for p in train.items)
     languages: dict[str, object] = {}
-    for key, probes in _groups(train.items).items():
+    groups = _groups(train.items)
+    empty = [key for key, probes in groups.items() if not any(right for p in probes for *_, right in p.candidates)]
+    if empty:  # the runtime needs a model per language (else no verifier at all: cosine + guard only)
+        raise ValueError(f"no {empty[0]} fitting data left in {', '.join(fitted)}: fit on another source of "
+                         f"that language too (--fit-on, e.g. lcqmc for Chinese, mrpc for English)")
+    for key, probes in groups.items():
         pos_cos = [c for p in probes for _, c, right in p.candidates if right]
         recall = float(np.percentile(pos_cos, 2))
         x, y = [], []
@@ -168,7 +195,7 @@ def fit(vectors: VectorCache, embedder: str, out: Path, sizes: Sizes = FULL,
         "about": "written by bench/cache.py calibrate --fit; do not edit by hand",
         "features": list(verifier.FEATURES),
         "margin": MARGIN,
-        "fitted_on": [*fitted, *PAIR_SETS],
+        "fitted_on": list(fitted),
         "embedders": {embedder: {"languages": languages}},
     }
     existing = json.loads(out.read_text()) if out.exists() else {}
@@ -282,10 +309,10 @@ def _wrong_rate(items: list[tuple[Probe, list[float]]], t: float) -> float:
 
 
 def table(vectors: VectorCache, embedder: str, params_path: Path, sizes: Sizes = FULL,
-          fitted: tuple[str, ...] = FITTED_INTENTS) -> list[dict[str, object]]:
+          fitted: tuple[str, ...] = FITTED, *, external: tuple[str, ...] = ()) -> list[dict[str, object]]:
     from strata_runtime.cache import verifier
 
-    test = load_probes("test", vectors, sizes, fitted).by_source()
+    test = load_probes("test", vectors, sizes, fitted, external).by_source()
     rows: list[dict[str, object]] = []
     settings: list[tuple[str, Decide]] = []
     for t in (0.90, 0.93, 0.95, 0.97):
@@ -306,16 +333,32 @@ def table(vectors: VectorCache, embedder: str, params_path: Path, sizes: Sizes =
                 "wrong_hit_rate": round(wrong, 4),
                 "positives": n_pos,
                 "negatives": n_neg,
-                "fitted": source in fitted or source in PAIR_SETS,  # False: a set the fit never read
+                "fitted": source in fitted,  # False: a set the fit never read
             }
         rows.append(row)
     return rows
 
 
+def fitted_sources(leave_out: tuple[str, ...] = (), fit_on: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The sources a fit reads: the default ones less `leave_out`, plus outside pair sets `fit_on`."""
+    unknown = [n for n in leave_out if n not in FITTED] + [n for n in fit_on if n not in EXTERNAL_PAIR_SETS
+                                                            or n in FITTED]
+    if unknown:
+        raise ValueError(f"cannot leave out / fit on {unknown[0]!r}: fitted sources are {', '.join(FITTED)}, "
+                         f"outside pair sets {', '.join(EXTERNAL_PAIR_SETS)}")
+    fitted = tuple(n for n in FITTED if n not in leave_out) + tuple(dict.fromkeys(fit_on))
+    if not fitted:
+        raise ValueError("nothing left to fit on")
+    return fitted
+
+
 def run(fit_first: bool, embedder: str = "multilingual-e5-small", sizes: Sizes = FULL,
-        params_path: Path | None = None, fitted: tuple[str, ...] = FITTED_INTENTS) -> list[dict[str, object]]:
+        params_path: Path | None = None, fitted: tuple[str, ...] = FITTED, *,
+        external: tuple[str, ...] | None = None) -> list[dict[str, object]]:
     """Fit (when asked) and measure. `params_path` None: the shipped parameters beside the verifier;
-    the smoke pass fits a small sample into a file of its own and never touches those."""
+    the smoke pass fits a small sample into a file of its own and never touches those; a fit on
+    other sources than the default ones must name its own file. `external`: the outside pair sets
+    to measure (None: those found under the pairs directory)."""
     from strata_runtime.cache.verifier import PARAMS_PATH
     from strata_runtime.embeddings.local import LOCAL_MODEL
 
@@ -324,12 +367,18 @@ def run(fit_first: bool, embedder: str = "multilingual-e5-small", sizes: Sizes =
     local = LOCAL_MODEL[embedder]
     embedder = local.name  # the verifier's parameters are looked up by the runtime embedder's name
     path = params_path or PARAMS_PATH
+    if fit_first and tuple(fitted) != FITTED and path == PARAMS_PATH:
+        raise ValueError("a fit on other sources than the shipped ones writes to its own file (--params-out)")
+    external = external_available() if external is None else external
+    missing = [n for n in fitted if n in EXTERNAL_PAIR_SETS and n not in external]
+    if missing:
+        raise ValueError(f"{missing[0]!r} is not under the pairs directory (--pairs DIR)")
     vectors = VectorCache(local.vectors_key)
-    missing = [t for t in all_texts(sizes, fitted) if t not in vectors.vectors]
+    missing = [t for t in all_texts(sizes, fitted, external) if t not in vectors.vectors]
     if missing:
         model = local.load(1, None)
         print(f"embedding {len(missing)} calibration sentences (cached for next time)...", file=sys.stderr)
         vectors.fill(missing, model.encode)
     if fit_first:
-        fit(vectors, embedder, path, sizes, fitted)
-    return table(vectors, embedder, path, sizes, fitted)
+        fit(vectors, embedder, path, sizes, fitted, external=external)
+    return table(vectors, embedder, path, sizes, fitted, external=external)

@@ -6,7 +6,13 @@ Splits (fixed, reproducible):
   of their test split, measured only unless listed in FITTED_INTENTS (then a sample of their train
   split is fitted on); the fit never reads a test split;
 * paws-wiki-en and paws-x-zh: a pair belongs to the fitting half when crc32(a + "\\t" + b) is
-  even, to the measuring half otherwise.
+  even, to the measuring half otherwise;
+* outside pair sets (EXTERNAL_PAIR_SETS: MRPC, LCQMC, AFQMC, OPPO-xiaobu, Chinese STS-B
+  thresholded; licences that do not allow redistribution, so read from a directory given with
+  `--pairs DIR` or STRATA_PAIRS_DATA, never shipped): a seeded sample of at most
+  `Sizes.external` paraphrases and as many non-paraphrases, measured only, except
+  FITTED_OUTSIDE (LCQMC, MRPC), which the default fit reads on the fitting half of that
+  sample (even crc32) and the table measures on the other half.
 
 Embeddings are computed with the runtime's local embedder and cached on disk under
 ~/.cache/strata/bench/ (keyed by model and text), so refits do not re-embed.
@@ -39,6 +45,35 @@ INTENT_SETS = ("banking77", "clinc150", "hwu64", "massive-en", "massive-zh")
 # The intent sets whose train split `calibrate --fit` reads; the others are measure-only columns.
 FITTED_INTENTS: tuple[str, ...] = ("banking77",)
 PAIR_SETS = ("paws-wiki-en", "paws-x-zh")
+# The sources `calibrate --fit` reads by default (the shipped parameters): banking77, both PAWS sets and
+# the fitting halves of two outside pair sets, LCQMC (short Chinese questions) and MRPC (English news
+# sentences), so that every language's thresholds hold on more than one kind of pair; `--leave-out NAME`
+# drops one, `--fit-on NAME` adds another outside set. The other outside sets are never fitted on.
+FITTED_OUTSIDE: tuple[str, ...] = ("lcqmc", "mrpc")
+FITTED: tuple[str, ...] = (*FITTED_INTENTS, *PAIR_SETS, *FITTED_OUTSIDE)
+EXTERNAL_ROWS = 500  # paraphrases (and as many non-paraphrases) sampled from each outside pair set
+
+
+@dataclass(frozen=True)
+class PairFile:
+    """An outside paraphrase-pair set: its file under the pairs directory, its layout and language."""
+
+    path: str
+    layout: str  # "tsv3": a<TAB>b<TAB>label; "mrpc": MRPC's Quality, #1 ID, #2 ID, #1 String, #2 String;
+    # "sts": a<TAB>b<TAB>similarity 0-5, a paraphrase at >= STS_SAME ("mostly equivalent"), a look-alike
+    # from STS_NEAR up ("share some details"); unrelated pairs (under STS_NEAR) are left out: too easy
+    language: str
+
+
+EXTERNAL_PAIR_SETS: dict[str, PairFile] = {
+    "mrpc": PairFile("mrpc/msr_paraphrase_train.txt", "mrpc", "en"),
+    "lcqmc": PairFile("lcqmc/dev.txt", "tsv3", "zh"),
+    "afqmc": PairFile("afqmc/dev.txt", "tsv3", "zh"),
+    "oppo-xiaobu": PairFile("oppo-xiaobu/dev.txt", "tsv3", "zh"),
+    "sts-b-zh": PairFile("sts-b-zh/sts-b-train.txt", "sts", "zh"),
+}
+STS_SAME = 4.0  # STS 4: "mostly equivalent, some unimportant details differ"; 3: "some important information differs"
+STS_NEAR = 2.0  # STS 2: "not equivalent, but share some details"
 
 
 @dataclass(frozen=True)
@@ -50,6 +85,7 @@ class Sizes:
     banking_test: int = BANKING_TEST_ROWS
     pairs: int | None = None
     intents: int = INTENT_ROWS
+    external: int = EXTERNAL_ROWS
 
     def rows(self, name: str, split: str) -> int:
         if name != "banking77":
@@ -62,7 +98,7 @@ class Sizes:
 
 FULL = Sizes()
 # the smoke pass: the same code (every set included, a tiny sample of each), seconds of embedding
-SMOKE = Sizes(banking_train=60, banking_test=60, pairs=12, intents=30)
+SMOKE = Sizes(banking_train=60, banking_test=60, pairs=12, intents=30, external=10)
 
 
 @dataclass
@@ -93,13 +129,84 @@ def paws_pairs(name: str, split: str, limit: int | None = None) -> list[Pair]:
     pairs: list[Pair] = []
     with (DATA / name / "pairs.jsonl").open() as f:
         for line in f:
+            if limit is not None and len(pairs) >= limit:
+                break
             d = json.loads(line)
             half = "train" if zlib.crc32(f"{d['a']}\t{d['b']}".encode()) % 2 == 0 else "test"
             if half == split:
                 pairs.append(Pair(d["a"], d["b"], bool(d["same"])))
-            if limit is not None and len(pairs) >= limit:
-                break
     return pairs
+
+
+def read_pair_lines(lines: Sequence[str], layout: str) -> list[Pair]:
+    """Pairs of one outside file. Lines that do not parse (a wrong column count, a label other
+    than 0 / 1) are skipped, and so are pairs whose two sides are the same text (an exact hit, not
+    a semantic one); a pair repeated keeps its first label."""
+    pairs: dict[tuple[str, str], Pair] = {}
+    for i, line in enumerate(lines):
+        cols = line.rstrip("\r\n").split("\t")
+        if layout == "mrpc":
+            if i == 0 and cols[0].lstrip("\ufeff") == "Quality":
+                continue
+            if len(cols) != 5:
+                continue
+            label, a, b = cols[0].lstrip("\ufeff"), cols[3], cols[4]
+        elif layout == "tsv3":
+            if len(cols) != 3:
+                continue
+            a, b, label = cols
+        elif layout == "sts":
+            if len(cols) != 3:
+                continue
+            a, b, score = cols
+            try:
+                similarity = float(score)
+            except ValueError:
+                continue
+            if similarity < STS_NEAR:
+                continue
+            label = "1" if similarity >= STS_SAME else "0"
+        else:
+            raise ValueError(f"unknown pair layout {layout!r}")
+        a, b = a.strip(), b.strip()
+        if label.strip() not in ("0", "1") or not a or not b or a == b:
+            continue
+        pairs.setdefault((a, b), Pair(a, b, label.strip() == "1"))
+    return list(pairs.values())
+
+
+def pairs_dir() -> Path | None:
+    """The directory of the outside pair sets (STRATA_PAIRS_DATA), or None: their columns are skipped."""
+    value = os.environ.get("STRATA_PAIRS_DATA")
+    return Path(value) if value else None
+
+
+def external_available(root: Path | None = None) -> tuple[str, ...]:
+    root = root or pairs_dir()
+    if root is None:
+        return ()
+    return tuple(name for name, f in EXTERNAL_PAIR_SETS.items() if (root / f.path).is_file())
+
+
+def external_pairs(name: str, split: str, limit: int, root: Path | None = None) -> list[Pair]:
+    """A seeded sample of an outside pair set: at most `limit` paraphrases and `limit` non-paraphrases
+    (so both rates rest on the same number of probes), then split "all" (measured, never fitted), or
+    the fitting ("train": even crc32) or measuring ("test": odd) half of that sample."""
+    assert name in EXTERNAL_PAIR_SETS and split in ("all", "train", "test"), (name, split)
+    root = root or pairs_dir()
+    assert root is not None, "outside pair sets need --pairs DIR (or STRATA_PAIRS_DATA)"
+    spec = EXTERNAL_PAIR_SETS[name]
+    with (root / spec.path).open(encoding="utf-8-sig") as f:
+        pairs = read_pair_lines(f.read().splitlines(), spec.layout)
+    rnd = random.Random(f"pairs-{name}")
+    sample: list[Pair] = []
+    for same in (True, False):
+        group = [p for p in pairs if p.same is same]
+        sample += rnd.sample(group, min(limit, len(group)))
+    if split == "all":
+        return sample
+    even = split == "train"
+    return [p for p in sample if (zlib.crc32(f"{p.a}\t{p.b}".encode()) % 2 == 0) is even]
 
 
 def intent_splits(name: str, fitted: tuple[str, ...] = FITTED_INTENTS) -> tuple[str, ...]:
@@ -107,7 +214,14 @@ def intent_splits(name: str, fitted: tuple[str, ...] = FITTED_INTENTS) -> tuple[
     return ("train", "test") if name in fitted else ("test",)
 
 
-def all_texts(sizes: Sizes = FULL, fitted: tuple[str, ...] = FITTED_INTENTS) -> list[str]:
+def external_splits(name: str, fitted: tuple[str, ...] = FITTED) -> tuple[str, ...]:
+    """The parts of an outside pair set a run reads: all of its sample (measured only), or both
+    halves when it is fitted on."""
+    return ("train", "test") if name in fitted else ("all",)
+
+
+def all_texts(sizes: Sizes = FULL, fitted: tuple[str, ...] = FITTED,
+              external: tuple[str, ...] = ()) -> list[str]:
     texts: list[str] = []
     for name in INTENT_SETS:
         for split in intent_splits(name, fitted):
@@ -115,6 +229,10 @@ def all_texts(sizes: Sizes = FULL, fitted: tuple[str, ...] = FITTED_INTENTS) -> 
     for name in PAIR_SETS:
         for split in ("train", "test"):
             for p in paws_pairs(name, split, sizes.pairs):
+                texts += [p.a, p.b]
+    for name in external:
+        for split in external_splits(name, fitted):
+            for p in external_pairs(name, split, sizes.external):
                 texts += [p.a, p.b]
     return list(dict.fromkeys(texts))
 
@@ -159,6 +277,6 @@ if __name__ == "__main__":  # prefill the cache: python -m bench._calibration_da
 
     model = E5Small()
     cache = VectorCache(VECTORS_KEY)
-    texts = all_texts()
+    texts = all_texts(external=external_available())
     print(f"{len(texts)} texts, {len(cache.vectors)} cached", file=sys.stderr)
     cache.fill(texts, model.encode)

