@@ -149,7 +149,7 @@ SOURCE_ORDER = ("banking77", "clinc150", "hwu64", "massive-en", "paws-wiki-en", 
                 "massive-zh", "paws-x-zh", "lcqmc", "afqmc", "oppo-xiaobu", "sts-b-zh")
 
 
-def bench_calibrate(fit: bool, smoke: bool = False, embedder: str | None = None, leave_out: tuple[str, ...] = (),
+def bench_calibrate(fit: bool, smoke: bool = False, embedder: str | None = None, *, leave_out: tuple[str, ...] = (),
                     fit_on: tuple[str, ...] = (), params_out: Path | None = None) -> None:
     from bench._cache_calibrate import fitted_sources, run
     from bench._calibration_data import EXTERNAL_PAIR_SETS, FULL, SMOKE, external_available
