@@ -82,6 +82,7 @@ def test_guard_refuses_a_changed_character_in_a_short_chinese_question(query: st
     ("怎么重置密码", "如何重置密码"),  # question words set aside
     ("花呗怎么还款？", "花呗如何还款"),  # noqa: RUF001
     ("非常感谢，如何重置密码", "如何重置密码"),  # noqa: RUF001  courtesies set aside
+    ("我怎么重置密码？", "我该怎么重置密码？"),  # noqa: RUF001  该 (should) set aside like 应该
     ("转账二十三元给妈妈", "转账23元给妈妈"),  # numerals: the numbers rule compares them
     ("我沒有收到新卡", "我没有收到新卡"),  # negation characters: the negation rule compares them
     ("张勇电话打", "打电话张勇"),  # the same characters in another order: the verifier reads order

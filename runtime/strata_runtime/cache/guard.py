@@ -285,7 +285,8 @@ SHORT_HAN = 8  # content characters of the shorter Chinese question up to which 
 # Set aside before comparing characters: question words and particles, courtesies, and what the
 # numbers and negation rules already compare (numerals, negation characters, traditional or not).
 _ZH_COURTESIES = ("非常感谢", "谢谢", "感谢", "麻烦", "你好", "您好")
-_ZH_SET_ASIDE = sorted({*_ZH_FUNCTION_RUNS, *_ZH_COURTESIES}, key=len, reverse=True)
+_ZH_MODALS = ("该",)  # 该 = 应该 (already a function run): 我怎么重置密码 / 我该怎么重置密码
+_ZH_SET_ASIDE = sorted({*_ZH_FUNCTION_RUNS, *_ZH_COURTESIES, *_ZH_MODALS}, key=len, reverse=True)
 _ZH_SET_ASIDE_CHARS = set(_CJK_NUMERALS) | {c for w in _ZH_NEGATIONS for c in w if len(w) == 1}
 
 
