@@ -12,12 +12,13 @@ Probes:
   fares on question sets it has not seen); those in it are fitted on a sample of their train split.
 
 * mrpc, lcqmc, afqmc, oppo-xiaobu, sts-b-zh (outside pair sets, read from `--pairs DIR`): pair
-  probes like PAWS on a seeded sample; lcqmc and mrpc are fitted on by default (their even-crc32
-  half), the others only when named with `--fit-on`.
+  probes like PAWS on a seeded sample; measure-only by default (research-use or unlicensed data is
+  not fitted into the shipped parameters); `--fit-on NAME` fits on one's even-crc32 half in a
+  parameters file of one's own.
 
 Fitting uses the fitting halves only (banking77 train.csv, the train split of FITTED_INTENTS,
 PAWS pairs with an even crc32); the table is measured on the other halves (test splits, odd crc32).
-`fitted` (default FITTED: banking77, paws-wiki-en, paws-x-zh, lcqmc, mrpc) names the sources the fit reads:
+`fitted` (default FITTED: banking77, massive-zh, paws-wiki-en, paws-x-zh) names the sources the fit reads:
 `--leave-out NAME` drops one of them, to measure on a source of a kind the fit has not seen.
 """
 
