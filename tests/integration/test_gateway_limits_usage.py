@@ -16,7 +16,11 @@ from tests.integration._gateway_helpers import chat, close_gateway, make_gateway
 from tests.support.fixtures import UpstreamServer
 
 REDIS = pytest.mark.parametrize("redis", ["standalone", "cluster", "memory"])
-TODAY = dt.datetime.now(dt.UTC).date()
+
+
+def today() -> dt.date:
+    """Read when needed, never at import: a suite that runs across midnight (UTC) records usage on the new day."""
+    return dt.datetime.now(dt.UTC).date()
 
 
 def _tenant() -> str:
@@ -98,6 +102,7 @@ async def test_usage_after_a_run_equals_the_sum_of_the_upstream_usage_blocks(ope
         [model("primary", openai_upstream.base_url, pricing={"inputPer1M": 1.0, "outputPer1M": 2.0})],
         redis=redis, prefix=prefix)
     tenant = _tenant()
+    first_day = today()
     try:
         async def plain(i: int) -> None:
             await gateway.complete(chat(" ".join(["word"] * (i % 7 + 1))), CallContext(tenant, "a1"))
@@ -114,7 +119,7 @@ async def test_usage_after_a_run_equals_the_sum_of_the_upstream_usage_blocks(ope
         reopened = await make_gateway([model("primary", openai_upstream.base_url)], redis=redis, prefix=prefix)
         if redis == "memory":
             reopened = gateway  # the in-memory table lives in the original process object
-        report = await reopened.usage.query(UsageQuery(start=TODAY, end=TODAY, tenant=tenant))
+        report = await reopened.usage.query(UsageQuery(start=first_day, end=today(), tenant=tenant))
         totals = report["totals"]
         assert totals["requests"] == 40
         assert totals["prompt_tokens"] == upstream["prompt_tokens"]
@@ -133,11 +138,12 @@ async def test_one_tenants_usage_query_never_includes_another_tenant(openai_upst
     gateway = await make_gateway([model("primary", openai_upstream.base_url)], redis="standalone",
                                  prefix=_tenant())
     a, b = _tenant(), _tenant()
+    first_day = today()
     try:
         await gateway.complete(chat(), CallContext(a))
         await gateway.complete(chat(), CallContext(b))
         await gateway.complete(chat(), CallContext(b))
-        report = await gateway.usage.query(UsageQuery(start=TODAY, end=TODAY, tenant=a))
+        report = await gateway.usage.query(UsageQuery(start=first_day, end=today(), tenant=a))
         assert report["totals"]["requests"] == 1
         assert {item["tenant"] for item in report["items"]} == {a}
     finally:
@@ -148,11 +154,14 @@ async def test_usage_keys_are_per_day_hashes_with_a_ttl(openai_upstream: Upstrea
     prefix = _tenant()
     gateway = await make_gateway([model("primary", openai_upstream.base_url)], redis="standalone", prefix=prefix,
                                  usage={"ttlDays": 3})
+    day = today()
     try:
         await gateway.complete(chat(), CallContext("acme", "support"))
         await gateway.usage.flush()
         client = gateway._test_redis.client  # type: ignore[attr-defined]
-        key = f"{prefix}:usage:{TODAY.isoformat()}"
+        key = f"{prefix}:usage:{day.isoformat()}"
+        if not await client.exists(key):  # midnight (UTC) came between the request and the line above
+            key = f"{prefix}:usage:{today().isoformat()}"
         fields = await client.hgetall(key)
         assert fields[b"acme:support:primary:requests"] == b"1"
         assert 2 * 86400 < await client.ttl(key) <= 3 * 86400
