@@ -18,8 +18,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
-
 from strata_runtime import tracing
 from strata_runtime.config import MemoryConfig
 from strata_runtime.embeddings.contract import EmbeddingUnavailable
@@ -31,7 +29,7 @@ from strata_runtime.memory.retrieval import needs_long_term, summary_request, su
 from strata_runtime.memory.spill import ParkedBatch, SpillStore
 from strata_runtime.memory.state import SessionState, Turn, batch_id
 from strata_runtime.stores.health import StoreUnavailable
-from strata_runtime.stores.redis import RedisConnector
+from strata_runtime.stores.redis import RedisConnector, is_redis_failure
 
 log = logging.getLogger("strata.memory")
 
@@ -39,7 +37,6 @@ T = TypeVar("T")
 # RuntimeError: under uvloop, redis-py writing to a socket the server closed during the connect
 # handshake gets "unable to perform operation on <TCPTransport closed=True ...>; the handler is
 # closed" (Redis killed under load). Unmapped, it failed an acknowledged turn as a model error.
-_REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError, RuntimeError)
 ARCHIVE_BACKOFF_CAP_SECONDS = 600.0
 # Re-drive of parked archive batches (see `redrive_parked`): a pass every few seconds, at most
 # REDRIVE_PER_PASS batches per pass (read REDRIVE_PAGE at a time), stopping at the first failure;
@@ -91,7 +88,9 @@ class MemoryEngine:
             return await tracing.traced("memory.l2", op(store))
         try:
             result = await tracing.traced("memory.l2", op(store))
-        except _REDIS_FAILURES as e:
+        except Exception as e:
+            if not is_redis_failure(e):
+                raise
             self.redis.report_failure(e)
             log.warning("session store (redis) failed; refusing the request rather than forking the session",
                         extra={"error": type(e).__name__})

@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from strata_runtime.config import RateLimitsConfig
 from strata_runtime.errors import BadRequest, RateLimited
-from strata_runtime.stores.redis import RedisConnector
+from strata_runtime.stores.redis import RedisConnector, is_redis_failure
 
 log = logging.getLogger("strata.ratelimit")
 
@@ -203,7 +203,9 @@ class RateLimiter:
                 if int(result[0]) == 0:
                     return float(result[1]), int(result[2]) - 1, True
                 return 0.0, 0, True
-            except (RedisError, OSError) as e:
+            except Exception as e:
+                if not is_redis_failure(e):
+                    raise
                 log.warning("rate limiter: Redis failed, using in-memory buckets", extra={"error": str(e)})
                 self.redis.report_failure(e)
         wait, worst = self.memory.acquire(buckets)
@@ -222,7 +224,9 @@ class RateLimiter:
             try:
                 await self._eval("reconcile", RECONCILE_LUA, [b.key for b in buckets], args)
                 return
-            except (RedisError, OSError) as e:
+            except Exception as e:
+                if not is_redis_failure(e):
+                    raise
                 self.redis.report_failure(e)
         self.memory.reconcile(buckets, delta)
 

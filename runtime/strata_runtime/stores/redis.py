@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,10 +28,32 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from strata_runtime.config import RedisStoreConfig
 from strata_runtime.stores.health import BackendHealth, StoreUnavailable
+
+
+def is_redis_failure(error: BaseException) -> bool:
+    """A failure of Redis (or of its client), not of our code: the client's own errors, socket errors,
+    timeouts, and an AttributeError or RuntimeError raised inside the redis package. redis-py's
+    asyncio client raises those when a Cluster master is killed and another task closes the
+    connection it is writing on ('NoneType' object has no attribute 'writelines'; uvloop's "the
+    handler is closed"): taken for bugs, they failed a turn or answered 500 in the cluster-master
+    drill. Callers wrap only the client call, so a frame of the redis package in the traceback
+    means the client raised it."""
+    if isinstance(error, (RedisError, OSError, asyncio.TimeoutError)):
+        return True
+    if not isinstance(error, (AttributeError, RuntimeError)):
+        return False
+    inside = f"{os.sep}redis{os.sep}"
+    frame = error.__traceback__
+    while frame is not None:
+        if inside in frame.tb_frame.f_code.co_filename:
+            return True
+        frame = frame.tb_next
+    return False
 
 log = logging.getLogger("strata.stores")
 

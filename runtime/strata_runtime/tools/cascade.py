@@ -21,13 +21,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
-
 from strata_runtime.config.agents import AgentLimits
 from strata_runtime.errors import CascadeLimit
 from strata_runtime.metrics import Metrics
 from strata_runtime.stores.health import StoreUnavailable
-from strata_runtime.stores.redis import RedisConnector
+from strata_runtime.stores.redis import RedisConnector, is_redis_failure
 
 log = logging.getLogger("strata.tools")
 
@@ -86,7 +84,9 @@ class CascadeGuard:
         assert client is not None
         try:
             return int(await client.eval(script, 1, key, *args))
-        except (RedisError, OSError) as e:
+        except Exception as e:
+            if not is_redis_failure(e):
+                raise
             self.redis.report_failure(e)
             raise StoreUnavailable(
                 "cascade counters (Redis) unreachable; retry shortly",

@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from strata_runtime.memory.l2 import session_base
 from strata_runtime.stores.health import StoreUnavailable
-from strata_runtime.stores.redis import RedisConnector
+from strata_runtime.stores.redis import RedisConnector, is_redis_failure
 from strata_runtime.tools.contract import ToolOutcome
 
 # HSETNX + EXPIRE + the stored value, in one round trip (one key: one Cluster slot).
@@ -60,7 +59,9 @@ class ToolLedger:
         else:
             try:
                 raw = await self.redis.session_client().hgetall(key)
-            except (RedisError, OSError) as e:
+            except Exception as e:
+                if not is_redis_failure(e):
+                    raise
                 raise self._unavailable(e) from e
         record = TurnRecord()
         for name, value in raw.items():
@@ -83,7 +84,9 @@ class ToolLedger:
         client = self.redis.session_client()
         try:
             stored = await client.eval(_PUT_ONCE, 1, key, name, value, self.ttl)
-        except (RedisError, OSError) as e:
+        except Exception as e:
+            if not is_redis_failure(e):
+                raise
             raise self._unavailable(e) from e
         if stored is None:
             return value

@@ -19,9 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from strata_runtime.stores.redis import RedisConnector
+from strata_runtime.stores.redis import RedisConnector, is_redis_failure
 from strata_runtime.tasks import cancel_and_wait
 
 log = logging.getLogger("strata.usage")
@@ -131,7 +129,9 @@ class UsageRecorder:
                         pipe.expire(key, self.ttl_seconds)
                     await pipe.execute()
                     return
-                except (RedisError, OSError) as e:
+                except Exception as e:
+                    if not is_redis_failure(e):
+                        raise
                     log.warning("usage: Redis write failed, keeping usage in memory", extra={"error": str(e)})
                     self.redis.report_failure(e)
             for (day, fld), value in batch.items():
@@ -149,7 +149,9 @@ class UsageRecorder:
                     pipe.hgetall(self.redis.key("usage", day))
                 for day, fields in zip(days, await pipe.execute(), strict=True):
                     raw[day] = {k.decode(): float(v) for k, v in fields.items()}
-            except (RedisError, OSError) as e:
+            except Exception as e:
+                if not is_redis_failure(e):
+                    raise
                 self.redis.report_failure(e)
                 raw = {}
         for day in days:
