@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from strata_runtime.embeddings import windows
+
 F32 = npt.NDArray[np.float32]
 
 NAME = "bge-small-en-v1.5"
 # Caches of vectors (the benchmarks') are keyed by this: another export of the model gives other vectors.
 VECTORS_KEY = f"{NAME}-onnx-int8"
 DIMENSION = 384
-MAX_CHARS = 2000  # bounds one call, as e5.py's: at most a few windows per text
 MAX_POSITIONS = 512
 MODEL_FILE = "bge-small-en-v1.5-q.onnx"
 TOKENIZER_FILE = "bge-small-en-v1.5-q-tokenizer.json"
@@ -63,7 +64,6 @@ class BgeSmallEn:
     """Synchronous and CPU-bound: callers run `encode` in one worker thread at a time."""
 
     def __init__(self, threads: int = 1, directory: Path | None = None):
-        import onnxruntime
         from tokenizers import Tokenizer
 
         graph, tokenizer_file = weight_files(directory)
@@ -76,12 +76,7 @@ class BgeSmallEn:
         if cls is None or sep is None:
             raise WeightsMissing(f"{tokenizer_file} has no [CLS]/[SEP] tokens: not the {NAME} tokenizer")
         self._cls, self._sep = cls, sep
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.enable_cpu_mem_arena = False
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session: Any = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        self._session: Any = windows.session(str(graph), threads)
         self._inputs = [i.name for i in self._session.get_inputs()]
         unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
         if "input_ids" not in self._inputs or unknown:
@@ -97,15 +92,9 @@ class BgeSmallEn:
 
     def encode(self, texts: Sequence[str]) -> F32:
         """Unit vectors, one per text (an empty text is embedded as the word `empty`, as in e5.py)."""
-        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        for index, text in enumerate(texts):
-            content = self.content_ids(text[:MAX_CHARS] if text.strip() else "empty")
-            total = np.zeros(self.dimension, dtype=np.float64)
-            for start in range(0, len(content), self._window):
-                window = content[start:start + self._window]
-                total += len(window) * self._cls_hidden([self._cls, *window, self._sep])
-            vectors[index] = total / max(float(np.linalg.norm(total)), 1e-12)
-        return vectors
+        return windows.unit_vectors(texts, dimension=self.dimension, window=self._window,
+                                    content_ids=self.content_ids, window_vector=self._cls_hidden,
+                                    start=self._cls, end=self._sep)
 
     def _cls_hidden(self, ids: list[int]) -> F32:
         tokens = np.asarray([ids], dtype=np.int64)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from strata_runtime.embeddings import windows
 from strata_runtime.embeddings.e5_graph import encoder_onnx
 from strata_runtime.embeddings.e5_weights import E5Weights, dequantise
 
@@ -36,7 +37,6 @@ NAME = "multilingual-e5-small"
 # (the benchmarks') are keyed by this, not by the model's name; the verifier is refitted when it changes.
 VECTORS_KEY = f"{NAME}-onnx-q4"
 DIMENSION = 384
-MAX_CHARS = 2000  # bounds one call: at most a few windows per text
 _POOLED = ["pooled"]  # the graph's output: the mean of the last hidden states
 PREFIX = "query: "
 METASPACE = "\u2581"
@@ -96,8 +96,6 @@ class E5Small:
     """Synchronous and CPU-bound: callers run `encode` in one worker thread at a time."""
 
     def __init__(self, threads: int = 1):
-        import onnxruntime
-
         weights = E5Weights()
         self.dimension = weights.hidden
         self._window = weights.max_positions - 2
@@ -105,27 +103,14 @@ class E5Small:
         self._token_rows = weights.q4_blocks("emb.word", weights.vocab_rows, weights.hidden)
         self._positions = weights.floats("emb.pos").reshape(weights.max_positions, weights.hidden)
         self._token_type = weights.floats("emb.type")[: weights.hidden]
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # Without the arena a long text's buffers go back to the allocator instead of staying reserved.
-        options.enable_cpu_mem_arena = False
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session: Any = onnxruntime.InferenceSession(encoder_onnx(weights), options,
-                                                          providers=["CPUExecutionProvider"])
+        self._session: Any = windows.session(encoder_onnx(weights), threads)
 
     def encode(self, texts: Sequence[str]) -> F32:
         """Unit vectors, one per text. Each window is its own session run, with no padding: on one
         thread that was faster per text than padded batches (bench/README.md, "The e5 engine")."""
-        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        for index, text in enumerate(texts):
-            content = self._tokenizer.content_ids(text[:MAX_CHARS] if text.strip() else "empty")
-            total = np.zeros(self.dimension, dtype=np.float64)
-            for start in range(0, len(content), self._window):
-                window = content[start:start + self._window]
-                total += len(window) * self._mean_hidden([self._tokenizer.bos, *window, self._tokenizer.eos])
-            vectors[index] = total / max(float(np.linalg.norm(total)), 1e-12)
-        return vectors
+        return windows.unit_vectors(texts, dimension=self.dimension, window=self._window,
+                                    content_ids=self._tokenizer.content_ids, window_vector=self._mean_hidden,
+                                    start=self._tokenizer.bos, end=self._tokenizer.eos)
 
     def _mean_hidden(self, ids: list[int]) -> npt.NDArray[np.float32]:
         """The mean of the last hidden states of one window (pooled in the graph)."""
