@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from redis.asyncio.connection import Connection
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from strata_runtime.agents.conversation import Conversations, Event
@@ -70,6 +71,22 @@ async def _events(conv: Conversations, session_id: str, seq: int) -> list[Event]
 
 
 Complete = Callable[..., Awaitable[Any]]
+
+
+class _ClosedTransportWriter:
+    """A stream writer over a transport uvloop has closed: every write raises its RuntimeError."""
+
+    def writelines(self, data: Any) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+    async def drain(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    async def wait_closed(self) -> None:
+        return None
 
 
 async def _turn_with_a_failed_completion(conv: Conversations, session_id: str, message: str,
@@ -126,7 +143,12 @@ async def test_a_closed_transport_during_a_write_is_a_store_outage_not_a_failed_
 
     def transport_closed(complete: Complete) -> Complete:
         async def write(*args: Any, **kwargs: Any) -> Any:
-            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+            # The error is raised where uvloop raises it: under redis-py's own socket write, so the
+            # traceback has the client's frames as it has in production.
+            connection = Connection()
+            connection._reader = object()  # type: ignore[assignment]
+            connection._writer = _ClosedTransportWriter()  # type: ignore[assignment]
+            await connection.send_packed_command(b"PING")
         return write
 
     await _turn_with_a_failed_completion(conv, f"closed-{uuid.uuid4().hex[:6]}", "one", transport_closed)
