@@ -21,6 +21,7 @@ from strata_runtime.config import CachePolicySpec, RedisStoreConfig
 from strata_runtime.embeddings import LocalMiniLMEmbedder
 from strata_runtime.gateway.contract import CallContext
 from strata_runtime.stores.redis import RedisConnector
+from tests.support.redis_faults import close_transport_under
 
 A, B = CallContext(tenant="acme"), CallContext(tenant="globex")
 SYSTEM = {"role": "system", "content": "You are a banking assistant."}
@@ -276,6 +277,36 @@ async def test_redis_down_degrades_to_memory_and_comes_back(embedder, upstream):
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def test_a_connection_closed_under_a_write_degrades_to_memory_instead_of_failing(embedder, upstream):
+    """redis-py raises uvloop's RuntimeError (or an AttributeError) from its own write when another
+    task closed the connection under it (a Cluster failover): the cache takes it for an outage of
+    the store, as it does the client's own errors, not for a bug to answer 500 with."""
+    url = os.environ.get("STRATA_TEST_REDIS_URL")
+    if not url:
+        pytest.fail("STRATA_TEST_REDIS_URL not set (run: eval \"$(bash hack/services.sh env)\")")
+    prefix = f"closed{os.getpid()}{int(time.time() * 1000) % 100000}"
+    connector = RedisConnector(RedisStoreConfig(backend="redis", url=url, key_prefix=prefix), os.environ)
+    await connector.start()
+    cache = CacheService(policy(backend="redis"), redis=connector, embedder=embedder)
+    try:
+        await ask(cache, upstream, chat("closed transport question"))
+        client = connector.client
+        assert client is not None
+        pooled = list(client.connection_pool._available_connections)
+        assert pooled, "the lookup left no connection in the pool"
+        for connection in pooled:
+            close_transport_under(connection)
+        answer, kind = await ask(cache, upstream, chat("closed transport question"))
+        assert kind == "miss" and answer["choices"][0]["message"]["content"]
+        assert cache.stats.backend_errors == 1
+        # the client opens a new connection: the next answers are stored in and served from Redis
+        assert (await ask(cache, upstream, chat("What is the daily ATM withdrawal limit?")))[1] == "miss"
+        assert (await ask(cache, upstream, chat("What is the daily ATM withdrawal limit?")))[1] == "hit_exact"
+        assert (await cache.snapshot())["backend"] == "redis" and cache.stats.backend_errors == 1
+    finally:
+        await connector.close()
 
 
 @pytest.mark.parametrize("env_name", ["STRATA_TEST_REDIS_URL", "STRATA_TEST_REDIS_CLUSTER_URL"])

@@ -26,6 +26,7 @@ from strata_runtime.agents.conversation import Conversations, Event
 from strata_runtime.memory.state import SessionState
 from strata_runtime.services import Services
 from tests.support.fixtures import UpstreamServer
+from tests.support.redis_faults import close_transport_under
 from tests.support.turns import redis_postgres_services, run_turn
 
 pytestmark = pytest.mark.integration
@@ -71,22 +72,6 @@ async def _events(conv: Conversations, session_id: str, seq: int) -> list[Event]
 
 
 Complete = Callable[..., Awaitable[Any]]
-
-
-class _ClosedTransportWriter:
-    """A stream writer over a transport uvloop has closed: every write raises its RuntimeError."""
-
-    def writelines(self, data: Any) -> None:
-        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
-
-    async def drain(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-    async def wait_closed(self) -> None:
-        return None
 
 
 async def _turn_with_a_failed_completion(conv: Conversations, session_id: str, message: str,
@@ -146,8 +131,7 @@ async def test_a_closed_transport_during_a_write_is_a_store_outage_not_a_failed_
             # The error is raised where uvloop raises it: under redis-py's own socket write, so the
             # traceback has the client's frames as it has in production.
             connection = Connection()
-            connection._reader = object()  # type: ignore[assignment]
-            connection._writer = _ClosedTransportWriter()  # type: ignore[assignment]
+            close_transport_under(connection)
             await connection.send_packed_command(b"PING")
         return write
 

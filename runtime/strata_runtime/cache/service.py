@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from redis.exceptions import RedisError
 
 from strata_runtime.cache import streams
 from strata_runtime.cache.contract import Compute, ComputeStream
@@ -53,13 +52,12 @@ from strata_runtime.cache.verifier import Verifier, check_unverified, verifier_f
 from strata_runtime.config import CachePolicySpec
 from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable
 from strata_runtime.gateway.contract import CacheResult, CallContext
-from strata_runtime.stores.redis import RedisClient, RedisConnector
+from strata_runtime.stores.redis import RedisClient, RedisConnector, is_redis_failure
 
 log = logging.getLogger("strata.cache")
 
 JSON = dict[str, Any]
 Pricing = Callable[[str], tuple[float, float]]  # model -> (USD per 1M prompt, per 1M completion)
-_REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _OFFLOAD_ROWS = 20_000  # partitions larger than this are scored in a worker thread
 _FALLBACK_THRESHOLD = 0.93  # cosine threshold for an embedder without a fitted verifier
 
@@ -240,7 +238,9 @@ class CacheService:
             return None, None, client
         try:
             hit = await self._semantic(plan, client, vector)
-        except _REDIS_ERRORS as e:
+        except Exception as e:
+            if not is_redis_failure(e):
+                raise
             self._backend_failed(e)
             client = None
             hit = await self._semantic(plan, None, vector)
@@ -260,7 +260,9 @@ class CacheService:
         if client is not None:
             try:
                 return await self.redis_store.get(client, plan.tenant, key), client
-            except _REDIS_ERRORS as e:
+            except Exception as e:
+                if not is_redis_failure(e):
+                    raise
                 self._backend_failed(e)
         return self.memory.get(key), None
 
@@ -355,8 +357,11 @@ class CacheService:
             if self._flights.get(plan.keys.exact) is flight:
                 del self._flights[plan.keys.exact]
             if locked and client is not None:
-                with contextlib.suppress(*_REDIS_ERRORS):
+                try:
                     await self.redis_store.unlock(client, plan.tenant, plan.keys.exact, token)
+                except Exception as e:
+                    if not is_redis_failure(e):
+                        raise  # the lock expires by itself when Redis is down
 
     async def _cross_pod_wait(self, plan: _Plan, client: RedisClient, token: str) -> tuple[bool, JSON | None]:
         """Take the cross-pod lock, or poll for the entry another pod is computing."""
@@ -376,7 +381,9 @@ class CacheService:
                     return False, entry["response"]
                 if await self.redis_store.try_lock(client, plan.tenant, plan.keys.exact, token, self.lock_ttl_ms):
                     return True, None  # the other pod gave up (or stored nothing): compute ourselves
-        except _REDIS_ERRORS as e:
+        except Exception as e:
+            if not is_redis_failure(e):
+                raise
             self._backend_failed(e)
         return False, None
 
@@ -439,7 +446,9 @@ class CacheService:
                 await self.redis_store.set(client, plan.tenant, plan.keys.exact, value, ttl, semantic)
                 self.stats.stores += 1
                 return
-            except _REDIS_ERRORS as e:
+            except Exception as e:
+                if not is_redis_failure(e):
+                    raise
                 self._backend_failed(e)
         if self.memory.set(plan.keys.exact, value, ttl, tenant=plan.tenant_label, model=plan.keys.model,
                            query=plan.keys.query or ""):
@@ -468,7 +477,9 @@ class CacheService:
         if client is not None:
             try:
                 removed += await self.redis_store.invalidate(client, tenant=tenant, pattern=pattern)
-            except _REDIS_ERRORS as e:
+            except Exception as e:
+                if not is_redis_failure(e):
+                    raise
                 self._backend_failed(e)
         return removed
 
@@ -484,7 +495,9 @@ class CacheService:
             try:
                 entries = await self.redis_store.count(client)
                 stored_bytes = None  # not tracked per key in Redis (MEMORY USAGE per key is too costly)
-            except _REDIS_ERRORS as e:
+            except Exception as e:
+                if not is_redis_failure(e):
+                    raise
                 self._backend_failed(e)
         return {
             "enabled": self.policy.enabled, "backend": backend, "configured_backend": self.policy.backend,
