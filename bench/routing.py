@@ -31,7 +31,8 @@ default was chosen. `--whitening none` routes on raw cosine similarities (the sc
 Data: banking77 (CC BY 4.0; `text,category` CSVs), CLINC150 `data_full.json` (clinc/oos-eval,
 CC BY 3.0), HWU64 (xliuhw/NLU-Evaluation-Data, CC BY 4.0; `text,category` CSVs, held out: nothing
 was chosen on it) and MASSIVE 1.0 (Amazon, CC BY 4.0; the same utterances in zh-CN and en-US, data
-sets `massive-zh` and `massive-en`: Chinese against English like for like), all in bench/data;
+sets `massive-zh` and `massive-en`: Chinese against English like for like; `massive-en-zh`: skills
+with English examples, Chinese calibration lines and queries, routing across languages), all in bench/data;
 CAIS (Chinese; `ch.{train,valid,test}` + `.intent` from GitHub Adaxry/CM-Net, released with Liu et
 al., EMNLP 2019, no licence file: measurement only, not redistributed), with `--cais DIR`.
 `--only SETS` runs those data sets alone. `--cross-fit`: each intent's calibration lines are also
@@ -69,6 +70,7 @@ sys.path.insert(0, str(ROOT))
 from strata_runtime.config.agents import AgentConfig, SkillConfig  # noqa: E402
 from strata_runtime.config.policies import RoutingPolicySpec  # noqa: E402
 from strata_runtime.config.runtime import EmbedderConfig  # noqa: E402
+from strata_runtime.embeddings.contract import embed_searched  # noqa: E402
 from strata_runtime.embeddings.factory import build_embedder  # noqa: E402
 from strata_runtime.embeddings.local import LOCAL_MODEL  # noqa: E402
 from strata_runtime.gateway.contract import CallContext  # noqa: E402
@@ -95,6 +97,9 @@ class Dataset:
     test: list[Pair]
     oos_train: list[str] = field(default_factory=list)
     oos_test: list[str] = field(default_factory=list)
+    # the traffic's wording of each train line, line for line (another language): calibration lines
+    # come from it, the skills' examples from `train`
+    traffic_train: list[Pair] | None = None
 
 
 def load_csv(path: Path, name: str, language: str = "en") -> Dataset:
@@ -121,6 +126,15 @@ def load_massive_zh(path: Path) -> Dataset:
 def load_massive_en(path: Path) -> Dataset:
     """MASSIVE's en-US locale: the English original of the zh-CN utterances, line for line."""
     return load_csv(path / "en-US", "massive-en", "en")
+
+
+def load_massive_en_zh(path: Path) -> Dataset:
+    """Skills written in English (en-US examples), traffic in Chinese (zh-CN calibration lines and
+    queries, the same utterances translated): routing across languages."""
+    en, zh = load_massive_en(path), load_massive_zh(path)
+    if [i for _, i in en.train] != [i for _, i in zh.train]:
+        raise ValueError("MASSIVE en-US and zh-CN train splits are not line for line")
+    return Dataset("massive-en-zh", "en→zh", en.train, zh.test, zh.oos_train, zh.oos_test, traffic_train=zh.train)
 
 
 def load_clinc(path: Path) -> Dataset:
@@ -197,9 +211,9 @@ def split(ds: Dataset, examples: int | None, calibration: int) -> tuple[list[Ski
     """Per intent (seeded shuffle): the first `examples` train utterances are its skill's examples and the
     next `calibration` ones labelled lines for `routing fit`. `examples=None` ("all"): the intent keeps
     `calibration` lines for the fit (at most half of its train utterances) and every other one is an example."""
-    by_intent: dict[str, list[str]] = defaultdict(list)
-    for text, intent in ds.train:
-        by_intent[intent].append(text)
+    by_intent: dict[str, list[tuple[str, str]]] = defaultdict(list)  # (example wording, traffic wording)
+    for (text, intent), (asked, _) in zip(ds.train, ds.traffic_train or ds.train, strict=True):
+        by_intent[intent].append((text, asked))
     rng = random.Random(SEED)
     skills: list[SkillConfig] = []
     labelled: Labelled = []
@@ -207,8 +221,8 @@ def split(ds: Dataset, examples: int | None, calibration: int) -> tuple[list[Ski
         texts = by_intent[intent][:]
         rng.shuffle(texts)
         n = len(texts) - min(calibration, len(texts) // 2) if examples is None else examples
-        skills.append(SkillConfig(name=intent, description=label_words(intent), examples=texts[:n]))
-        labelled += [(t, intent) for t in texts[n:n + calibration]]
+        skills.append(SkillConfig(name=intent, description=label_words(intent), examples=[t for t, _ in texts[:n]]))
+        labelled += [(asked, intent) for _, asked in texts[n:n + calibration]]
     oos = ds.oos_train[:]
     rng.shuffle(oos)
     labelled += [(t, None) for t in oos[:max(calibration * 3, len(skills))]]
@@ -218,11 +232,19 @@ def split(ds: Dataset, examples: int | None, calibration: int) -> tuple[list[Ski
 class LookupEmbedder:
     """Vectors computed in one batch beforehand, served by text: the router's code path, minus the model."""
 
-    def __init__(self, name: str, dimension: int, vectors: dict[str, npt.NDArray[np.float32]]):
+    def __init__(self, name: str, dimension: int, vectors: dict[str, npt.NDArray[np.float32]],
+                 extra_rows: dict[str, npt.NDArray[np.float32]] | None = None):
         self.name = name
         self.dimension = dimension
         self.vectors = vectors
+        self.extra_rows = extra_rows or {}  # searched text -> its rows beyond the first (SearchedRows)
         self._by_stripped: dict[str, npt.NDArray[np.float32]] = {}
+
+    async def embed_searched(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
+        firsts = await self.embed(texts)
+        extras = [(row, n) for n, t in enumerate(texts) for row in self.extra_rows.get(t, ())]
+        rows = np.concatenate([firsts, np.stack([r for r, _ in extras])]) if extras else firsts
+        return rows, np.array([*range(len(texts)), *(n for _, n in extras)], dtype=np.intp)
 
     async def embed(self, texts: Sequence[str], *, background: bool = False) -> npt.NDArray[np.float32]:
         # the router embeds a message stripped (and cut): find it under the text it came from
@@ -273,6 +295,37 @@ async def embed_all(texts: list[str]) -> tuple[str, int, dict[str, npt.NDArray[n
         return embedder.name, embedder.dimension, out
     finally:
         await embedder.close()
+
+
+async def extra_rows_of(texts: list[str]) -> dict[str, npt.NDArray[np.float32]]:
+    """The rows beyond the first the embedder gives searched texts (skill texts; the composite's
+    other-languages rows of English texts), kept in `<--cache>.searched.npz`: every text asked is
+    recorded, with no rows when it has none."""
+    config = EmbedderConfig(timeout_seconds=60, **({"model": EMBEDDER[0]} if EMBEDDER else {}))
+    embedder = build_embedder(config, {})
+    path = EMBED_CACHE[0].with_suffix(".searched.npz") if EMBED_CACHE else None
+    key = LOCAL_MODEL[embedder.name].vectors_key
+    known: dict[str, list[npt.NDArray[np.float32]]] = {}
+    if path is not None and path.exists():
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["embedder"]) == key:
+                known = {str(t): [] for t in data["asked"]}
+                for text, row in zip(data["texts"], data["vectors"], strict=True):
+                    known[str(text)].append(row)
+    try:
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        for start in range(0, len(missing), 64):
+            chunk = missing[start:start + 64]
+            rows, owners = await embed_searched(embedder, chunk)
+            for number, text in enumerate(chunk):
+                known[text] = list(rows[owners == number][1:])
+    finally:
+        await embedder.close()
+    if path is not None and missing:
+        flat = [(t, r) for t, rows_of in known.items() for r in rows_of]
+        np.savez(path, embedder=np.array(key), asked=np.array(list(known)), texts=np.array([t for t, _ in flat]),
+                 vectors=np.stack([r for _, r in flat]) if flat else np.zeros((0, embedder.dimension), np.float32))
+    return {t: np.stack(known[t]) for t in texts if known[t]}
 
 
 WHITENING: list[float | None] = [RoutingPolicySpec().semantic.whitening]  # --whitening
@@ -363,9 +416,10 @@ async def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, object
     texts = [t for s in skills for t in [*s.examples, s.description]] + [t for t, _ in labelled + queries]
     started = time.perf_counter()
     name, dim, vectors = await embed_all(texts)
+    extra = await extra_rows_of([t for s in skills for t in skill_texts(s)])
     embed_s = time.perf_counter() - started
     agent = AgentConfig(id="bench", tenant="bench", model="none", skills=skills)
-    embedder = LookupEmbedder(name, dim, vectors)
+    embedder = LookupEmbedder(name, dim, vectors, extra)
 
     # Calibrate with `routing fit`'s own scoring: L1.5 confidence of the labelled lines, thresholds per skill.
     probe_policy = policy_with(None, 0.0, 1.0, heuristic=False)
@@ -518,7 +572,7 @@ def main() -> None:
     parser.add_argument("--cais", default=None, help="CAIS directory (ch.train, ch.train.intent, ...)")
     parser.add_argument("--only", default="",
                         help="comma-separated data sets to run (banking77, clinc150, hwu64, massive-en, massive-zh, "
-                             "cais); all when empty")
+                             "massive-en-zh, cais); all when empty")
     parser.add_argument("--whitening", default="default",
                         help="semantic.whitening of the policy: a shrinkage in [0, 1], none, or default")
     parser.add_argument("--cv", action="store_true",
@@ -553,7 +607,8 @@ def main() -> None:
     only = {n.strip() for n in args.only.split(",") if n.strip()}
     loaders = (("banking77", args.banking, load_banking), ("clinc150", args.clinc, load_clinc),
                ("hwu64", args.hwu, load_hwu), ("massive-en", args.massive, load_massive_en),
-               ("massive-zh", args.massive, load_massive_zh), ("cais", args.cais, load_cais))
+               ("massive-zh", args.massive, load_massive_zh), ("massive-en-zh", args.massive, load_massive_en_zh),
+               ("cais", args.cais, load_cais))
     if only - {n for n, _, _ in loaders}:
         parser.error(f"--only: unknown data set(s) {', '.join(sorted(only - {n for n, _, _ in loaders}))}")
     for _, path, loader in () if args.smoke else [t for t in loaders if not only or t[0] in only]:

@@ -55,6 +55,31 @@ async def test_rules_then_skills_in_english_and_chinese(make_api: MakeApi) -> No
             assert "silent" not in [c["skill"] for c in decision["candidates"]]
 
 
+ENGLISH_ONLY = [
+    {"name": "writer", "description": "Writes articles and blog posts",
+     "examples": ["write an article about AI", "draft a blog post about electric cars"]},
+    {"name": "weather", "description": "Weather forecasts",
+     "examples": ["what is the weather tomorrow", "will it rain in Paris today"]},
+    {"name": "billing", "description": "Invoices, refunds and payments",
+     "examples": ["I was charged twice", "where is my refund"]},
+]
+
+
+async def test_skills_written_in_english_are_found_by_queries_in_chinese_with_the_composite_embedder(
+        make_api: MakeApi) -> None:
+    """The composite embedder keeps languages apart (bge for English, e5 for the rest, cosine 0
+    across): the skills' English texts also get an e5 row, so a Chinese query finds them."""
+    composite = {"provider": "local", "model": "bge-small-en-v1.5+multilingual-e5-small", "timeoutSeconds": 30}
+    agents = [{"id": "support", "tenant": "acme", "model": "demo", "skills": ENGLISH_ONLY}]
+    async with make_api(agents=agents, routing=ROUTING, embedder=composite) as api:
+        for message, skill in [("生成一篇关于AI的文章", "writer"), ("后天上海天气怎么样", "weather"),
+                               ("我被重复扣款了请退款", "billing"),
+                               ("please write an article about robots", "writer"),
+                               ("is it going to rain tomorrow", "weather")]:
+            decision = await route(api, message)
+            assert decision["candidates"][0]["skill"] == skill, (message, decision)
+
+
 async def test_the_query_answer_carries_the_decision(make_api: MakeApi) -> None:
     async with make_api(**overrides()) as api:
         response = await api.post("/api/v1/query", json={"session_id": "s-routing-1", "chatbot_id": "support",

@@ -7,6 +7,10 @@ whole is one too, the cosine of two texts of the same side is that model's cosin
 cosine of an English and a non-English text is exactly 0: the semantic cache never serves one
 for the other, and each language keeps its better model.
 
+A skill's English text is searched by queries in every language (skill routing): it also gets a
+row `[0...0, e5(text)]` (`encode_other_side`), which a non-English query finds with e5's cosine,
+while an English query keeps bge's against its first row. The cache never asks for that row.
+
 Each engine is loaded on first need (a process that only ever sees English never loads e5 and
 its memory); `warm` loads both (the runtime's start-up, so no request pays a load).
 """
@@ -81,4 +85,12 @@ class ByLanguage:
             if chosen.any():
                 rows = np.flatnonzero(chosen)
                 vectors[rows, columns] = self._engine(side).encode([texts[int(i)] for i in rows])
+        return vectors
+
+    def encode_other_side(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Every text in the other languages' half, whatever its language (an English skill text's
+        second row: see the module's docstring)."""
+        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        if texts:
+            vectors[:, self._split:] = self._engine(1).encode(list(texts))
         return vectors

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -34,3 +34,24 @@ class Embedder(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SearchedRows(Protocol):
+    """An embedder that gives a text other texts are searched against (a skill's description and
+    examples) more rows than `embed` would: the composite of one model for English and another for
+    the rest gives an English text a second row in the other model's dimensions, so that a query in
+    any language can find it (its `embed` keeps languages apart, as the cache needs)."""
+
+    async def embed_searched(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
+        """(rows, owners): every text's `embed` vector first, in input order, then any further rows;
+        `owners[i]` is the position in `texts` of the text row i belongs to."""
+        ...
+
+
+async def embed_searched(embedder: Embedder, texts: Sequence[str]
+                         ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
+    """The rows to search `texts` by: the embedder's own (SearchedRows), else one `embed` row per text."""
+    if isinstance(embedder, SearchedRows):
+        return await embedder.embed_searched(texts)
+    return await embedder.embed(texts), np.arange(len(texts), dtype=np.intp)

@@ -94,6 +94,7 @@ class _Pending:
     texts: list[str]
     background: bool
     future: asyncio.Future[npt.NDArray[np.float32]] = field(repr=False)
+    other_side: bool = False  # the composite's other-languages rows (ByLanguage.encode_other_side)
 
 
 class _EncodeThread:
@@ -184,12 +185,28 @@ class LocalEmbedder:
         return self.model.load(self.threads, self._model_dir)
 
     async def embed(self, texts: Sequence[str], *, background: bool = False) -> npt.NDArray[np.float32]:
+        return await self._embed(texts, background=background, other_side=False)
+
+    async def embed_searched(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
+        """SearchedRows: the composite gives each English text a second row in e5's half."""
+        vectors = await self.embed(texts)
+        owners = np.arange(len(texts), dtype=np.intp)
+        if not isinstance(self._model, ByLanguage):
+            return vectors, owners
+        english = np.fromiter((by_language.is_english(t) for t in texts), dtype=bool, count=len(texts))
+        if not english.any():
+            return vectors, owners
+        others = np.flatnonzero(english)
+        extra = await self._embed([texts[int(i)] for i in others], background=False, other_side=True)
+        return np.concatenate([vectors, extra]), np.concatenate([owners, others.astype(np.intp)])
+
+    async def _embed(self, texts: Sequence[str], *, background: bool, other_side: bool) -> npt.NDArray[np.float32]:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         wanted = len(texts)
         if self._queued_texts and self._queued_texts + wanted > self.max_queued_texts:
             raise EmbedderBusy(self._queued_texts, wanted, self.max_queued_texts)
-        pending = _Pending(list(texts), background, asyncio.get_running_loop().create_future())
+        pending = _Pending(list(texts), background, asyncio.get_running_loop().create_future(), other_side)
         pending.future.add_done_callback(_retrieve)
         self._enqueue(pending)
         deadline = max(self.timeout_seconds, BACKGROUND_DEADLINE_SECONDS) if background else self.timeout_seconds
@@ -244,7 +261,9 @@ class LocalEmbedder:
             return
         batch: list[_Pending] = []
         size = 0
-        while self._queue and (not batch or size + len(self._queue[0].texts) <= self.max_batch):
+        side = self._queue[0].other_side  # a batch is encoded by one function: calls of one side
+        while self._queue and self._queue[0].other_side == side and (
+                not batch or size + len(self._queue[0].texts) <= self.max_batch):
             item = self._queue.pop(0)
             self._queued_texts -= len(item.texts)
             batch.append(item)
@@ -254,15 +273,16 @@ class LocalEmbedder:
         self._running = batch
         texts = [t for item in batch for t in item.texts]
         loop = asyncio.get_running_loop()
-        self._thread.submit(lambda: self._encode(loop, model, batch, texts))
+        encode = model.encode_other_side if side and isinstance(model, ByLanguage) else model.encode
+        self._thread.submit(lambda: self._encode(loop, encode, batch, texts))
 
-    def _encode(self, loop: asyncio.AbstractEventLoop, model: Model, batch: list[_Pending],
-                texts: list[str]) -> None:
+    def _encode(self, loop: asyncio.AbstractEventLoop, encode: Callable[[list[str]], npt.NDArray[np.float32]],
+                batch: list[_Pending], texts: list[str]) -> None:
         """In the worker thread: the forward passes, then one call back onto the loop with the outcome."""
         vectors: npt.NDArray[np.float32] | None = None
         error: BaseException | None = None
         try:
-            vectors = model.encode(texts)
+            vectors = encode(texts)
         except BaseException as e:  # handed to the callers; the thread itself carries on
             error = e
         finally:

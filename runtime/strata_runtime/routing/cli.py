@@ -31,7 +31,7 @@ from strata_runtime.config.agents import SkillConfig
 from strata_runtime.config.loading import ConfigError, describe_validation_error, load_config, parse_config
 from strata_runtime.config.policies import RoutingPolicySpec
 from strata_runtime.config.runtime import EmbedderConfig, RuntimeConfig
-from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable
+from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable, embed_searched
 from strata_runtime.embeddings.factory import build_embedder
 from strata_runtime.routing.calibrate import Fit, Scored, fit, report
 from strata_runtime.routing.index import EMBED_BATCH, SkillIndex, build_index
@@ -136,6 +136,7 @@ class _Memo:
         self.embedder = embedder
         self.name, self.dimension = embedder.name, embedder.dimension
         self.vectors: dict[str, npt.NDArray[np.float32]] = {}
+        self.searched: dict[str, npt.NDArray[np.float32]] = {}  # text -> its rows (embed_searched)
 
     async def embed(self, texts: Sequence[str], *, background: bool = False) -> npt.NDArray[np.float32]:
         missing = list(dict.fromkeys(t for t in texts if t not in self.vectors))
@@ -145,6 +146,21 @@ class _Memo:
         if not texts:
             return np.zeros((0, self.dimension), np.float32)
         return np.stack([self.vectors[t] for t in texts])
+
+    async def embed_searched(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
+        """SearchedRows, memoised per text: each text's rows, its `embed` row first."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self.searched))
+        for start in range(0, len(missing), EMBED_BATCH):
+            chunk = missing[start:start + EMBED_BATCH]
+            rows, owners = await embed_searched(self.embedder, chunk)
+            for number, text in enumerate(chunk):
+                self.searched[text] = rows[owners == number]
+                self.vectors[text] = rows[number]
+        firsts = [self.searched[t][0] for t in texts]
+        extras = [(row, number) for number, t in enumerate(texts) for row in self.searched[t][1:]]
+        rows_out = np.stack(firsts + [row for row, _ in extras]) if texts else np.zeros((0, self.dimension), np.float32)
+        owners_out = np.array(list(range(len(texts))) + [n for _, n in extras], dtype=np.intp)
+        return rows_out, owners_out
 
     async def close(self) -> None:
         """Nothing to close: the embedder belongs to whoever made this memo."""

@@ -1,11 +1,14 @@
 """Layer 1.5's index: the embedded texts of every skill of an agent, scored against a query at once.
 
 Each skill contributes a profile row (`description | keywords | capabilities`) and one row per
-example utterance. Rows are stored grouped by skill in one contiguous float32 matrix, so one
-matrix-vector product scores every row and `np.maximum.reduceat` takes each skill's best row
-(or a padded view the mean of its top k), with no Python loop per skill. A skill's score is the
-mean of that and the similarity to its centroid (the normalised mean of its rows): on intent data
-(banking77, CLINC150) the blend ranks the right skill first more often than either alone.
+example utterance (more where the embedder has more rows for a searched text: the English +
+other-languages composite gives an English text a second row in its other model, so that queries
+in other languages find the skill; `embeddings.contract.SearchedRows`). Rows are stored grouped
+by skill in one contiguous float32 matrix, so one matrix-vector product scores every row and
+`np.maximum.reduceat` takes each skill's best row (or a padded view the mean of its top k), with
+no Python loop per skill. A skill's score is the mean of that and the similarity to its centroid
+(the normalised mean of its rows): on intent data (banking77, CLINC150) the blend ranks the right
+skill first more often than either alone.
 
 With more skills than `prefilter`, the centroids (skills x dim, small enough to stay in cache)
 pick the `prefilter` nearest skills and only their rows are scored, however many skills there
@@ -33,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from strata_runtime.config.agents import SkillConfig
-from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable
+from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable, embed_searched
 
 Vectors = npt.NDArray[np.float32]
 Aggregation = Literal["max", "meanTopK"]
@@ -174,8 +177,11 @@ def _aggregate(sims: Vectors, first: npt.NDArray[np.int64], counts: npt.NDArray[
     return np.asarray(np.where(np.isfinite(top), top, 0.0).sum(axis=1) / used, dtype=np.float32)
 
 
-def _check(vectors: Vectors, rows: int) -> Vectors:
-    if vectors.ndim != 2 or vectors.shape[0] != rows or not np.isfinite(vectors).all():
+def _check(vectors: Vectors, owners: npt.NDArray[np.intp], texts: int) -> Vectors:
+    """The embedder's rows for `texts` texts: finite, one per owner, every text owning its first row."""
+    if (vectors.ndim != 2 or vectors.shape[0] != len(owners) or len(owners) < texts
+            or not np.array_equal(owners[:texts], np.arange(texts)) or (owners >= texts).any()
+            or (owners < 0).any() or not np.isfinite(vectors).all()):
         raise EmbeddingUnavailable("the embedder returned vectors that are not finite or of the wrong shape")
     return vectors.astype(np.float32, copy=False)
 
@@ -196,10 +202,22 @@ async def build_index(skills: Sequence[SkillConfig], embedder: Embedder, *, whit
         names.append(skill.name)
         texts.extend(own)
         counts.append(len(own))
-    parts = [_check(await embedder.embed(texts[i:i + EMBED_BATCH]), len(texts[i:i + EMBED_BATCH]))
-             for i in range(0, len(texts), EMBED_BATCH)]
-    vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), np.float32)
-    return await asyncio.to_thread(index_from_vectors, names, unindexed, vectors, counts, whitening=whitening)
+    skill_of_text = np.repeat(np.arange(len(names)), counts)
+    parts: list[Vectors] = []
+    skill_of_row: list[npt.NDArray[np.intp]] = []
+    for start in range(0, len(texts), EMBED_BATCH):
+        chunk = texts[start:start + EMBED_BATCH]
+        vectors, owners = await embed_searched(embedder, chunk)
+        parts.append(_check(vectors, owners, len(chunk)))
+        skill_of_row.append(skill_of_text[start + owners])
+    if not parts:
+        return await asyncio.to_thread(index_from_vectors, names, unindexed,
+                                       np.zeros((0, embedder.dimension), np.float32), counts, whitening=whitening)
+    owner = np.concatenate(skill_of_row)
+    order = np.argsort(owner, kind="stable")  # rows grouped by skill, each skill's texts in their order
+    grouped = np.concatenate(parts)[order]
+    rows = np.bincount(owner, minlength=len(names)).tolist()
+    return await asyncio.to_thread(index_from_vectors, names, unindexed, grouped, rows, whitening=whitening)
 
 
 def fit_whitening(vectors: Vectors, counts: npt.NDArray[np.int64], shrinkage: float
