@@ -105,12 +105,30 @@ def test_terms_common_to_many_skills_are_not_distinctive() -> None:
     vocabulary = terms.vocabulary([*skills, SkillConfig(name="empty")])
     assert {"balance", "closure", "余额", "流水"} <= vocabulary
     assert "account" not in vocabulary and "账户" not in vocabulary and "查询" not in vocabulary  # in all five
-    assert terms.shared("balance please", vocabulary) == "balance"
-    assert terms.shared("my account", vocabulary) is None
-    assert terms.shared("查流水", vocabulary) == "流水"
+    assert terms.reason_to_keep("balance please", vocabulary) == "shares the skill term 'balance'"
+    assert terms.reason_to_keep("my account", vocabulary) is None
+    assert terms.reason_to_keep("查流水", vocabulary) == "shares the skill term '流水'"
     # a single skill: every one of its terms is distinctive; no skill with text: no terms at all
     assert terms.vocabulary(skills[:1]) >= {"account", "balance", "账户"}
     assert terms.vocabulary([SkillConfig(name="empty")]) == frozenset()
+
+
+def test_a_short_message_in_a_script_the_skills_are_not_written_in_is_left_to_l15() -> None:
+    """Terms cannot tell whether 天气 is about a skill written in English: L1.5 (a multilingual embedder)
+    can. A message of stop words only (chit-chat) still goes to chat."""
+    terms = SkillTerms(HeuristicRoutingConfig().skill_terms)
+    english = terms.vocabulary([SkillConfig(name="weather", description="weather forecasts"),
+                                SkillConfig(name="writer", description="writes articles")])
+    assert english.words and not english.cjk
+    assert terms.reason_to_keep("天气", english) == "Chinese/Japanese/Korean terms, skills without any"
+    assert terms.reason_to_keep("你好", english) is None and terms.reason_to_keep("my account", english) is None
+    chinese = terms.vocabulary([SkillConfig(name="weather", description="天气预报"),
+                                SkillConfig(name="writer", description="写文章")])
+    assert chinese.cjk and not chinese.words
+    assert terms.reason_to_keep("forecast", chinese) == "terms in letters, skills only in Chinese/Japanese/Korean"
+    assert terms.reason_to_keep("thanks", chinese) is None
+    assert terms.reason_to_keep("天气", chinese) == "shares the skill term '天气'"
+    assert terms.reason_to_keep("你好", chinese) is None
 
 
 # L1.5 index and zones ---------------------------------------------------------------------------

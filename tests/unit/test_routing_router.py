@@ -344,6 +344,16 @@ async def test_a_short_command_naming_a_skill_reaches_l15_and_chit_chat_stays_di
     assert gateway.bodies == []
 
 
+async def test_a_short_chinese_request_to_skills_written_in_english_reaches_l15() -> None:
+    """No term can be shared across scripts: L1 leaves 退款 ("refund") to L1.5, which routes it."""
+    router, _, _, _ = make(embedder=TableEmbedder({**TABLE, "退款": REFUND}))
+    english = AGENT.model_copy(update={"skills": [AGENT.skills[0]]})
+    assert router.complexity.is_low("退款")[0]
+    decision = await router.route(english, "退款", CTX)
+    assert (decision.route, decision.layer, decision.skill) == ("skill", "L1.5", "refund")
+    assert (await router.route(english, "谢谢", CTX)).layer == "L1", "chit-chat still goes to chat"
+
+
 async def test_a_short_message_sharing_a_term_follows_the_whole_path_to_the_classifier() -> None:
     router, gateway, embedder, _ = make(gateway=ScriptedGateway('{"skill": "refund"}'))
     decision = await router.route(AGENT, "money talks", CTX)  # "money" is refund's; the vector is near nothing

@@ -34,7 +34,7 @@ from strata_runtime.routing.heuristic import Complexity
 from strata_runtime.routing.index import SkillIndex, Vectors, build_index
 from strata_runtime.routing.rules import CompiledRule, compile_rules, match_rules
 from strata_runtime.routing.semantic import SemanticLayer, Zone
-from strata_runtime.routing.terms import SkillTerms
+from strata_runtime.routing.terms import SkillTerms, Vocabulary
 
 log = logging.getLogger("strata.routing")
 
@@ -54,7 +54,7 @@ class SkillPlan:
     skills: tuple[SkillConfig, ...]
     fingerprint: str
     rules: list[CompiledRule]
-    terms: frozenset[str] | None = None  # L1's distinctive skill terms (None: not computed yet)
+    terms: Vocabulary | None = None  # L1's distinctive skill terms (None: not computed yet)
     index: SkillIndex | None = None
     building: asyncio.Task[SkillIndex] | None = None
     failed_at: float = field(default=-RETRY_BUILD_SECONDS)
@@ -153,11 +153,11 @@ class Router:
     def _uses_terms(self) -> bool:
         return self.policy.heuristic.enabled and self.policy.heuristic.skill_terms.enabled
 
-    def terms(self, plan: SkillPlan) -> frozenset[str]:
+    def terms(self, plan: SkillPlan) -> Vocabulary:
         """L1's skill terms of a skill set; computed once (in `prepare` for the configured agents, else
         at the first low-complexity message of a skill set not seen before)."""
         if plan.terms is None:
-            plan.terms = self.skill_terms.vocabulary(plan.skills) if self._uses_terms() else frozenset()
+            plan.terms = self.skill_terms.vocabulary(plan.skills) if self._uses_terms() else Vocabulary()
         return plan.terms
 
     def thresholds(self, skill: str | None) -> dict[str, float]:
@@ -181,8 +181,9 @@ class Router:
             return ruled
         if self.policy.heuristic.enabled:
             low, score, fired = self.complexity.is_low(message)
-            # low, unless it shares a distinctive term with a skill: then on to L1.5 like any request
-            if low and self.skill_terms.shared(message, self.terms(plan)) is None:
+            # low, unless it shares a distinctive term with a skill (or its terms are in a script the
+            # skills' are not, so terms cannot tell): then on to L1.5 like any request
+            if low and self.skill_terms.reason_to_keep(message, self.terms(plan)) is None:
                 return RouteDecision(route="direct", layer="L1", confidence=1.0 - score,
                                      reason=f"complexity {score:.2f} (features: {', '.join(fired) or 'none'})")
         if not plan.skills:
