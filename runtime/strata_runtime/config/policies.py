@@ -205,7 +205,9 @@ class HeuristicRoutingConfig(ConfigModel):
     features: list[ComplexityFeature] = Field(DEFAULT_COMPLEXITY_FEATURES, max_length=50,
                                               description="Pattern features (question, code, maths, multi-step).")
     skill_terms: SkillTermsFeature = Field(SkillTermsFeature(), description="Low-complexity requests sharing a "
-                                           "distinctive term with a skill go on to Layer 1.5.")
+                                           "distinctive term with a skill go on to Layer 1.5, and so do those "
+                                           "with terms in a script none of the skills' terms is in (Chinese "
+                                           "asked of skills written in English, or the reverse).")
 
 
 class SkillThresholds(ConfigModel):
