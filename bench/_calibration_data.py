@@ -7,12 +7,12 @@ Splits (fixed, reproducible):
   split is fitted on); the fit never reads a test split;
 * paws-wiki-en and paws-x-zh: a pair belongs to the fitting half when crc32(a + "\\t" + b) is
   even, to the measuring half otherwise;
-* outside pair sets (EXTERNAL_PAIR_SETS: MRPC, LCQMC, AFQMC, OPPO-xiaobu, Chinese STS-B
-  thresholded; licences that do not allow redistribution, so read from a directory given with
-  `--pairs DIR` or STRATA_PAIRS_DATA, never shipped): a seeded sample of at most
-  `Sizes.external` paraphrases and as many non-paraphrases, measured only, except
-  FITTED_OUTSIDE (LCQMC, MRPC), which the default fit reads on the fitting half of that
-  sample (even crc32) and the table measures on the other half.
+* outside pair sets (EXTERNAL_PAIR_SETS: MRPC, Quora Question Pairs (two samples: BiMPM's dev and
+  test splits), LCQMC, AFQMC, OPPO-xiaobu, Chinese STS-B thresholded; licences that do not allow
+  redistribution, so read from a directory given with `--pairs DIR` or STRATA_PAIRS_DATA, never
+  shipped): a seeded sample of at most `Sizes.external` paraphrases and as many non-paraphrases,
+  measured only, except FITTED_OUTSIDE (empty by default; `--fit-on NAME` adds one), which the fit
+  reads on the fitting half of that sample (even crc32) and the table measures on the other half.
 
 Embeddings are computed with the runtime's local embedder and cached on disk under
 ~/.cache/strata/bench/ (keyed by model and text), so refits do not re-embed.
@@ -24,6 +24,7 @@ import csv
 import json
 import os
 import random
+import re
 import sys
 import time
 import zlib
@@ -62,7 +63,9 @@ class PairFile:
     path: str
     layout: str  # "tsv3": a<TAB>b<TAB>label; "mrpc": MRPC's Quality, #1 ID, #2 ID, #1 String, #2 String;
     # "sts": a<TAB>b<TAB>similarity 0-5, a paraphrase at >= STS_SAME ("mostly equivalent"), a look-alike
-    # from STS_NEAR up ("share some details"); unrelated pairs (under STS_NEAR) are left out: too easy
+    # from STS_NEAR up ("share some details"); unrelated pairs (under STS_NEAR) are left out: too easy;
+    # "bimpm": label<TAB>a<TAB>b<TAB>id, both sides tokenised by Stanford CoreNLP (BiMPM's Quora split),
+    # the tokens joined back into text (detokenise)
     language: str
 
 
@@ -72,6 +75,11 @@ EXTERNAL_PAIR_SETS: dict[str, PairFile] = {
     "afqmc": PairFile("afqmc/dev.txt", "tsv3", "zh"),
     "oppo-xiaobu": PairFile("oppo-xiaobu/dev.txt", "tsv3", "zh"),
     "sts-b-zh": PairFile("sts-b-zh/sts-b-train.txt", "sts", "zh"),
+    # Quora Question Pairs in Wang et al.'s BiMPM split (label, question, question, id; CoreNLP tokens):
+    # two disjoint samples of one kind, so that what is read while designing (qqp-dev) is checked on
+    # pairs never looked at (qqp-test)
+    "qqp-dev": PairFile("qqp/dev.tsv", "bimpm", "en"),
+    "qqp-test": PairFile("qqp/test.tsv", "bimpm", "en"),
 }
 STS_SAME = 4.0  # STS 4: "mostly equivalent, some unimportant details differ"; 3: "some important information differs"
 STS_NEAR = 2.0  # STS 2: "not equivalent, but share some details"
@@ -139,38 +147,57 @@ def paws_pairs(name: str, split: str, limit: int | None = None) -> list[Pair]:
     return pairs
 
 
+_PTB_BRACKETS = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}"}
+_PTB_QUOTES = {"``", "''"}
+_NO_SPACE_BEFORE = re.compile(r" (?=[?.,!:;%)\]}]|'(?:s|m|re|ve|ll|d|em)\b|n't\b)", re.IGNORECASE)
+_NO_SPACE_AFTER = re.compile(r"(?<=[(\[{$]) ")
+
+
+def detokenise(text: str) -> str:
+    """Text from Penn-Treebank-style tokens (CoreNLP): "How do n't I -LRB- sic -RRB- ?" -> "How don't I (sic)?".
+    The `` / '' quote tokens are dropped: in the Quora file they are mostly CSV quoting turned into
+    tokens ("`` How '' `` great '' '' was ..."), which the hit guard would read as quoted strings."""
+    words = [_PTB_BRACKETS.get(w, w) for w in text.split() if w not in _PTB_QUOTES]
+    return _NO_SPACE_AFTER.sub("", _NO_SPACE_BEFORE.sub("", " ".join(words)))
+
+
+_COLUMNS = {"mrpc": 5, "tsv3": 3, "bimpm": 4, "sts": 3}
+
+
+def _sts_label(score: str) -> str | None:
+    """STS similarity to a label: "1" from STS_SAME, "0" from STS_NEAR, None under it or unreadable."""
+    try:
+        similarity = float(score)
+    except ValueError:
+        return None
+    return None if similarity < STS_NEAR else "1" if similarity >= STS_SAME else "0"
+
+
+def _pair_columns(cols: list[str], layout: str) -> tuple[str, str, str | None]:
+    """(a, b, label) of one line's columns in a layout (label None: skip the line)."""
+    if layout == "mrpc":
+        return cols[3], cols[4], cols[0].lstrip("\ufeff")
+    if layout == "tsv3":
+        return cols[0], cols[1], cols[2]
+    if layout == "bimpm":
+        return detokenise(cols[1]), detokenise(cols[2]), cols[0]
+    return cols[0], cols[1], _sts_label(cols[2])
+
+
 def read_pair_lines(lines: Sequence[str], layout: str) -> list[Pair]:
     """Pairs of one outside file. Lines that do not parse (a wrong column count, a label other
     than 0 / 1) are skipped, and so are pairs whose two sides are the same text (an exact hit, not
     a semantic one); a pair repeated keeps its first label."""
+    if layout not in _COLUMNS:
+        raise ValueError(f"unknown pair layout {layout!r}")
     pairs: dict[tuple[str, str], Pair] = {}
     for i, line in enumerate(lines):
         cols = line.rstrip("\r\n").split("\t")
-        if layout == "mrpc":
-            if i == 0 and cols[0].lstrip("\ufeff") == "Quality":
-                continue
-            if len(cols) != 5:
-                continue
-            label, a, b = cols[0].lstrip("\ufeff"), cols[3], cols[4]
-        elif layout == "tsv3":
-            if len(cols) != 3:
-                continue
-            a, b, label = cols
-        elif layout == "sts":
-            if len(cols) != 3:
-                continue
-            a, b, score = cols
-            try:
-                similarity = float(score)
-            except ValueError:
-                continue
-            if similarity < STS_NEAR:
-                continue
-            label = "1" if similarity >= STS_SAME else "0"
-        else:
-            raise ValueError(f"unknown pair layout {layout!r}")
+        if len(cols) != _COLUMNS[layout] or (layout == "mrpc" and i == 0 and cols[0].lstrip("\ufeff") == "Quality"):
+            continue
+        a, b, label = _pair_columns(cols, layout)
         a, b = a.strip(), b.strip()
-        if label.strip() not in ("0", "1") or not a or not b or a == b:
+        if label is None or label.strip() not in ("0", "1") or not a or not b or a == b:
             continue
         pairs.setdefault((a, b), Pair(a, b, label.strip() == "1"))
     return list(pairs.values())

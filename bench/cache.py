@@ -35,9 +35,9 @@ the hit guard vs the verifier at several `maxWrongHitRate` targets. Measure-only
 sets the fit never reads (clinc150, hwu64, MASSIVE en-US and zh-CN test splits, cache-like like
 banking77), printed apart, English and Chinese. --smoke takes a tiny sample of every set. The data (bench/data/, each
 set with its licence and source) can be swapped: set STRATA_CALIBRATION_DATA to another directory.
-Outside pair sets (MRPC, LCQMC, AFQMC, OPPO-xiaobu, Chinese STS-B; not redistributable, so not in
-bench/data/) are read from --pairs DIR: LCQMC and MRPC are fitted on (their even-crc32 half), so
---fit needs it; the others are measure-only columns. --leave-out SOURCE / --fit-on SET refit into
+Outside pair sets (MRPC, Quora Question Pairs in two samples, LCQMC, AFQMC, OPPO-xiaobu, Chinese
+STS-B; not redistributable, so not in bench/data/) are read from --pairs DIR: measure-only columns,
+never fitted on by default. --leave-out SOURCE / --fit-on SET refit into
 --params-out FILE only (leave-one-source-out), never into the shipped parameters.
 """
 
@@ -145,7 +145,7 @@ def bench_milvus(data: np.ndarray, q: np.ndarray, exact: np.ndarray, n: int) -> 
 
 
 ZH_SOURCES = ("massive-zh", "paws-x-zh", "lcqmc", "afqmc", "oppo-xiaobu", "sts-b-zh")
-SOURCE_ORDER = ("banking77", "clinc150", "hwu64", "massive-en", "paws-wiki-en", "mrpc",
+SOURCE_ORDER = ("banking77", "clinc150", "hwu64", "massive-en", "paws-wiki-en", "mrpc", "qqp-dev", "qqp-test",
                 "massive-zh", "paws-x-zh", "lcqmc", "afqmc", "oppo-xiaobu", "sts-b-zh")
 
 
@@ -495,7 +495,7 @@ def main() -> None:
     parser.add_argument("--fit", action="store_true", help="calibrate: refit the verifier first")
     parser.add_argument("--pairs", type=Path, default=None,
                         help="calibrate: directory of the outside pair sets measured but never shipped "
-                             "(mrpc/, lcqmc/, afqmc/, oppo-xiaobu/, sts-b-zh/; see bench/README.md)")
+                             "(mrpc/, qqp/, lcqmc/, afqmc/, oppo-xiaobu/, sts-b-zh/; see bench/README.md)")
     parser.add_argument("--leave-out", action="append", default=[], metavar="SOURCE",
                         help="calibrate --fit: fit without this source (banking77, paws-wiki-en, paws-x-zh, "
                              "lcqmc, mrpc); needs --params-out")

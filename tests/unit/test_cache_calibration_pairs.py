@@ -57,6 +57,30 @@ def test_sts_reader_keeps_paraphrases_and_look_alikes_not_unrelated_pairs() -> N
     assert [p.same for p in data.read_pair_lines(lines, "sts")] == [True, True, False, False]
 
 
+def test_bimpm_reader_joins_corenlp_tokens_back_into_questions() -> None:
+    lines = [
+        "1\tHow can one root android devices ?\tHow do I root an Android device ?\t391187",
+        "0\tWhat is your review of Mahesh Murthy -LRB- investor -RRB- ?\tI do n't know , it 's $ 100 .\t218650",
+        "0\t`` How '' `` great '' '' was Alexander the Great ? ''\tWho was Alexander the Great ?\t54980",
+        "1\tonly three\tcolumns",
+        "2\tWhat ?\tWhy ?\t7",  # not a 0 / 1 label
+    ]
+    pairs = data.read_pair_lines(lines, "bimpm")
+    assert [(p.a, p.b, p.same) for p in pairs] == [
+        ("How can one root android devices?", "How do I root an Android device?", True),
+        ("What is your review of Mahesh Murthy (investor)?", "I don't know, it's $100.", False),
+        ("How great was Alexander the Great?", "Who was Alexander the Great?", False),
+    ]
+    assert data.detokenise("I 'm sure they 're here -LSB- sic -RSB- !") == "I'm sure they're here [sic]!"
+
+
+def test_both_quora_samples_are_english_measure_only_sets() -> None:
+    for name in ("qqp-dev", "qqp-test"):
+        spec = data.EXTERNAL_PAIR_SETS[name]
+        assert (spec.layout, spec.language) == ("bimpm", "en") and name not in data.FITTED
+    assert data.EXTERNAL_PAIR_SETS["qqp-dev"].path != data.EXTERNAL_PAIR_SETS["qqp-test"].path
+
+
 def write_set(root: Path, name: str, n_pos: int, n_neg: int) -> None:
     path = root / data.EXTERNAL_PAIR_SETS[name].path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,3 +178,4 @@ def test_a_fit_that_leaves_a_language_without_data_says_so(tmp_path: Path, monke
     with pytest.raises(ValueError, match="no en fitting data"):
         calibrate.fit(vectors, "e5", out, sizes, ("lcqmc",), external=("lcqmc",))  # type: ignore[arg-type]
     assert not out.exists()
+
