@@ -119,6 +119,10 @@ def test_guard_still_rejects_changed_chinese_numbers_and_negations(query: str, c
     ("How do I top up with Apple Pay?", "Top-Up with Apple Pay"),
     # a Latin name written against Han text is still the same name
     ("我的iPhone无法使用", "我的 iPhone 无法使用"),
+    # ... and dots (a dotted name against itself, initials with or without dots)
+    ("How do I learn Node.js?", "how do i learn node.js"),
+    ("Can I use my card in the U.S.?", "Can I use my card in the US?"),
+    ("Is Amazon.in cheaper?", "Is amazon in cheaper?"),
 ])
 def test_guard_entities_compare_without_plurals_and_hyphens(query: str, cached: str):
     assert check(query, cached).allowed
@@ -130,6 +134,9 @@ def test_guard_entities_compare_without_plurals_and_hyphens(query: str, cached: 
     ("Is a SEPA transfer free?", "Is a transfer free?"),
     ("Where is the nearest ATM?", "Where is the nearest branch?"),
     ("Transfer to iPhone users", "Transfer to Android users"),
+    # a dotted name is one name: Amazon.in is not Amazon
+    ("What are the best ways to boost sales on Amazon.in?", "How can I boost sales on Amazon?"),
+    ("How do I learn Node.js?", "How do I learn Node?"),
 ])
 def test_guard_entities_still_veto_other_names(query: str, cached: str):
     verdict = check(query, cached)

@@ -12,8 +12,9 @@ queries differ in any of:
   (enable/disable, lock/unlock, 开启/关闭…);
 * quoted strings ("…", '…', “…”, 「…」, 《…》);
 * named entities: capitalised or mixed-case words, acronyms and alphanumeric tokens
-  (iPhone, 2FA, SEPA, Paris) — a heuristic, not an NER model; names compare without a plural
-  -s, hyphens or spaces (ATM = ATMs, Top-up = top up);
+  (iPhone, 2FA, SEPA, Paris), a dotted name taken whole (Amazon.in, Node.js) — a heuristic,
+  not an NER model; names compare without a plural -s, hyphens, dots or spaces (ATM = ATMs,
+  Top-up = top up, U.S. = US);
 * a one-word swap: the queries are identical except one content word replaced by another
   ("cancel my card" vs "freeze my card"; for Chinese, a replaced run of 2+ Han characters in
   an otherwise identical sentence: 巴黎 vs 伦敦);
@@ -85,7 +86,8 @@ for _a, _b in _POLAR_PAIRS:
 _QUOTE_RE = re.compile(
     r"\"([^\"]+)\"|“([^”]+)”|「([^」]+)」|『([^』]+)』|《([^》]+)》|(?<!\w)'([^']+)'(?!\w)|‘([^’]+)’"  # noqa: RUF001
 )
-_WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9'’\-]*|\d+[A-Za-z][A-Za-z0-9]*")  # noqa: RUF001
+# A word, or a dotted name taken whole (Amazon.in, Node.js, ASP.NET: not Amazon against Amazon.in).
+_WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9'’\-]*(?:\.[A-Za-z0-9]+)*|\d+[A-Za-z][A-Za-z0-9]*")  # noqa: RUF001
 _HAN_RE = re.compile(r"[\u4e00-\u9fff]")
 # Words that start sentences or are capitalised for grammar, not because they name something.
 _COMMON = {
@@ -215,9 +217,9 @@ def _quoted(text: str) -> set[str]:
 
 
 def _entity_key(word: str) -> str:
-    """A name as compared across the two texts: lower case, without hyphens or apostrophes
-    (Top-up = top up = topup), without a plural -s on words of 4+ letters (ATMs = ATM)."""
-    key = re.sub(r"['’\-]", "", word.lower())  # noqa: RUF001
+    """A name as compared across the two texts: lower case, without hyphens, apostrophes or dots
+    (Top-up = top up = topup, U.S. = US), without a plural -s on words of 4+ letters (ATMs = ATM)."""
+    key = re.sub(r"['’\-.]", "", word.lower())  # noqa: RUF001
     return key[:-1] if len(key) >= 4 and key.endswith("s") and not key.endswith("ss") else key
 
 
