@@ -188,7 +188,9 @@ def fit(vectors: VectorCache, embedder: str, out: Path, sizes: Sizes = FULL,
             if best is None or right > best[0]:
                 best = (right, model)
         assert best is not None and isinstance(best[1], verifier.LanguageModel)
-        model = _shape_cosines(probes, best[1], guard.check)
+        lang = key.removesuffix("-long")
+        short = verifier.LanguageModel.from_json(languages[lang]) if key != lang and lang in languages else None
+        model = _shape_cosines(probes, best[1], guard.check, fallback=short)
         assert isinstance(model, verifier.LanguageModel)
         print(f"fitted {key}: near-duplicate cosines {model.near}, rewording cosines {model.reworded}", file=sys.stderr)
         languages[key] = model.to_json()
@@ -250,14 +252,22 @@ def _thresholds(
 
 
 SHAPE_GRID = tuple(round(0.95 + 0.0025 * i, 4) for i in range(21))  # cosines 0.95 ... 1.0
+# A shape's cosine is fitted only when the fitting data holds at least this many look-alikes of that
+# shape it could serve (past recall and the guard, refused by the model, cosine on the grid): with none,
+# every cosine on the grid "keeps" the wrong-hit rate and the lowest is chosen, a bound that nothing
+# tested (long English had no look-alike of either shape, and served MRPC's added clauses at 0.95).
+MIN_SHAPE_NEGATIVES = 1
 Row = tuple[float, bool, float, "str | None"]  # cosine, passes recall + guard, model score, edit shape
 
 
-def _shape_cosines(probes: list[Probe], model: object, guard_check: Callable[[str, str], object]) -> object:
+def _shape_cosines(probes: list[Probe], model: object, guard_check: Callable[[str, str], object],
+                   fallback: object = None) -> object:
     """The model with, for each target rate, the lowest cosine at which near duplicates, then
     rewordings, may also be served (on top of the model's own threshold for that rate) with every
     source's wrong-hit rate still at or under MARGIN x target on the fitting probes; 2.0 (never)
-    when no cosine keeps that."""
+    when no cosine keeps that. A shape the probes hold fewer than MIN_SHAPE_NEGATIVES look-alikes of
+    is untested here: it takes the `fallback` model's cosine for that rate (the same language's short
+    questions, for the long-question model), or never."""
     from strata_runtime.cache import verifier
 
     assert isinstance(model, verifier.LanguageModel)
@@ -274,6 +284,10 @@ def _shape_cosines(probes: list[Probe], model: object, guard_check: Callable[[st
     for rate, threshold in model.thresholds:
         cosines = {"near": 2.0, "reworded": 2.0}
         for name in cosines:
+            if shape_negatives(seen, threshold, name) < MIN_SHAPE_NEGATIVES:  # untested here
+                if isinstance(fallback, verifier.LanguageModel):
+                    cosines[name] = fallback.shape_cosines(rate)[name]
+                continue
             for c in SHAPE_GRID:
                 trial = {**cosines, name: c}
                 if all(_wrong_rate(_served(items, threshold, trial), 0.0) <= rate * MARGIN for items in seen.values()):
@@ -282,6 +296,14 @@ def _shape_cosines(probes: list[Probe], model: object, guard_check: Callable[[st
         near.append((rate, cosines["near"]))
         reworded.append((rate, cosines["reworded"]))
     return dataclasses.replace(model, near=tuple(near), reworded=tuple(reworded))
+
+
+def shape_negatives(seen: dict[str, list[tuple[Probe, list[Row]]]], threshold: float, shape: str) -> int:
+    """Look-alikes (wrong candidates) of this shape a shape cosine on the grid could serve: past recall
+    and the guard, refused by the model at this threshold, cosine at or above the grid's lowest."""
+    return sum(1 for items in seen.values() for p, rows in items
+               for (_, _, right), (cos, ok, score, s) in zip(p.candidates, rows, strict=True)
+               if not right and ok and s == shape and cos >= SHAPE_GRID[0] and score < min(threshold, 1.0))
 
 
 def _served(items: list[tuple[Probe, list[Row]]], threshold: float,

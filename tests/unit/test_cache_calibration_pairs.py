@@ -7,6 +7,7 @@ source never), and the CLI refusing a non-default fit that would overwrite the s
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import zlib
 from pathlib import Path
@@ -179,3 +180,34 @@ def test_a_fit_that_leaves_a_language_without_data_says_so(tmp_path: Path, monke
         calibrate.fit(vectors, "e5", out, sizes, ("lcqmc",), external=("lcqmc",))  # type: ignore[arg-type]
     assert not out.exists()
 
+
+def shape_probes(n_look_alikes: int) -> list[calibrate.Probe]:
+    """Near-duplicate pairs (a word added): 40 paraphrases at cosine 0.99, and `n_look_alikes`
+    look-alikes of the same shape at cosine 0.96 among 50 non-paraphrases (one served is 2%)."""
+    probes = [calibrate.Probe("s", f"how do I close my account {i} please", [(f"how do I close my account {i}", 0.99,
+                                                                               True)], True) for i in range(40)]
+    probes += [calibrate.Probe("s", f"where is card {i} today", [(f"where is card {i}", 0.96, False)], False)
+               for i in range(n_look_alikes)]
+    probes += [calibrate.Probe("s", f"question {i}", [(f"other words entirely {i}", 0.5, False)], False)
+               for i in range(50 - n_look_alikes)]
+    return probes
+
+
+def test_a_shape_no_fitting_look_alike_tested_takes_the_fallback_or_is_never_served() -> None:
+    from strata_runtime.cache import verifier
+
+    n = len(verifier.FEATURES)  # a model that refuses everything: only the shapes can serve
+    model = verifier.LanguageModel(0.0, (0.0,) * n, (1.0,) * n, (0.0,) * n, -40.0, ((0.01, 0.9),))
+    allow = lambda q, c: type("V", (), {"allowed": True})()  # noqa: E731
+    # enough look-alikes of the shape: its cosine is fitted above theirs
+    tested = calibrate._shape_cosines(shape_probes(calibrate.MIN_SHAPE_NEGATIVES), model, allow)
+    assert isinstance(tested, verifier.LanguageModel)
+    assert 0.96 < tested.near[0][1] <= 0.99
+    # none: every cosine on the grid would "keep" the rate; never served, or the fallback's cosine
+    assert calibrate.MIN_SHAPE_NEGATIVES == 1
+    untested = calibrate._shape_cosines(shape_probes(0), model, allow)
+    assert isinstance(untested, verifier.LanguageModel) and untested.near == ((0.01, 2.0),)
+    fallback = dataclasses.replace(model, near=((0.01, 0.995),), reworded=((0.01, 0.985),))
+    borrowed = calibrate._shape_cosines(shape_probes(0), model, allow, fallback=fallback)
+    assert isinstance(borrowed, verifier.LanguageModel) and borrowed.near == ((0.01, 0.995),)
+    assert borrowed.reworded == ((0.01, 0.985),)  # no rewording look-alike either
