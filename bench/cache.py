@@ -59,6 +59,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bench._load import BENCH_KEY, LiteLLM, measured_load, start_strata
+from strata_runtime.config.runtime import EmbedderConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BANKING = ROOT / "bench" / "data" / "banking77"
@@ -249,9 +250,9 @@ def post(port: int, body: dict[str, Any], key: str) -> tuple[int, dict[str, str]
         return response.status, {k.lower(): v for k, v in response.headers.items()}, json.loads(response.read())
 
 
-# The default embedder. Until 2026-12-06 this benchmark named all-MiniLM-L6-v2 here, so its semantic
-# rows measured MiniLM (English only) while the runtime's default had become e5.
-DEFAULT_EMBEDDER = "multilingual-e5-small"
+# The runtime's default embedder. Until 2026-12-06 this benchmark named all-MiniLM-L6-v2 here, so its
+# semantic rows measured MiniLM (English only) while the runtime's default had become e5.
+DEFAULT_EMBEDDER = EmbedderConfig().model
 CACHE_SECTION = {"enabled": True, "backend": "memory", "exact": {"enabled": True, "ttlSeconds": 3600},
                  "semantic": {"enabled": True, "ttlSeconds": 3600, "maxTemperature": 0}}
 

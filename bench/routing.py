@@ -592,8 +592,8 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="file (.npz) keeping the embeddings across runs "
                         "(of one embedder: another one's vectors in it are not read)")
     parser.add_argument("--embedder", default=None, choices=sorted(LOCAL_MODEL), metavar="NAME",
-                        help="the local embedding model (default: the runtime's default, multilingual-e5-small); "
-                             "e.g. bge-small-en-v1.5+multilingual-e5-small")
+                        help="the local embedding model (default: the runtime's default, "
+                             "bge-small-en-v1.5+multilingual-e5-small); e.g. multilingual-e5-small")
     args = parser.parse_args()
     try:
         overhead_sizes(args.overhead)

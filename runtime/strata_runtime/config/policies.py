@@ -229,7 +229,7 @@ class SemanticRoutingConfig(ConfigModel):
 
     enabled: bool = Field(True, description="Compare requests with skill embeddings.")
     high: float = Field(0.8, ge=0.0, le=1.0, description="Confidence above which the request goes straight to "
-                        "the skill. The default suits the default embedder (multilingual-e5-small) with the default "
+                        "the skill. The default suits the bundled embedders with the default "
                         "whitening; fit it for your skills and embedder with `strata-runtime routing fit`.")
     low: float = Field(0.5, ge=0.0, le=1.0, description="Confidence below which no hint is passed to the "
                        "classifier (default: suits the default embedder, like high).")

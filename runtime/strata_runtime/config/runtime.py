@@ -88,11 +88,11 @@ class EmbedderConfig(ConfigModel):
         "local", description="local: the bundled model in-process; openai: an OpenAI-compatible embeddings API."
     )
     model: str = Field(
-        "multilingual-e5-small",
-        description="Embedding model name. Local models: multilingual-e5-small (Chinese, English and ~90 more "
-        "languages), bge-small-en-v1.5 (English only; better and faster on English), "
-        "bge-small-en-v1.5+multilingual-e5-small (768 dimensions: English texts to bge, every other text to "
-        "e5, so an English and a non-English text never match) or all-MiniLM-L6-v2 (English only).",
+        "bge-small-en-v1.5+multilingual-e5-small",
+        description="Embedding model name. Local models: bge-small-en-v1.5+multilingual-e5-small (768 "
+        "dimensions: English texts to bge, every other text to e5, so an English and a non-English text never "
+        "match in the cache), multilingual-e5-small (Chinese, English and ~90 more languages in one model), "
+        "bge-small-en-v1.5 (English only) or all-MiniLM-L6-v2 (English only).",
     )
     base_url: str | None = Field(None, description="Embeddings API base URL (provider openai).")
     api_key_env: str | None = Field(None, description="Environment variable holding the embeddings API key.")

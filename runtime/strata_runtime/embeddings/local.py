@@ -1,10 +1,10 @@
 """The embedded local embedders, off the event loop, micro-batched.
 
-`multilingual-e5-small` (the default: Chinese, English and ~90 more languages, 4-bit, see e5.py),
-`bge-small-en-v1.5` (English only, int8, see bge.py; its weights are fetched at build time),
-`bge-small-en-v1.5+multilingual-e5-small` (English to bge, other languages to e5, in disjoint
-halves of a 768-dimensional vector, see by_language.py) or `all-MiniLM-L6-v2` (English only, numpy,
-see minilm.py). LOCAL_MODELS is the registry: names, aliases, dimensions, loaders.
+`bge-small-en-v1.5+multilingual-e5-small` (the default: English to bge, other languages to e5, in
+disjoint halves of a 768-dimensional vector, see by_language.py), `multilingual-e5-small` (Chinese,
+English and ~90 more languages, 4-bit, see e5.py), `bge-small-en-v1.5` (English only, int8, see
+bge.py; its weights are fetched at build time) or `all-MiniLM-L6-v2` (English only, numpy, see
+minilm.py). LOCAL_MODELS is the registry: names, aliases, dimensions, loaders.
 
 The model runs in one thread of its own, one batch at a time. An idle embedder hands a call's
 texts to that thread in the call itself (no batcher task in between), and the thread hands the
