@@ -279,15 +279,14 @@ async def test_redis_down_degrades_to_memory_and_comes_back(embedder, upstream):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def test_a_connection_closed_under_a_write_degrades_to_memory_instead_of_failing(embedder, upstream):
+async def test_a_connection_closed_under_a_write_degrades_to_memory_instead_of_failing(
+        embedder, upstream, redis_url: str, key_prefix: str, redis_client) -> None:
     """redis-py raises uvloop's RuntimeError (or an AttributeError) from its own write when another
     task closed the connection under it (a Cluster failover): the cache takes it for an outage of
-    the store, as it does the client's own errors, not for a bug to answer 500 with."""
-    url = os.environ.get("STRATA_TEST_REDIS_URL")
-    if not url:
-        pytest.fail("STRATA_TEST_REDIS_URL not set (run: eval \"$(bash hack/services.sh env)\")")
-    prefix = f"closed{os.getpid()}{int(time.time() * 1000) % 100000}"
-    connector = RedisConnector(RedisStoreConfig(backend="redis", url=url, key_prefix=prefix), os.environ)
+    the store, as it does the client's own errors, not for a bug to answer 500 with. (`redis_client`
+    deletes the keys under `key_prefix` afterwards.)"""
+    config = RedisStoreConfig(backend="redis", url=redis_url, key_prefix=key_prefix.rstrip(":"))
+    connector = RedisConnector(config, os.environ)
     await connector.start()
     cache = CacheService(policy(backend="redis"), redis=connector, embedder=embedder)
     try:
