@@ -233,11 +233,12 @@ class LookupEmbedder:
     """Vectors computed in one batch beforehand, served by text: the router's code path, minus the model."""
 
     def __init__(self, name: str, dimension: int, vectors: dict[str, npt.NDArray[np.float32]],
-                 extra_rows: dict[str, npt.NDArray[np.float32]] | None = None):
+                 extra_rows: dict[str, npt.NDArray[np.float32]] | None = None, blocks: tuple[int, ...] | None = None):
         self.name = name
         self.dimension = dimension
         self.vectors = vectors
         self.extra_rows = extra_rows or {}  # searched text -> its rows beyond the first (SearchedRows)
+        self.blocks = blocks if blocks is not None else LOCAL_MODEL[name].blocks if name in LOCAL_MODEL else ()
         self._by_stripped: dict[str, npt.NDArray[np.float32]] = {}
 
     async def embed_searched(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
@@ -482,8 +483,11 @@ async def top1_only(probe: Router, agent: AgentConfig, texts: list[str], labels:
     return right / len(texts) if texts else 0.0
 
 
-async def overhead(skills_n: int, examples: int, queries: int, dim: int) -> dict[str, object]:
-    """Routing time without the embedding: query vectors come from a lookup."""
+async def overhead(skills_n: int, examples: int, queries: int, dim: int, blocks: tuple[int, ...] = ()
+                   ) -> dict[str, object]:
+    """Routing time without the embedding: query vectors come from a lookup. With `blocks` (the
+    composite's), every text is English, as the composite embeds it: its vector in the first block,
+    and each skill text a second row in the last (embeddings.contract.SearchedRows)."""
     rng = np.random.default_rng(SEED)
 
     def tag(n: int) -> str:  # a distinct word per skill, for L1's skill terms
@@ -495,13 +499,19 @@ async def overhead(skills_n: int, examples: int, queries: int, dim: int) -> dict
     # short messages L1 finds simple: half share a skill's term (on to L1.5), half are chit-chat (direct)
     short = [f"{tag(q % skills_n)} please" if q % 2 else "thank you" for q in range(queries // 2)]
     all_texts = texts + profiles + asked + short
-    matrix = rng.standard_normal((len(all_texts), dim)).astype(np.float32)
-    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    vectors = dict(zip(all_texts, matrix, strict=True))
+
+    def unit_rows(n: int, first: int, end: int) -> npt.NDArray[np.float32]:
+        rows = np.zeros((n, dim), dtype=np.float32)
+        rows[:, first:end] = rng.standard_normal((n, end - first))
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    vectors = dict(zip(all_texts, unit_rows(len(all_texts), 0, blocks[0] if blocks else dim), strict=True))
     skills = [SkillConfig(name=f"s{s}", description=f"skill {s} {tag(s)}",
                           examples=[f"skill {s} example {e}" for e in range(examples)]) for s in range(skills_n)]
+    searched = [t for s in skills for t in skill_texts(s)]
+    extra = dict(zip(searched, unit_rows(len(searched), blocks[-1], dim)[:, None, :], strict=True)) if blocks else {}
     agent = AgentConfig(id="bench", tenant="bench", model="none", skills=skills)
-    router = Router(policy_with(None, 0.6, 0.85), LookupEmbedder("lookup", dim, vectors), lambda: None)
+    router = Router(policy_with(None, 0.6, 0.85), LookupEmbedder("lookup", dim, vectors, extra, blocks), lambda: None)
     await router.route(agent, asked[0], CTX)  # builds the index (at registration in the runtime)
     times = []
     for text in asked:
@@ -535,12 +545,13 @@ async def main_async(args: argparse.Namespace, datasets: list[Dataset]) -> None:
         return
     for ds in datasets:
         await run_dataset(ds, args)
-    _, dim, _ = await embed_all(["dimension probe"])
+    name, dim, _ = await embed_all(["dimension probe"])
+    blocks = LOCAL_MODEL[name].blocks
     if args.smoke:
-        await overhead(50, 3, 50, dim)
+        await overhead(50, 3, 50, dim, blocks)
     else:
         for skills_n, examples in overhead_sizes(args.overhead):
-            await overhead(skills_n, examples, 2000, dim)
+            await overhead(skills_n, examples, 2000, dim, blocks)
 
 
 def examples_arg(value: str) -> int | None:

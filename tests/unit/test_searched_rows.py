@@ -13,10 +13,12 @@ import numpy.typing as npt
 import pytest
 
 from strata_runtime.config.agents import SkillConfig
+from strata_runtime.config.policies import SemanticRoutingConfig
 from strata_runtime.embeddings import EmbeddingUnavailable, LocalEmbedder
 from strata_runtime.embeddings.by_language import ByLanguage
 from strata_runtime.embeddings.contract import embed_searched
-from strata_runtime.routing.index import build_index
+from strata_runtime.routing.index import BlockedIndex, build_index, index_from_vectors
+from strata_runtime.routing.semantic import SemanticLayer
 
 pytestmark = pytest.mark.unit
 
@@ -96,7 +98,7 @@ async def test_other_side_rows_never_share_a_batch_with_plain_calls() -> None:
 class Table:
     """A SearchedRows embedder over fixed vectors: `extra` texts get a second row."""
 
-    name, dimension = "table", 3
+    name, dimension, blocks = "table", 3, ()
 
     def __init__(self, vectors: dict[str, list[float]], extra: dict[str, list[float]],
                  owners: list[int] | None = None):
@@ -135,3 +137,40 @@ async def test_rows_that_do_not_fit_their_texts_are_an_embedder_failure(owners: 
     table = Table({}, extra={"articles": [0, 1, 0]}, owners=owners)
     with pytest.raises(EmbeddingUnavailable):
         await build_index(SKILLS, table)
+
+
+class Blocked(Table):
+    """Vectors in two blocks of columns, (0, 2) and (2, 4), each text's non-zero in one only."""
+
+    dimension, blocks = 4, (2,)
+
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> F32:
+        return np.array([self.vectors.get(t, [0.0, 0.0, 0.0, 1.0]) for t in texts], np.float32)
+
+    async def embed_searched(self, texts: Sequence[str]) -> tuple[F32, npt.NDArray[np.intp]]:
+        more = [(n, self.extra[t]) for n, t in enumerate(texts) if t in self.extra]
+        rows = np.concatenate([await self.embed(texts), np.array([v for _, v in more], np.float32).reshape(-1, 4)])
+        return rows, np.array([*range(len(texts)), *(n for n, _ in more)], dtype=np.intp)
+
+
+async def test_a_blocked_index_scores_a_query_against_its_own_block_only() -> None:
+    """English texts in the first block with a second row in the other; a Chinese-only skill has rows
+    in the other block alone: an English query meets the English rows, a Chinese one every skill's
+    rows of its block, each block's scores those of a plain index of that block's rows."""
+    skills = [SkillConfig(name="writer", description="articles", examples=["write"]),
+              SkillConfig(name="天气", description="天气预报", examples=["下雨"])]
+    embedder = Blocked({"articles": [1, 0, 0, 0], "write": [0.8, 0.6, 0, 0], "天气预报": [0, 0, 0.6, 0.8],
+                        "下雨": [0, 0, 0, 1]}, extra={"articles": [0, 0, 1, 0], "write": [0, 0, 0.8, 0.6]})
+    index = await build_index(skills, embedder, whitening=None)
+    assert isinstance(index, BlockedIndex) and index.names == ("writer", "天气")
+    (_, _, english), (_, _, other) = index.blocks
+    assert english.names == ("writer",) and other.names == ("writer", "天气")
+    assert other.counts.tolist() == [2, 2] and other.vectors.shape == (4, 2)
+    layer = SemanticLayer(SemanticRoutingConfig(margin_weight=0.0))
+    assert [c.skill for c in layer.zone(index, np.array([0.6, 0.8, 0, 0], np.float32)).candidates] == ["writer"]
+    chinese = layer.zone(index, np.array([0, 0, 0.1, 0.995], np.float32))
+    assert [c.skill for c in chinese.candidates] == ["天气", "writer"]
+    plain = index_from_vectors(["writer", "天气"], [], np.array([[1, 0], [0.8, 0.6], [0.6, 0.8], [0, 1]], np.float32),
+                               [2, 2])
+    assert [c.score for c in chinese.candidates] == pytest.approx(
+        [c.score for c in layer.zone(plain, np.array([0.1, 0.995], np.float32)).candidates])

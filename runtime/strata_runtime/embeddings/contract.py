@@ -43,10 +43,19 @@ class SearchedRows(Protocol):
     the rest gives an English text a second row in the other model's dimensions, so that a query in
     any language can find it (its `embed` keeps languages apart, as the cache needs)."""
 
+    # Where the embedder's vectors split into blocks of columns, each vector non-zero in one block
+    # only (the composite: its English model's columns, then the other's); () for one block.
+    blocks: tuple[int, ...]
+
     async def embed_searched(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
         """(rows, owners): every text's `embed` vector first, in input order, then any further rows;
         `owners[i]` is the position in `texts` of the text row i belongs to."""
         ...
+
+
+def vector_blocks(embedder: Embedder) -> tuple[int, ...]:
+    """The split points of the embedder's disjoint blocks of columns (SearchedRows.blocks), else ()."""
+    return embedder.blocks if isinstance(embedder, SearchedRows) else ()
 
 
 async def embed_searched(embedder: Embedder, texts: Sequence[str]

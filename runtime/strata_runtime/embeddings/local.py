@@ -64,6 +64,7 @@ class LocalModel:
     # memory's collection (memory/l3.py) and the cache's Redis partitions (cache/redis_store.py).
     # None: the names those stores had before there were two local models of one dimension.
     vector_space: str | None = None
+    blocks: tuple[int, ...] = ()  # split points of disjoint column blocks (embeddings.contract.SearchedRows)
 
 
 def _by_language(threads: int, _: Path | None) -> ByLanguage:
@@ -77,7 +78,7 @@ MODELS = (
     LocalModel(bge.NAME, ("BAAI/bge-small-en-v1.5",), bge.DIMENSION, bge.VECTORS_KEY,
                lambda threads, _: BgeSmallEn(threads=threads), vector_space="bge_small_en"),
     LocalModel(by_language.NAME, (), by_language.DIMENSION, by_language.VECTORS_KEY, _by_language,
-               vector_space="bge_small_en_e5_small"),
+               vector_space="bge_small_en_e5_small", blocks=(bge.DIMENSION,)),
     LocalModel("all-MiniLM-L6-v2", ("sentence-transformers/all-MiniLM-L6-v2",), 384, "all-MiniLM-L6-v2",
                lambda _, model_dir: MiniLM(model_dir)),
 )
@@ -149,6 +150,7 @@ class LocalEmbedder:
         self.name = self.model.name
         self.dimension = self.model.dimension
         self.vector_space = self.model.vector_space
+        self.blocks = self.model.blocks
         self.timeout_seconds = timeout_seconds
         self.max_batch = max_batch
         self.threads = threads

@@ -31,10 +31,10 @@ from strata_runtime.config.agents import SkillConfig
 from strata_runtime.config.loading import ConfigError, describe_validation_error, load_config, parse_config
 from strata_runtime.config.policies import RoutingPolicySpec
 from strata_runtime.config.runtime import EmbedderConfig, RuntimeConfig
-from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable, embed_searched
+from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable, embed_searched, vector_blocks
 from strata_runtime.embeddings.factory import build_embedder
 from strata_runtime.routing.calibrate import Fit, Scored, fit, report
-from strata_runtime.routing.index import EMBED_BATCH, SkillIndex, build_index
+from strata_runtime.routing.index import EMBED_BATCH, Index, build_index
 from strata_runtime.routing.router import MAX_EMBED_CHARS
 from strata_runtime.routing.semantic import SemanticLayer
 
@@ -135,6 +135,7 @@ class _Memo:
     def __init__(self, embedder: Embedder):
         self.embedder = embedder
         self.name, self.dimension = embedder.name, embedder.dimension
+        self.blocks = vector_blocks(embedder)
         self.vectors: dict[str, npt.NDArray[np.float32]] = {}
         self.searched: dict[str, npt.NDArray[np.float32]] = {}  # text -> its rows (embed_searched)
 
@@ -201,7 +202,7 @@ async def score_with(skills: list[SkillConfig], labelled: list[tuple[str, str | 
         layer = SemanticLayer(policy.semantic)
         vectors = await memo.embed([t.strip()[:MAX_EMBED_CHARS] or " " for t, _ in labelled])  # as the router
         folds = in_sample_folds(skills, labelled)
-        index_of: dict[int, SkillIndex] = {-1: await build_index(skills, memo, whitening=policy.semantic.whitening)}
+        index_of: dict[int, Index] = {-1: await build_index(skills, memo, whitening=policy.semantic.whitening)}
         for fold in sorted(set(folds.values())):
             held = {(labelled[n][1], labelled[n][0].strip()) for n, f in folds.items() if f == fold}
             reduced = [s.model_copy(update={"examples": [e for e in s.examples if (s.name, e.strip()) not in held]})

@@ -28,6 +28,7 @@ more than MAX_WHITENED_DIM dimensions: raw cosines.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -36,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from strata_runtime.config.agents import SkillConfig
-from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable, embed_searched
+from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable, embed_searched, vector_blocks
 
 Vectors = npt.NDArray[np.float32]
 Aggregation = Literal["max", "meanTopK"]
@@ -80,6 +81,10 @@ class SkillIndex:
         object.__setattr__(self, "_uniform", uniform)
         # every skill with the same number of rows: a (skills, rows, dim) view of the same memory
         object.__setattr__(self, "_blocks", self.vectors.reshape(len(counts), uniform, -1) if uniform else None)
+
+    def select(self, query: Vectors) -> tuple[SkillIndex, Vectors]:
+        """The index that scores this query, and the query in its space (see BlockedIndex)."""
+        return self, self.project(query)
 
     def project(self, query: Vectors) -> Vectors:
         """The query in the index's space (whitened and normalised, or as it is)."""
@@ -150,6 +155,25 @@ class SkillIndex:
         return result
 
 
+@dataclass(frozen=True)
+class BlockedIndex:
+    """The index of an embedder whose vectors each live in one block of columns (the composite: an
+    English text in bge's, any other in e5's): one SkillIndex per block, over the rows and columns of
+    that block, whitened on its own. A query is scored by the index of its block alone: the other
+    blocks' rows score exactly 0 against it anyway, and half the columns cost half the time."""
+
+    names: tuple[str, ...]  # every indexed skill
+    unindexed: tuple[str, ...]  # skills with no text to embed
+    blocks: tuple[tuple[int, int, SkillIndex], ...]  # (first column, end column, the block's index)
+
+    def select(self, query: Vectors) -> tuple[SkillIndex, Vectors]:
+        """The index of the block holding most of the query (all of it, for the composite)."""
+        first, end, index = max(self.blocks, key=lambda b: float(np.dot(query[b[0]:b[1]], query[b[0]:b[1]])))
+        return index, index.project(np.ascontiguousarray(query[first:end]))
+
+
+Index = SkillIndex | BlockedIndex
+
 SPAN_ROWS = 32  # mean rows per skill from which scoring in place beats copying the rows out
 GAP_ROWS = 64  # scoring this many unwanted rows costs about one more product call
 
@@ -187,7 +211,7 @@ def _check(vectors: Vectors, owners: npt.NDArray[np.intp], texts: int) -> Vector
 
 
 async def build_index(skills: Sequence[SkillConfig], embedder: Embedder, *, whitening: float | None = None
-                      ) -> SkillIndex:
+                      ) -> Index:
     """Embed every skill's texts and fit the whitening (at registration, never per query; the numpy
     work runs in a worker thread, off the event loop)."""
     names: list[str] = []
@@ -215,9 +239,28 @@ async def build_index(skills: Sequence[SkillConfig], embedder: Embedder, *, whit
                                        np.zeros((0, embedder.dimension), np.float32), counts, whitening=whitening)
     owner = np.concatenate(skill_of_row)
     order = np.argsort(owner, kind="stable")  # rows grouped by skill, each skill's texts in their order
-    grouped = np.concatenate(parts)[order]
-    rows = np.bincount(owner, minlength=len(names)).tolist()
-    return await asyncio.to_thread(index_from_vectors, names, unindexed, grouped, rows, whitening=whitening)
+    grouped, owner = np.concatenate(parts)[order], owner[order]
+    splits = vector_blocks(embedder)
+    if not splits:
+        rows = np.bincount(owner, minlength=len(names)).tolist()
+        return await asyncio.to_thread(index_from_vectors, names, unindexed, grouped, rows, whitening=whitening)
+    return await asyncio.to_thread(_blocked_index, names, unindexed, grouped, owner, splits, whitening=whitening)
+
+
+def _blocked_index(names: Sequence[str], unindexed: Sequence[str], vectors: Vectors, owner: npt.NDArray[np.intp],
+                   splits: tuple[int, ...], *, whitening: float | None) -> BlockedIndex:
+    """One index per block of columns, over the rows non-zero in it (a skill without any is not in it)."""
+    edges = [0, *splits, vectors.shape[1]]
+    blocks: list[tuple[int, int, SkillIndex]] = []
+    for first, end in itertools.pairwise(edges):
+        part = vectors[:, first:end]
+        mine = np.einsum("ij,ij->i", part, part) > 0.0
+        counts = np.bincount(owner[mine], minlength=len(names))
+        kept = np.flatnonzero(counts)
+        index = index_from_vectors([names[int(i)] for i in kept], (), np.ascontiguousarray(part[mine]),
+                                   counts[kept].tolist(), whitening=whitening)
+        blocks.append((first, end, index))
+    return BlockedIndex(names=tuple(names), unindexed=tuple(unindexed), blocks=tuple(blocks))
 
 
 def fit_whitening(vectors: Vectors, counts: npt.NDArray[np.int64], shrinkage: float

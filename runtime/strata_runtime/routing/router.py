@@ -31,7 +31,7 @@ from strata_runtime.metrics import Metrics
 from strata_runtime.routing.classifier import AnswerCache, Classifier
 from strata_runtime.routing.decision import RouteDecision
 from strata_runtime.routing.heuristic import Complexity
-from strata_runtime.routing.index import SkillIndex, Vectors, build_index
+from strata_runtime.routing.index import Index, Vectors, build_index
 from strata_runtime.routing.rules import CompiledRule, compile_rules, match_rules
 from strata_runtime.routing.semantic import SemanticLayer, Zone
 from strata_runtime.routing.terms import SkillTerms, Vocabulary
@@ -55,8 +55,8 @@ class SkillPlan:
     fingerprint: str
     rules: list[CompiledRule]
     terms: Vocabulary | None = None  # L1's distinctive skill terms (None: not computed yet)
-    index: SkillIndex | None = None
-    building: asyncio.Task[SkillIndex] | None = None
+    index: Index | None = None
+    building: asyncio.Task[Index] | None = None
     failed_at: float = field(default=-RETRY_BUILD_SECONDS)
 
 
@@ -121,13 +121,13 @@ class Router:
                 with contextlib.suppress(EmbeddingUnavailable, TimeoutError):
                     await self._index(plan, wait=None)
 
-    def _start_build(self, plan: SkillPlan) -> asyncio.Task[SkillIndex]:
+    def _start_build(self, plan: SkillPlan) -> asyncio.Task[Index]:
         assert self.embedder is not None
         plan.building = asyncio.create_task(
             build_index(plan.skills, self.embedder, whitening=self.policy.semantic.whitening), name="skill-index")
         return plan.building
 
-    async def _index(self, plan: SkillPlan, *, wait: float | None) -> SkillIndex:
+    async def _index(self, plan: SkillPlan, *, wait: float | None) -> Index:
         if plan.index is not None:
             return plan.index
         task = plan.building

@@ -16,7 +16,7 @@ import numpy as np
 
 from strata_runtime.config.policies import SemanticRoutingConfig
 from strata_runtime.routing.decision import Candidate
-from strata_runtime.routing.index import SkillIndex, Vectors
+from strata_runtime.routing.index import Index, Vectors
 
 CANDIDATES = 5
 
@@ -37,15 +37,16 @@ class SemanticLayer:
     def thresholds(self, skill: str) -> tuple[float, float]:
         return self._per_skill.get(skill, (self.config.low, self.config.high))
 
-    def zone(self, index: SkillIndex, query: Vectors) -> Zone:
-        ids, scores = index.scores(index.project(query), aggregation=self.config.aggregation, top_k=self.config.top_k,
+    def zone(self, index: Index, query: Vectors) -> Zone:
+        scored, projected = index.select(query)  # a blocked index: the query's block's
+        ids, scores = scored.scores(projected, aggregation=self.config.aggregation, top_k=self.config.top_k,
                                    prefilter=self.config.prefilter_skills)
         if len(ids) == 0:
             return Zone("none", None, 0.0, ())
         take = min(CANDIDATES, len(ids))
         best = np.argpartition(-scores, take - 1)[:take]
         best = best[np.argsort(-scores[best], kind="stable")]
-        candidates = tuple(Candidate(index.names[int(ids[i])], float(scores[i])) for i in best)
+        candidates = tuple(Candidate(scored.names[int(ids[i])], float(scores[i])) for i in best)
         top = candidates[0]
         lead = top.score - candidates[1].score if len(candidates) > 1 else 0.0
         confidence = min(1.0, top.score + self.config.margin_weight * lead)
