@@ -163,7 +163,7 @@ async def test_a_blocked_index_scores_a_query_against_its_own_block_only() -> No
                         "下雨": [0, 0, 0, 1]}, extra={"articles": [0, 0, 1, 0], "write": [0, 0, 0.8, 0.6]})
     index = await build_index(skills, embedder, whitening=None)
     assert isinstance(index, BlockedIndex) and index.names == ("writer", "天气")
-    (_, _, english), (_, _, other) = index.blocks
+    (_, _, english), (_, _, other) = index.parts
     assert english.names == ("writer",) and other.names == ("writer", "天气")
     assert other.counts.tolist() == [2, 2] and other.vectors.shape == (4, 2)
     layer = SemanticLayer(SemanticRoutingConfig(margin_weight=0.0))

@@ -23,6 +23,10 @@ skill's texts vary (wording, length, language) then weigh less than those that s
 raw cosines of a small embedder are high even between unrelated texts. The query gets the same
 transform (one dim x dim product). Too few texts to estimate the covariance, or an embedder with
 more than MAX_WHITENED_DIM dimensions: raw cosines.
+
+An embedder whose vectors each live in one block of columns (the composite: bge's, then e5's) gets
+one such index per block (`BlockedIndex`), each over its block's rows and columns and whitened on
+them alone; a query is scored by its own block's index.
 """
 
 from __future__ import annotations
@@ -164,11 +168,11 @@ class BlockedIndex:
 
     names: tuple[str, ...]  # every indexed skill
     unindexed: tuple[str, ...]  # skills with no text to embed
-    blocks: tuple[tuple[int, int, SkillIndex], ...]  # (first column, end column, the block's index)
+    parts: tuple[tuple[int, int, SkillIndex], ...]  # (first column, end column, that block's index)
 
     def select(self, query: Vectors) -> tuple[SkillIndex, Vectors]:
         """The index of the block holding most of the query (all of it, for the composite)."""
-        first, end, index = max(self.blocks, key=lambda b: float(np.dot(query[b[0]:b[1]], query[b[0]:b[1]])))
+        first, end, index = max(self.parts, key=lambda p: float(np.dot(query[p[0]:p[1]], query[p[0]:p[1]])))
         return index, index.project(np.ascontiguousarray(query[first:end]))
 
 
@@ -251,7 +255,7 @@ def _blocked_index(names: Sequence[str], unindexed: Sequence[str], vectors: Vect
                    splits: tuple[int, ...], *, whitening: float | None) -> BlockedIndex:
     """One index per block of columns, over the rows non-zero in it (a skill without any is not in it)."""
     edges = [0, *splits, vectors.shape[1]]
-    blocks: list[tuple[int, int, SkillIndex]] = []
+    parts: list[tuple[int, int, SkillIndex]] = []
     for first, end in itertools.pairwise(edges):
         part = vectors[:, first:end]
         mine = np.einsum("ij,ij->i", part, part) > 0.0
@@ -259,8 +263,8 @@ def _blocked_index(names: Sequence[str], unindexed: Sequence[str], vectors: Vect
         kept = np.flatnonzero(counts)
         index = index_from_vectors([names[int(i)] for i in kept], (), np.ascontiguousarray(part[mine]),
                                    counts[kept].tolist(), whitening=whitening)
-        blocks.append((first, end, index))
-    return BlockedIndex(names=tuple(names), unindexed=tuple(unindexed), blocks=tuple(blocks))
+        parts.append((first, end, index))
+    return BlockedIndex(names=tuple(names), unindexed=tuple(unindexed), parts=tuple(parts))
 
 
 def fit_whitening(vectors: Vectors, counts: npt.NDArray[np.int64], shrinkage: float
