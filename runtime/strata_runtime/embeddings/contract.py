@@ -58,6 +58,22 @@ def vector_blocks(embedder: Embedder) -> tuple[int, ...]:
     return embedder.blocks if isinstance(embedder, SearchedRows) else ()
 
 
+def rows_of_each(rows: npt.NDArray[np.float32], owners: npt.NDArray[np.intp], count: int
+                 ) -> list[npt.NDArray[np.float32]]:
+    """Each of `count` texts' rows, its `embed` row first, from `embed_searched`'s (rows, owners)."""
+    return [rows[owners == number] for number in range(count)]
+
+
+def rows_and_owners(each: Sequence[npt.NDArray[np.float32]], dimension: int
+                    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
+    """`embed_searched`'s (rows, owners) from each text's rows (its `embed` row first): the inverse of
+    `rows_of_each`."""
+    extras = [(row, number) for number, rows in enumerate(each) for row in rows[1:]]
+    stacked = [rows[0] for rows in each] + [row for row, _ in extras]
+    vectors = np.stack(stacked) if stacked else np.zeros((0, dimension), np.float32)
+    return vectors, np.array([*range(len(each)), *(number for _, number in extras)], dtype=np.intp)
+
+
 async def embed_searched(embedder: Embedder, texts: Sequence[str]
                          ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
     """The rows to search `texts` by: the embedder's own (SearchedRows), else one `embed` row per text."""

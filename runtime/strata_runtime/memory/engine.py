@@ -34,9 +34,6 @@ from strata_runtime.stores.redis import RedisConnector, is_redis_failure
 log = logging.getLogger("strata.memory")
 
 T = TypeVar("T")
-# RuntimeError: under uvloop, redis-py writing to a socket the server closed during the connect
-# handshake gets "unable to perform operation on <TCPTransport closed=True ...>; the handler is
-# closed" (Redis killed under load). Unmapped, it failed an acknowledged turn as a model error.
 ARCHIVE_BACKOFF_CAP_SECONDS = 600.0
 # Re-drive of parked archive batches (see `redrive_parked`): a pass every few seconds, at most
 # REDRIVE_PER_PASS batches per pass (read REDRIVE_PAGE at a time), stopping at the first failure;

@@ -31,7 +31,14 @@ from strata_runtime.config.agents import SkillConfig
 from strata_runtime.config.loading import ConfigError, describe_validation_error, load_config, parse_config
 from strata_runtime.config.policies import RoutingPolicySpec
 from strata_runtime.config.runtime import EmbedderConfig, RuntimeConfig
-from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable, embed_searched, vector_blocks
+from strata_runtime.embeddings.contract import (
+    Embedder,
+    EmbeddingUnavailable,
+    embed_searched,
+    rows_and_owners,
+    rows_of_each,
+    vector_blocks,
+)
 from strata_runtime.embeddings.factory import build_embedder
 from strata_runtime.routing.calibrate import Fit, Scored, fit, report
 from strata_runtime.routing.index import EMBED_BATCH, Index, build_index
@@ -153,15 +160,10 @@ class _Memo:
         missing = list(dict.fromkeys(t for t in texts if t not in self.searched))
         for start in range(0, len(missing), EMBED_BATCH):
             chunk = missing[start:start + EMBED_BATCH]
-            rows, owners = await embed_searched(self.embedder, chunk)
-            for number, text in enumerate(chunk):
-                self.searched[text] = rows[owners == number]
-                self.vectors[text] = rows[number]
-        firsts = [self.searched[t][0] for t in texts]
-        extras = [(row, number) for number, t in enumerate(texts) for row in self.searched[t][1:]]
-        rows_out = np.stack(firsts + [row for row, _ in extras]) if texts else np.zeros((0, self.dimension), np.float32)
-        owners_out = np.array(list(range(len(texts))) + [n for _, n in extras], dtype=np.intp)
-        return rows_out, owners_out
+            for text, rows in zip(chunk, rows_of_each(*await embed_searched(self.embedder, chunk), len(chunk)),
+                                  strict=True):
+                self.searched[text], self.vectors[text] = rows, rows[0]
+        return rows_and_owners([self.searched[t] for t in texts], self.dimension)
 
     async def close(self) -> None:
         """Nothing to close: the embedder belongs to whoever made this memo."""
