@@ -58,6 +58,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -70,9 +71,9 @@ sys.path.insert(0, str(ROOT))
 from strata_runtime.config.agents import AgentConfig, SkillConfig  # noqa: E402
 from strata_runtime.config.policies import RoutingPolicySpec  # noqa: E402
 from strata_runtime.config.runtime import EmbedderConfig  # noqa: E402
-from strata_runtime.embeddings.contract import embed_searched  # noqa: E402
+from strata_runtime.embeddings.contract import Embedder, embed_searched, rows_and_owners, rows_of_each  # noqa: E402
 from strata_runtime.embeddings.factory import build_embedder  # noqa: E402
-from strata_runtime.embeddings.local import LOCAL_MODEL  # noqa: E402
+from strata_runtime.embeddings.local import LOCAL_MODEL, LocalModel  # noqa: E402
 from strata_runtime.gateway.contract import CallContext  # noqa: E402
 from strata_runtime.routing.calibrate import fit  # noqa: E402
 from strata_runtime.routing.cli import score_with  # noqa: E402
@@ -233,19 +234,19 @@ class LookupEmbedder:
     """Vectors computed in one batch beforehand, served by text: the router's code path, minus the model."""
 
     def __init__(self, name: str, dimension: int, vectors: dict[str, npt.NDArray[np.float32]],
-                 extra_rows: dict[str, npt.NDArray[np.float32]] | None = None, blocks: tuple[int, ...] | None = None):
+                 extra_rows: dict[str, npt.NDArray[np.float32]] | None = None, blocks: tuple[int, ...] = ()):
         self.name = name
         self.dimension = dimension
         self.vectors = vectors
         self.extra_rows = extra_rows or {}  # searched text -> its rows beyond the first (SearchedRows)
-        self.blocks = blocks if blocks is not None else LOCAL_MODEL[name].blocks if name in LOCAL_MODEL else ()
+        self.blocks = blocks
         self._by_stripped: dict[str, npt.NDArray[np.float32]] = {}
 
     async def embed_searched(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
         firsts = await self.embed(texts)
-        extras = [(row, n) for n, t in enumerate(texts) for row in self.extra_rows.get(t, ())]
-        rows = np.concatenate([firsts, np.stack([r for r, _ in extras])]) if extras else firsts
-        return rows, np.array([*range(len(texts)), *(n for _, n in extras)], dtype=np.intp)
+        empty = np.zeros((0, self.dimension), np.float32)
+        return rows_and_owners([np.vstack([first, self.extra_rows.get(t, empty)]) for first, t in zip(
+            firsts, texts, strict=True)], self.dimension)
 
     async def embed(self, texts: Sequence[str], *, background: bool = False) -> npt.NDArray[np.float32]:
         # the router embeds a message stripped (and cut): find it under the text it came from
@@ -279,12 +280,29 @@ def save_cache(name: str, vectors: dict[str, npt.NDArray[np.float32]]) -> None:
                  vectors=np.stack(list(vectors.values())))
 
 
-async def embed_all(texts: list[str]) -> tuple[str, int, dict[str, npt.NDArray[np.float32]]]:
-    config = EmbedderConfig(timeout_seconds=60, **({"model": EMBEDDER[0]} if EMBEDDER else {}))
-    embedder = build_embedder(config, {})
-    key = LOCAL_MODEL[embedder.name].vectors_key  # the vectors' identity (model + engine)
+def bench_model() -> LocalModel:
+    """The local model the benchmark embeds with (--embedder, else the runtime's default)."""
+    return LOCAL_MODEL[EMBEDDER[0] if EMBEDDER else EmbedderConfig().model]
+
+
+class Embedded(NamedTuple):
+    name: str
+    dimension: int
+    vectors: dict[str, npt.NDArray[np.float32]]  # text -> its `embed` vector
+    extra_rows: dict[str, npt.NDArray[np.float32]]  # searched text -> its rows beyond the first, if any
+
+    def lookup(self) -> LookupEmbedder:
+        return LookupEmbedder(self.name, self.dimension, self.vectors, self.extra_rows, LOCAL_MODEL[self.name].blocks)
+
+
+async def embed_all(texts: list[str], searched: Sequence[str] = ()) -> Embedded:
+    """Every text's vector, and the extra rows of the `searched` ones (skill texts, as the router's
+    index embeds them), with one embedder; both kept in the --cache file(s)."""
+    model = bench_model()
+    embedder = build_embedder(EmbedderConfig(timeout_seconds=60, model=model.name), {})
     try:
-        cached = load_cache(key)
+        extra = await _extra_rows(embedder, model, searched)
+        cached = load_cache(model.vectors_key)
         out = {t: cached[t] for t in texts if t in cached}
         missing = [t for t in dict.fromkeys(texts) if t not in out]
         for i in range(0, len(missing), 64):
@@ -292,41 +310,36 @@ async def embed_all(texts: list[str]) -> tuple[str, int, dict[str, npt.NDArray[n
             for text, vec in zip(chunk, await embedder.embed(chunk), strict=True):
                 out[text] = vec
             if i % 1024 == 960 or i + 64 >= len(missing):  # an interrupted run keeps what it embedded
-                save_cache(key, {**cached, **out})
-        return embedder.name, embedder.dimension, out
+                save_cache(model.vectors_key, {**cached, **out})
+        return Embedded(model.name, model.dimension, out, extra)
     finally:
         await embedder.close()
 
 
-async def extra_rows_of(texts: list[str]) -> dict[str, npt.NDArray[np.float32]]:
-    """The rows beyond the first the embedder gives searched texts (skill texts; the composite's
-    other-languages rows of English texts), kept in `<--cache>.searched.npz`: every text asked is
-    recorded, with no rows when it has none."""
-    config = EmbedderConfig(timeout_seconds=60, **({"model": EMBEDDER[0]} if EMBEDDER else {}))
-    embedder = build_embedder(config, {})
+async def _extra_rows(embedder: Embedder, model: LocalModel, texts: Sequence[str]
+                      ) -> dict[str, npt.NDArray[np.float32]]:
+    """The rows beyond the first the embedder gives searched texts (the composite's other-languages
+    rows of English texts), kept in `<--cache>.searched.npz`: every text asked is recorded, with no
+    rows when it has none."""
     path = EMBED_CACHE[0].with_suffix(".searched.npz") if EMBED_CACHE else None
-    key = LOCAL_MODEL[embedder.name].vectors_key
-    known: dict[str, list[npt.NDArray[np.float32]]] = {}
+    known: dict[str, npt.NDArray[np.float32]] = {}
     if path is not None and path.exists():
         with np.load(path, allow_pickle=False) as data:
-            if str(data["embedder"]) == key:
-                known = {str(t): [] for t in data["asked"]}
-                for text, row in zip(data["texts"], data["vectors"], strict=True):
-                    known[str(text)].append(row)
-    try:
-        missing = [t for t in dict.fromkeys(texts) if t not in known]
-        for start in range(0, len(missing), 64):
-            chunk = missing[start:start + 64]
-            rows, owners = await embed_searched(embedder, chunk)
-            for number, text in enumerate(chunk):
-                known[text] = list(rows[owners == number][1:])
-    finally:
-        await embedder.close()
+            if str(data["embedder"]) == model.vectors_key:
+                owners = data["owners"]
+                known = {str(t): data["vectors"][owners == n] for n, t in enumerate(data["asked"])}
+    missing = [t for t in dict.fromkeys(texts) if t not in known]
+    for start in range(0, len(missing), 64):
+        chunk = missing[start:start + 64]
+        for text, rows in zip(chunk, rows_of_each(*await embed_searched(embedder, chunk), len(chunk)), strict=True):
+            known[text] = rows[1:]
     if path is not None and missing:
-        flat = [(t, r) for t, rows_of in known.items() for r in rows_of]
-        np.savez(path, embedder=np.array(key), asked=np.array(list(known)), texts=np.array([t for t, _ in flat]),
-                 vectors=np.stack([r for _, r in flat]) if flat else np.zeros((0, embedder.dimension), np.float32))
-    return {t: np.stack(known[t]) for t in texts if known[t]}
+        asked = list(known)
+        flat = [(n, row) for n, t in enumerate(asked) for row in known[t]]
+        np.savez(path, embedder=np.array(model.vectors_key), asked=np.array(asked),
+                 owners=np.array([n for n, _ in flat], dtype=np.intp),
+                 vectors=np.stack([r for _, r in flat]) if flat else np.zeros((0, model.dimension), np.float32))
+    return {t: known[t] for t in texts if len(known[t])}
 
 
 WHITENING: list[float | None] = [RoutingPolicySpec().semantic.whitening]  # --whitening
@@ -363,7 +376,7 @@ async def cv_whitening(ds: Dataset, args: argparse.Namespace) -> dict[str, objec
     """L1.5 top-1 per whitening shrinkage, by cross-validation over the skills' examples only: each fold
     leaves a fifth of every skill's examples out of the index and routes them (5 folds, 3 draws)."""
     skills, _ = split(ds, args.examples, 0)
-    _, _, vectors = await embed_all([t for s in skills for t in skill_texts(s)])
+    vectors = (await embed_all([t for s in skills for t in skill_texts(s)])).vectors
     layer = SemanticLayer(RoutingPolicySpec().semantic)
     right = dict.fromkeys(CV_SHRINKAGE, 0)
     total = 0
@@ -416,11 +429,10 @@ async def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, object
     queries += [(t, None) for t in ds.oos_test]
     texts = [t for s in skills for t in [*s.examples, s.description]] + [t for t, _ in labelled + queries]
     started = time.perf_counter()
-    name, dim, vectors = await embed_all(texts)
-    extra = await extra_rows_of([t for s in skills for t in skill_texts(s)])
+    embedded = await embed_all(texts, searched=[t for s in skills for t in skill_texts(s)])
     embed_s = time.perf_counter() - started
     agent = AgentConfig(id="bench", tenant="bench", model="none", skills=skills)
-    embedder = LookupEmbedder(name, dim, vectors, extra)
+    embedder = embedded.lookup()
 
     # Calibrate with `routing fit`'s own scoring: L1.5 confidence of the labelled lines, thresholds per skill.
     probe_policy = policy_with(None, 0.0, 1.0, heuristic=False)
@@ -445,7 +457,7 @@ async def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, object
     rec = {"bench": "routing", "dataset": ds.name, "language": ds.language, "skills": len(skills),
            "examples_per_skill": "all" if args.examples is None else args.examples, "queries": len(queries),
            "in_scope": len(in_scope),
-           "out_of_scope": len(oos), "embedder": name, "embed_s": round(embed_s, 1),
+           "out_of_scope": len(oos), "embedder": embedded.name, "embed_s": round(embed_s, 1),
            "whitening": WHITENING[0], "fitted_low": fitted.low, "fitted_high": fitted.high,
            "target_precision": args.target, "cross_fit": args.cross_fit,
            "coverage_no_llm": round(len(no_llm) / len(queries), 4),
@@ -545,13 +557,12 @@ async def main_async(args: argparse.Namespace, datasets: list[Dataset]) -> None:
         return
     for ds in datasets:
         await run_dataset(ds, args)
-    name, dim, _ = await embed_all(["dimension probe"])
-    blocks = LOCAL_MODEL[name].blocks
+    model = bench_model()  # the overhead's vectors are random: no model is loaded for them
     if args.smoke:
-        await overhead(50, 3, 50, dim, blocks)
+        await overhead(50, 3, 50, model.dimension, model.blocks)
     else:
         for skills_n, examples in overhead_sizes(args.overhead):
-            await overhead(skills_n, examples, 2000, dim, blocks)
+            await overhead(skills_n, examples, 2000, model.dimension, model.blocks)
 
 
 def examples_arg(value: str) -> int | None:
