@@ -234,10 +234,7 @@ def _thresholds(
     assert isinstance(model, verifier.LanguageModel)
     scored: dict[str, list[tuple[Probe, list[float]]]] = {}
     for p in probes:
-        scores = []
-        for text, cos, _ in p.candidates:
-            ok = cos >= model.recall and getattr(guard_check(p.query, text), "allowed", False)
-            scores.append(model.score(verifier.features(p.query, text, cos)) if ok else -1.0)
+        scores = [_score(model, p.query, text, cos, guard_check) for text, cos, _ in p.candidates]
         scored.setdefault(p.source, []).append((p, scores))
     grid = sorted({round(s, 4) for items in scored.values() for _, ss in items for s in ss if s >= 0} | {1.0})
     out = []
@@ -249,6 +246,19 @@ def _thresholds(
                 break
         out.append((rate, chosen))
     return tuple(out)
+
+
+def _score(model: object, query: str, cached: str, cosine: float, guard_check: Callable[[str, str], object]) -> float:
+    """A candidate's score as the runtime sees it: -1 under recall or vetoed by the guard, 1 for the
+    same question (served without scoring), else the model's score."""
+    from strata_runtime.cache import verifier
+
+    assert isinstance(model, verifier.LanguageModel)
+    if cosine < model.recall or not getattr(guard_check(query, cached), "allowed", False):
+        return -1.0
+    if verifier.same_question(query, cached):
+        return 1.0
+    return model.score(verifier.features(query, cached, cosine))
 
 
 SHAPE_GRID = tuple(round(0.95 + 0.0025 * i, 4) for i in range(21))  # cosines 0.95 ... 1.0
@@ -275,9 +285,8 @@ def _shape_cosines(probes: list[Probe], model: object, guard_check: Callable[[st
     for p in probes:
         rows: list[Row] = []
         for text, cos, _ in p.candidates:
-            ok = cos >= model.recall and bool(getattr(guard_check(p.query, text), "allowed", False))
-            same = ok and verifier.tokens(p.query) == verifier.tokens(text)
-            score = 1.0 if same else model.score(verifier.features(p.query, text, cos)) if ok else -1.0
+            score = _score(model, p.query, text, cos, guard_check)
+            ok = score >= 0
             rows.append((cos, ok, score, verifier.shape(p.query, text) if ok else None))
         seen.setdefault(p.source, []).append((p, rows))
     near, reworded = [], []

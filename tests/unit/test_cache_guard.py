@@ -92,6 +92,46 @@ def test_the_short_edit_rule_sets_aside_what_other_rules_or_the_verifier_read(qu
     assert check(query, cached).reason != "short-edit"
 
 
+@pytest.mark.parametrize(("query", "cached"), [
+    ("手机充电老是发热怎么回事", "手机充电发热怎么回事？"),  # noqa: RUF001  an adverb of frequency
+    ("专科和本科有什么区别", "专科与本科到底有什么区别"),  # conjunctions, emphasis
+    ("这句英文是什么意思啊？", "这句英文是什么意思？"),  # noqa: RUF001  modal particles
+    ("你是不是傻子", "你是不是傻子呀"),
+    ("请帮我关掉浴室的灯", "关掉浴室的灯"),
+])
+def test_the_short_edit_rule_sets_aside_light_words(query: str, cached: str):
+    assert check(query, cached).allowed
+
+
+def test_light_words_do_not_make_a_question_short():
+    # Set aside only when comparing characters: counted out of the length too, they would bring this
+    # question under SHORT_HAN, where the other changed characters (扣钱, 扣款) veto.
+    query, cached = "花呗会从余额宝扣款吗", "花呗扣钱会从余额宝扣吗"
+    assert len(guard._han_content(query, light_too=True)) <= guard.SHORT_HAN < len(guard._han_content(query))
+    assert check(query, cached).reason != "short-edit"
+
+
+@pytest.mark.parametrize(("query", "cached"), [
+    ("四川商务职业学院好不好呀", "四川商务职业学院怎么样？"),  # noqa: RUF001  A-not-A: a yes/no question
+    ("女人吃男人精液会不会怀孕", "女人吃男人精子会怀孕吗"),
+    ("有没有能赚钱的手机游戏", "有什么手机游戏可以赚钱的"),
+    ("可不可以用花呗买机票", "能用花呗买机票吗"),
+    ("在广东工作好找不？", "在广东工作好找吗？"),  # noqa: RUF001  a final 不 before the question mark
+])
+def test_yes_no_questions_are_not_negations(query: str, cached: str):
+    assert guard._negations(query) == guard._negations(cached) == 0
+    assert check(query, cached).reason != "negation"
+
+
+@pytest.mark.parametrize(("query", "cached"), [
+    ("为什么不？", "为什么？"),  # noqa: RUF001  "why not?" negates
+    ("好不容易找到工作", "容易找到工作"),  # 好不容易 is no A-not-A (好 / 容)
+    ("有没有人没有收到卡", "有没有人收到卡"),  # a real negation beside an A-not-A
+])
+def test_negations_beside_question_forms_still_count(query: str, cached: str):
+    assert check(query, cached) == guard.GuardVerdict(False, "negation")
+
+
 @pytest.mark.parametrize(("query", "cached", "reason"), [
     ("买两张去北京的票", "买一张去北京的票", "numbers"),
     ("转账一百元", "转账二百元", "numbers"),

@@ -170,6 +170,34 @@ def test_harmless_rewordings_are_served(stored: str, asked: str) -> None:
     assert decision.allowed is True, decision
 
 
+@pytest.mark.parametrize(("stored", "asked"), [
+    ("蚂蚁的牙齿是什么颜色的？", "蚂蚁的牙齿是什么颜色的啊"),  # noqa: RUF001  particles
+    ("上海应用技术学院怎么样？", "请问上海应用技术学院如何"),  # noqa: RUF001  courtesy, 如何 = 怎么样
+    ("我的闹钟什么时候响", "我的闹钟啥时候响啊"),  # 啥 = 什么
+])
+@pytest.mark.parametrize("model", ["multilingual-e5-small", "bge-small-en-v1.5+multilingual-e5-small"])
+def test_the_same_chinese_question_with_other_particles_is_served_unscored(stored: str, asked: str,
+                                                                         model: str) -> None:
+    v = verifier_for(model, 0.01)
+    assert v is not None
+    # A cosine the fitted model refuses on its own (below its score threshold for these pairs).
+    assert v.models["zh"].score(features(asked, stored, 0.95)) < v._thresholds["zh"]
+    assert v.check(asked, stored, 0.95) == verifier.Decision(True, None, 1.0)
+
+
+@pytest.mark.parametrize(("stored", "asked", "reason"), [
+    ("七朵玫瑰是什么意思", "九朵玫瑰是什么意思啊", "numbers"),  # the guard still reads first
+    ("我的卡被拒绝了吗", "我的卡没有被拒绝吧", "negation"),
+    ("你爱我吗", "我爱你吗", "verifier"),  # the same characters in another order are not the same question
+    ("申请退款怎么办", "退款怎么办", "short-edit"),  # 请 is a courtesy only at the start
+])
+def test_what_particles_cannot_hide_is_still_refused(stored: str, asked: str, reason: str) -> None:
+    v = verifier_for("bge-small-en-v1.5+multilingual-e5-small", 0.01)
+    assert v is not None
+    decision = v.check(asked, stored, 0.95)
+    assert (decision.allowed, decision.reason) == (False, reason)
+
+
 @pytest.fixture(scope="module")
 async def embedder():
     e = LocalEmbedder(timeout_seconds=60)

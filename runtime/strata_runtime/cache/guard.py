@@ -8,8 +8,8 @@ queries differ in any of:
   compared by value (23 = 二十三); a lone 一 counts as 1 or as nothing, since it is mostly the
   article "a" (一个, 一种) or part of a word (一起, 统一);
 * negation (not/no/never/n't/without…, 不/没/别/未/无/非/勿…, simplified or traditional; not in
-  words such as 南非, 非常, 分别, 未来, 是否) or a polar verb pair
-  (enable/disable, lock/unlock, 开启/关闭…);
+  words such as 南非, 非常, 分别, 未来, 是否, nor in a yes/no question: 有没有, 好不好, 好找不?) or a
+  polar verb pair (enable/disable, lock/unlock, 开启/关闭…);
 * quoted strings ("…", '…', “…”, 「…」, 《…》);
 * named entities: capitalised or mixed-case words, acronyms and alphanumeric tokens
   (iPhone, 2FA, SEPA, Paris), a dotted name taken whole (Amazon.in, Node.js) — a heuristic,
@@ -18,8 +18,8 @@ queries differ in any of:
 * a one-word swap: the queries are identical except one content word replaced by another
   ("cancel my card" vs "freeze my card"; for Chinese, a replaced run of 2+ Han characters in
   an otherwise identical sentence: 巴黎 vs 伦敦);
-* a short Chinese question (at most 8 Han characters once question words and particles are set
-  aside) with a content character added, dropped or replaced: 肾虚吃什么好 vs 肾虚吃什么药,
+* a short Chinese question (at most 8 Han characters once question words, particles and other
+  light words are set aside) with a content character added, dropped or replaced: 肾虚吃什么好 vs 肾虚吃什么药,
   十七点半叫我 vs 十七点半叫我起床. In a question that short each character carries its meaning,
   and a model fitted on long sentences reads one changed character as a small edit. The same
   characters in another order are left to the verifier.
@@ -177,11 +177,18 @@ def numbers_differ(a: str, b: str) -> bool:
                 and only_a["1"] <= ones_b and only_b["1"] <= ones_a)
 
 
+# Chinese asks yes/no questions with a negation character that negates nothing: "A-not-A"
+# (有没有, 好不好, 会不会, 可不可以, 喜不喜欢) and a final 不/没 before the question mark (好找不?,
+# 吃饭没?). Both are set aside before counting; "why not" (为什么不?) keeps its negation.
+_ZH_A_NOT_A = re.compile(r"([\u4e00-\u9fff]{1,2})[不没沒]\1")
+_ZH_FINAL_NOT = re.compile(r"(?<![么麼啥何])[不没沒](?=\s*(?:[?？]|$))")  # noqa: RUF001
+
+
 @_per_text
 def _negations(text: str) -> int:
     lowered = re.sub(r"n['’]t\b", " not", text.lower())  # noqa: RUF001
     count = sum(1 for w in re.findall(r"[a-z]+", lowered) if w in _EN_NEGATIONS)
-    han = text
+    han = _ZH_FINAL_NOT.sub("", _ZH_A_NOT_A.sub(r"\1", text))
     for word in _ZH_NOT_NEGATIONS:
         han = han.replace(word, " ")
     for marker in _ZH_NEGATIONS:  # longest first, so 没有 counts once
@@ -290,17 +297,30 @@ _ZH_COURTESIES = ("非常感谢", "谢谢", "感谢", "麻烦", "你好", "您�
 _ZH_MODALS = ("该",)  # 该 = 应该 (already a function run): 我怎么重置密码 / 我该怎么重置密码
 _ZH_SET_ASIDE = sorted({*_ZH_FUNCTION_RUNS, *_ZH_COURTESIES, *_ZH_MODALS}, key=len, reverse=True)
 _ZH_SET_ASIDE_CHARS = set(_CJK_NUMERALS) | {c for w in _ZH_NEGATIONS for c in w if len(w) == 1}
+# Words that shade a question without changing what it asks, by grammatical class: modal particles,
+# colloquial question words, modal verbs, adverbs of emphasis, frequency and degree, conjunctions,
+# demonstratives, the copula, 在 (at / -ing) and more courtesies. Not counted as an added, dropped or
+# replaced character (手机充电老是发热 / 手机充电发热), but counted in a question's length: set aside
+# there too, they would make more questions short, where any other changed character vetoes.
+_ZH_LIGHT_WORDS = (
+    "呀", "啦", "哦", "嘛", "哈", "么", "哇", "怎么样", "咋", "啥", "哪里", "哪儿", "能", "会", "可", "到底", "究竟",
+    "老是", "总是", "一直", "经常", "也", "都", "还", "就", "又", "才", "真的", "其实", "比较", "挺", "很", "和", "与",
+    "跟", "及", "或", "或者", "而且", "那么", "这", "那", "这个", "那个", "在", "是", "多谢", "帮忙", "帮我", "求",
+    "大家", "各位", "亲",
+)
+_ZH_SET_ASIDE_LIGHT = sorted({*_ZH_SET_ASIDE, *_ZH_LIGHT_WORDS}, key=len, reverse=True)
 
 
 @_per_text
-def _han_content(text: str) -> str:
-    """The Han characters of a mostly-Chinese text less those set aside (_ZH_SET_ASIDE runs, then
-    _ZH_SET_ASIDE_CHARS); empty for a text that is not mostly Chinese."""
+def _han_content(text: str, light_too: bool = False) -> str:
+    """The Han characters of a mostly-Chinese text less those set aside (_ZH_SET_ASIDE runs, with
+    `light_too` _ZH_LIGHT_WORDS as well, then _ZH_SET_ASIDE_CHARS); empty for a text that is not
+    mostly Chinese."""
     han = len(_HAN_RE.findall(text))
     letters = sum(1 for ch in text if ch.isalpha())
     if han == 0 or han * 3 < letters:
         return ""
-    for run in _ZH_SET_ASIDE:
+    for run in _ZH_SET_ASIDE_LIGHT if light_too else _ZH_SET_ASIDE:
         text = text.replace(run, "")
     return "".join(ch for ch in _HAN_RE.findall(text) if ch not in _ZH_SET_ASIDE_CHARS)
 
@@ -309,7 +329,7 @@ def _short_han_edit(a: str, b: str) -> bool:
     ca, cb = _han_content(a), _han_content(b)
     if not ca or not cb or min(len(ca), len(cb)) > SHORT_HAN:
         return False
-    return Counter(ca) != Counter(cb)
+    return Counter(_han_content(a, light_too=True)) != Counter(_han_content(b, light_too=True))
 
 
 def check(query: str, cached_query: str) -> GuardVerdict:

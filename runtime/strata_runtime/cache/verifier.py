@@ -20,7 +20,8 @@ holds the score threshold that kept wrong hits at or under several target rates 
 fitting data; the runtime takes the one for the policy's `semantic.maxWrongHitRate`.
 Long questions (over LONG_TOKENS) get a model of their own when the fitting data has enough.
 The hit guard (guard.py) still vetoes first. A candidate with the very same tokens in the same
-order as the question (it differs in case, punctuation or width only) is served without scoring.
+order as the question (it differs in case, punctuation or width only, or for Chinese in particles,
+courtesies and the form of a question word: `plain_tokens`) is served without scoring.
 
 The linear model leans on word overlap, which serves look-alikes and refuses rewordings; two
 shapes of pair are safe on cosine alone once no content token moved to another place (a swap of
@@ -85,6 +86,32 @@ def language(text: str) -> str:
 @lru_cache(maxsize=4096)  # a question is checked against several candidates; read-only results
 def tokens(text: str) -> list[str]:
     return _TOKEN_RE.findall(unicodedata.normalize("NFKC", text).lower())[:_MAX_TOKENS]
+
+
+# What a Chinese question can gain or lose without asking anything else: modal particles, courtesies,
+# emphasis (到底, 究竟), and the colloquial forms of question words (如何 = 怎么, 啥 = 什么).
+_ZH_SAME_WORDS = (("怎么样", "怎么"), ("怎样", "怎么"), ("如何", "怎么"), ("咋样", "怎么"), ("咋", "怎么"),
+                  ("为啥", "为什么"), ("为何", "为什么"), ("啥", "什么"), ("哪儿", "哪里"))
+_ZH_SPARE_WORDS = re.compile(r"请问|谢谢|多谢|感谢|麻烦|你好|您好|到底|究竟|^请")
+_ZH_PARTICLES = frozenset("吗呢吧啊呀啦哦嘛么哇呐噢喔")
+
+
+def same_question(query: str, cached: str) -> bool:
+    """The same words in the same order, case, punctuation, width and Chinese particles or courtesies
+    aside (`plain_tokens`)."""
+    return plain_tokens(query) == plain_tokens(cached)
+
+
+@lru_cache(maxsize=4096)
+def plain_tokens(text: str) -> list[str]:
+    """The tokens of a Chinese question less what cannot change its answer (_ZH_SAME_WORDS made one,
+    _ZH_SPARE_WORDS and _ZH_PARTICLES dropped); another text's tokens unchanged."""
+    if language(text) != "zh":
+        return tokens(text)
+    plain = unicodedata.normalize("NFKC", text).lower()
+    for word, same in _ZH_SAME_WORDS:
+        plain = plain.replace(word, same)
+    return [t for t in tokens(_ZH_SPARE_WORDS.sub("", plain.strip())) if t not in _ZH_PARTICLES]
 
 
 def _jaccard(a: set[Any], b: set[Any]) -> float:
@@ -249,8 +276,7 @@ class Verifier:
         verdict = guard.check(query, cached)
         if not verdict.allowed:
             return Decision(False, verdict.reason or "other")
-        if tokens(query) == tokens(cached):
-            # The same words in the same order (case, punctuation and width aside): the same question.
+        if same_question(query, cached):
             # The linear model need not be monotone at that corner (collinear overlap features).
             return Decision(True, None, 1.0)
         score = model.score(features(query, cached, cosine))
