@@ -80,6 +80,14 @@ def test_shapes_of_pairs() -> None:
     assert verifier.shape("the racial riots in the city of 1968", "the historic riots in the city of 1968") is None
 
 
+def test_a_chinese_near_duplicate_only_adds_characters_to_one_side() -> None:
+    assert verifier.shape("第一届世界杯在哪里举行", "第一届世界杯在哪举行") == "near"
+    assert verifier.shape("铁观音的保质期是多久", "铁观音茶叶的保质期是多久呢") == "near"
+    # 中学 / 高中: 学 dropped and 高 added align as two edits, no replacement; it is one replaced word
+    assert verifier.edit_shape("一所位于郊区的中学", "一所位于郊区的高中")[:2] == (0, 0)
+    assert verifier.shape("一所位于郊区的中学", "一所位于郊区的高中") is None
+
+
 def test_a_model_fitted_without_shape_cosines_never_serves_by_that_rule() -> None:
     n = len(verifier.FEATURES)
     model = verifier.LanguageModel(0.0, (0.0,) * n, (1.0,) * n, (0.0,) * n, -40.0, ((0.01, 0.9),))

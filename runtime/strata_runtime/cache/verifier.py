@@ -28,7 +28,8 @@ shapes of pair are safe on cosine alone once no content token moved to another p
 roles: "from Paris to Rome" / "from Rome to Paris"):
 
 * a near duplicate: the texts align token by token (edit similarity >= NEAR_EDIT) and no content
-  token was replaced by another (only words added or dropped);
+  token was replaced by another (only words added or dropped; for Chinese, characters only added to
+  one text);
 * a rewording: the texts do not align that closely.
 
 (Near-identical texts with a replaced content word are neither: one word changes the meaning while
@@ -91,7 +92,8 @@ def tokens(text: str) -> list[str]:
 # What a Chinese question can gain or lose without asking anything else: modal particles, courtesies,
 # emphasis (到底, 究竟), and the colloquial forms of question words (如何 = 怎么, 啥 = 什么).
 _ZH_SAME_WORDS = (("怎么样", "怎么"), ("怎样", "怎么"), ("如何", "怎么"), ("咋样", "怎么"), ("咋", "怎么"),
-                  ("为啥", "为什么"), ("为何", "为什么"), ("啥", "什么"), ("哪儿", "哪里"))
+                  ("为啥", "为什么"), ("为何", "为什么"), ("什么样", "什么"), ("啥", "什么"), ("哪里", "哪"),
+                  ("哪儿", "哪"))
 _ZH_SPARE_WORDS = re.compile(r"请问|谢谢|多谢|感谢|麻烦|你好|您好|到底|究竟|^请")
 _ZH_PARTICLES = frozenset("吗呢吧啊呀啦哦嘛么哇呐噢喔")
 
@@ -165,7 +167,16 @@ def shape(query: str, cached: str) -> str | None:
         return None
     if similarity < NEAR_EDIT:
         return "reworded"
-    return "near" if replaced == 0 else None
+    return "near" if replaced == 0 and (language(query) != "zh" or _only_added(query, cached)) else None
+
+
+def _only_added(query: str, cached: str) -> bool:
+    """One text's plain tokens are the other's with some left out. For Chinese a near duplicate must
+    be that: a character dropped on one side and another added on the other (中学 / 高中) is a
+    replaced word the character alignment cannot see."""
+    shorter, longer = sorted((plain_tokens(query), plain_tokens(cached)), key=len)
+    rest = iter(longer)
+    return all(token in rest for token in shorter)
 
 
 def features(query: str, cached: str, cosine: float) -> list[float]:
