@@ -38,7 +38,8 @@ def _validate_messages(messages: Any) -> None:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise BadRequest("each message must be an object", field=f"messages.{i}")
-        if message.get("role") not in _ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in _ROLES:  # a list or object role is not hashable
             raise BadRequest(f"messages[{i}].role must be one of {sorted(_ROLES)}", field=f"messages.{i}.role")
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
@@ -52,6 +53,9 @@ def validate_embeddings_body(body: Any) -> list[str]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model is required", field="model")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1):
+        raise BadRequest("dimensions must be a positive integer", field="dimensions")
     raw = body.get("input")
     inputs = [raw] if isinstance(raw, str) else raw
     if not isinstance(inputs, list) or not inputs:

@@ -19,6 +19,7 @@ from strata_runtime.providers.base import JSON, ProviderError
 LABEL = "[offline demo provider, not a real model]"
 _ids = itertools.count(1)
 _WORD = re.compile(r"\w+")
+MAX_DEMO_DIMENSIONS = 4096  # above any real embedding model (text-embedding-3-large has 3072)
 
 
 class DemoProvider:
@@ -75,6 +76,8 @@ class DemoProvider:
         if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) for x in inputs):
             raise ProviderError("demo embeddings need a string or a list of strings", status=400)
         dim = int(body.get("dimensions") or 64)
+        if not 1 <= dim <= MAX_DEMO_DIMENSIONS:  # the vector is allocated whole: a huge one is memory, not an answer
+            raise ProviderError(f"demo embeddings have 1 to {MAX_DEMO_DIMENSIONS} dimensions", status=400)
         data = [{"object": "embedding", "index": i, "embedding": _bag_of_words(t, dim)} for i, t in enumerate(inputs)]
         tokens = sum(len(t.split()) for t in inputs)
         return {"object": "list", "data": data, "model": self.model,
