@@ -9,6 +9,7 @@ in the API description all the same.
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeVar
 
 import orjson
@@ -53,20 +54,25 @@ async def read_model(request: Request, model: type[M]) -> M:
         first = errors[0] if errors else {"loc": (), "msg": "invalid body"}
         field = ".".join(str(p) for p in first["loc"]) or None
         raise ValidationFailed(f"{field or 'body'}: {first['msg']}", field=field) from None
-    _check_integers(parsed.model_dump(by_alias=True), ())
+    _check_numbers(parsed.model_dump(by_alias=True), ())
     return parsed
 
 
-def _check_integers(value: Any, path: tuple[str, ...]) -> None:
-    """Integers must fit in 64 bits: the JSON parser takes any size, the stores and encoders do not."""
+def _check_numbers(value: Any, path: tuple[str, ...]) -> None:
+    """Integers must fit in 64 bits: the JSON parser takes any size, the stores and encoders do not.
+    Floats must be finite: the parser takes `NaN`, `Infinity` and `1e400` (not JSON), which would be
+    written back as `null`."""
     if isinstance(value, bool):
         return
     if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
         field = ".".join(path) or None
         raise ValidationFailed(f"{field or 'body'}: integer out of range (64-bit signed)", field=field)
+    if isinstance(value, float) and not math.isfinite(value):
+        field = ".".join(path) or None
+        raise ValidationFailed(f"{field or 'body'}: number must be finite", field=field)
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
-        _check_integers(item, (*path, str(key)))
+        _check_numbers(item, (*path, str(key)))
 
 
 def documented_body(schema: type[BaseModel] | dict[str, Any]) -> dict[str, Any]:
