@@ -40,7 +40,8 @@ async def usage(services: ServicesDep, caller: AnyCaller, *, tenant: str | None 
         tenant = services.auth.tenant_of(caller, tenant, field="tenant")
     today = dt.datetime.now(dt.UTC).date()
     end_date = _date(end, "end", today)
-    start_date = _date(start, "start", end_date - dt.timedelta(days=6))
+    # the default week ends at `end`, and starts no earlier than the first day a date can hold
+    start_date = _date(start, "start", end_date - dt.timedelta(days=min(6, (end_date - dt.date.min).days)))
     if start_date > end_date:
         raise BadRequest("start is after end", field="start")
     if (end_date - start_date).days >= MAX_RANGE_DAYS:
