@@ -13,6 +13,7 @@ from strata_runtime.api.bodies import documented_body, read_model
 from strata_runtime.api.deps import INTERNAL, PUBLIC, PublicCaller, ServicesDep
 from strata_runtime.errors import NotFound, ServiceUnavailable, ValidationFailed
 from strata_runtime.evolution import Arm, EvolutionStore
+from strata_runtime.evolution.store import check_text
 from strata_runtime.services import Services
 
 router = APIRouter(dependencies=INTERNAL)
@@ -104,6 +105,8 @@ async def list_events(services: ServicesDep, kind: Kind | None = None, name: str
                       limit: int = 100) -> Response:
     if not 1 <= limit <= 1000:
         raise ValidationFailed("limit must be 1..1000", field="limit")
+    if name is not None:
+        check_text(name, "name")
     events = await (await _store(services)).events(kind=kind, name=name, limit=limit)
     return _json({"events": [e.to_json() for e in events]})
 

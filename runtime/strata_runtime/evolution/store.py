@@ -132,6 +132,12 @@ def check_key(kind: str, name: str) -> None:
         raise ValidationFailed("name must be 1-200 characters of letters, digits and _ . : / -", field="name")
 
 
+def check_text(value: str, field: str) -> None:
+    """A NUL character cannot be stored in a Postgres text column: refused on every backend alike."""
+    if "\x00" in value:
+        raise ValidationFailed(f"{field} must not contain a NUL character", field=field)
+
+
 def check_arms(arms: list[Arm]) -> None:
     if len(arms) < 2:
         raise ValidationFailed("an experiment needs at least two arms", field="arms")
@@ -204,6 +210,8 @@ class EvolutionStore(ABC):
     async def add_version(self, kind: str, name: str, content: dict[str, Any], *, author: str,
                           note: str = "") -> Version:
         check_key(kind, name)
+        check_text(author, "author")
+        check_text(note, "note")
         if not isinstance(content, dict):
             raise ValidationFailed("content must be a JSON object", field="content")
         version = await self._insert_version(kind, name, content, author, note)
@@ -225,6 +233,7 @@ class EvolutionStore(ABC):
         return None if number is None else await self._get_version(kind, name, number)
 
     async def rollback(self, kind: str, name: str, version: int, *, author: str) -> Version:
+        check_text(author, "author")
         target = await self.version(kind, name, version)  # 404 before anything changes
         previous = await self._active_number(kind, name)
         await self._set_active(kind, name, version)
@@ -233,6 +242,7 @@ class EvolutionStore(ABC):
 
     async def create_experiment(self, kind: str, name: str, arms: list[Arm], *, author: str) -> Experiment:
         check_key(kind, name)
+        check_text(author, "author")
         check_arms(arms)
         for i, arm in enumerate(arms):
             if await self._get_version(kind, name, arm.version) is None:
@@ -246,12 +256,13 @@ class EvolutionStore(ABC):
         return experiment
 
     async def experiment(self, experiment_id: str) -> Experiment:
-        found = await self._get_experiment(experiment_id)
+        found = None if "\x00" in experiment_id else await self._get_experiment(experiment_id)
         if found is None:
             raise NotFound(f"no experiment {experiment_id!r}", field="experiment_id")
         return found
 
     async def stop_experiment(self, experiment_id: str, *, author: str) -> Experiment:
+        check_text(author, "author")
         experiment = await self.experiment(experiment_id)
         await self._set_experiment_status(experiment_id, "stopped")
         await self._insert_event(experiment.kind, experiment.name, "experiment.stopped", version=None,
@@ -267,6 +278,7 @@ class EvolutionStore(ABC):
                              feedback: int | None = None) -> Arm:
         """An outcome or user feedback of a session; the arm comes from the session, never the caller."""
         check_feedback(feedback)
+        check_text(session_id, "session_id")
         if latency_ms is not None and latency_ms < 0:
             raise ValidationFailed("latencyMs must be >= 0", field="latencyMs")
         if tokens is not None and tokens < 0:
