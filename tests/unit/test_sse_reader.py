@@ -32,6 +32,9 @@ def _byte_by_byte(stream: bytes) -> list[bytes]:
     b"event: message\ndata: x\n\n",
     b"data:no-space\n\n",
     b"data: tail without blank line",
+    b"data: bare\rdata: cr\r\rdata: next\r\r",
+    b"event: x\r\nid: 1\rdata: mixed\n\r\n" + ONE,
+    b"data: ends in cr\r",
 ])
 def test_an_event_reads_the_same_whole_or_byte_by_byte(stream: bytes) -> None:
     assert _whole([stream]) == _byte_by_byte(stream)
@@ -49,3 +52,9 @@ def test_an_unterminated_event_over_the_limit_is_refused() -> None:
     reader = _SseReader(16)
     with pytest.raises(_EventTooLarge):
         reader.feed(b"data: " + b"x" * 32)
+
+
+def test_bare_cr_and_crlf_line_ends_read_like_lf() -> None:
+    """SSE lines may end in CRLF, LF or a bare CR; a CR at the end of a read may be half a CRLF."""
+    assert _whole([b"data: a\r", b"\r", b"data: b\r\n", b"\r\n", b"data: c\r\rdata: d\r"]) == [b"a", b"b", b"c", b"d"]
+    assert _whole([b"data: first\r", b"\ndata: second\r\n\r\n"]) == [b"first\nsecond"]

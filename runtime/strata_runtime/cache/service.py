@@ -53,6 +53,7 @@ from strata_runtime.config import CachePolicySpec
 from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable
 from strata_runtime.gateway.contract import CacheResult, CallContext
 from strata_runtime.stores.redis import RedisClient, RedisConnector, is_redis_failure
+from strata_runtime.usage import token_count
 
 log = logging.getLogger("strata.cache")
 
@@ -539,9 +540,10 @@ class CacheService:
         else:
             self.stats.hits_exact += 1
         self._observe(kind)
-        usage = (response or {}).get("usage") or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
+        usage = (response or {}).get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        prompt = token_count(usage.get("prompt_tokens"))
+        completion = token_count(usage.get("completion_tokens"))
         self.stats.prompt_tokens_saved += prompt
         self.stats.completion_tokens_saved += completion
         cost = 0.0

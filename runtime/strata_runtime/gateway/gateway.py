@@ -42,7 +42,7 @@ from strata_runtime.providers import ProviderError
 from strata_runtime.providers.openai_compat import drop_null_usage, rename_model
 from strata_runtime.ratelimit import RateLimiter, Reservation
 from strata_runtime.stores.redis import RedisConnector
-from strata_runtime.usage import UsageEvent, UsageRecorder
+from strata_runtime.usage import UsageEvent, UsageRecorder, token_count
 
 log = logging.getLogger("strata.gateway")
 
@@ -314,8 +314,8 @@ class Gateway:
             self.metrics.llm_requests.labels(model, route.provider.name if route else "local", "disabled",
                                              "error").inc()
             raise
-        usage = response.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
+        usage = response.get("usage")
+        prompt = token_count(usage.get("prompt_tokens")) if isinstance(usage, dict) else 0
         cost = used.cost(prompt, 0) if used is not None else 0.0
         await reservation.settle(prompt)
         latency = time.perf_counter() - started
@@ -356,8 +356,8 @@ class Gateway:
                         error: BaseException | None = None) -> None:
         """Account a call that used tokens; `error` is why a stream that used some stopped early."""
         usage = usage if isinstance(usage, dict) else {}
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
+        prompt = token_count(usage.get("prompt_tokens"))
+        completion = token_count(usage.get("completion_tokens"))
         latency = time.perf_counter() - call.started
         ctx, route, served, provider = call.ctx, call.route, call.served, call.provider
         if call.cache in _HITS:

@@ -2,7 +2,8 @@
 
 Backoff is "full jitter" (sleep a uniform random time in [0, min(cap, base * 2**attempt)]),
 so that many pods retrying the same failed upstream spread out instead of stampeding.
-An upstream's own `Retry-After` wins when it is bounded (at most `MAX_RETRY_AFTER`).
+An upstream's own `Retry-After` wins when it is bounded (at most `MAX_RETRY_AFTER`); a longer
+one is not waited for, and the caller does not ask that upstream again within the call.
 
 Circuit breaker states:
 

@@ -4,7 +4,8 @@
       deadline = now + route's timeoutSeconds (one for the whole call)
       for each model in [route, *route.fallbacks] whose circuit allows a call, while time is left:
         up to 1 + maxRetries attempts, full-jitter backoff (or a bounded Retry-After)
-        between retryable failures (429, 5xx, timeouts, connection errors), each attempt
+        between retryable failures (429, 5xx, timeouts, connection errors; a Retry-After over
+        the bound ends the attempts on that model: the next fallback is asked), each attempt
         bounded by the deadline; a non-retryable answer (other 4xx) ends the whole call at once.
       all failed -> the last failure, mapped to a 502/503/504 (or 429) StrataError.
 """
@@ -31,7 +32,7 @@ from strata_runtime.errors import (
     UpstreamTimeout,
     UpstreamTooLarge,
 )
-from strata_runtime.gateway.resilience import CircuitBreaker, backoff_delay
+from strata_runtime.gateway.resilience import MAX_RETRY_AFTER, CircuitBreaker, backoff_delay
 from strata_runtime.metrics import Metrics
 from strata_runtime.providers import Provider, ProviderError, build_provider
 
@@ -144,7 +145,9 @@ class UpstreamCaller:
                     raise
                 route.breaker.record_failure()
                 delay = backoff_delay(attempt, e.retry_after)
-                if attempt + 1 >= attempts or route.breaker.state != "closed" \
+                # A Retry-After longer than we ever wait says the same upstream would refuse again now.
+                told_to_wait = e.retry_after is not None and e.retry_after > MAX_RETRY_AFTER
+                if attempt + 1 >= attempts or route.breaker.state != "closed" or told_to_wait \
                         or time.monotonic() + delay >= deadline:
                     raise
                 log.info("upstream attempt failed; retrying", extra={
@@ -193,6 +196,9 @@ def map_provider_error(e: ProviderError, route: ModelRoute) -> StrataError:
     if e.reason == "stream_error":
         return UpstreamError(f"upstream for model {name!r} reported an error mid-stream{said}",
                              details=details, **fidelity)
+    if e.reason == "invalid_response":
+        return UpstreamError(f"upstream for model {name!r} sent a malformed answer (not an OpenAI chat "
+                             "completion)", details=details)
     if e.status is None:
         return UpstreamError(f"upstream for model {name!r} is unreachable", details=details)
     return UpstreamError(f"upstream for model {name!r} failed (HTTP {e.status}){said}", details=details)

@@ -1,10 +1,13 @@
 """An OpenAI-compatible upstream (OpenAI, DeepSeek, Ollama, vLLM, ...) over one pooled client.
 
 Every request carries the caller's `X-Request-ID` (and a W3C `traceparent` when tracing is on).
-A stream is trusted only when it ends properly: `[DONE]` or a `finish_reason`. A stream that
-stops without either (the connection dropped, the body ended early) raises `incomplete_stream`,
+A stream is trusted only when it ends properly: `[DONE]` or a `finish_reason` (after which the
+connection may drop or fall silent: the answer is whole). A stream that stops without either
+(the connection dropped, the body ended early) raises `incomplete_stream`,
 so nothing downstream (cache, conversation memory) takes it for a finished answer. Bodies are
-capped: `Limits` bounds a buffered answer, a whole stream and one SSE event.
+capped: `Limits` bounds a buffered answer, a whole stream and one SSE event. An answer that is
+not a chat completion (no `choices` list, a choice or delta that is not an object) is an
+`invalid_response`; the configured API key, echoed anywhere in an answer, becomes `[redacted]`.
 """
 
 from __future__ import annotations
@@ -73,23 +76,42 @@ class OpenAICompatProvider:
             headers += b"Authorization: Bearer " + api_key.encode() + b"\r\n"
         self._headers = headers
         self._secrets = (api_key,) if api_key else ()
+        # The key as the bytes an upstream would echo (a debugging proxy, an echo server, a model
+        # fed its own headers): scrubbed from every answer before anyone downstream sees it.
+        self._secret_bytes = api_key.encode() if api_key and len(api_key) >= 8 else None
         self._chat_path = self.pool.path("/chat/completions")
         self._embeddings_path = self.pool.path("/embeddings")
 
     async def chat(self, body: JSON, *, deadline: float | None = None) -> JSON:
         response = await self._send(self._chat_path, body, stream=False, deadline=deadline)
-        return self._decode(response.body)
+        data = self._decode(self._scrub(response.body))
+        wrong = _completion_shape_error(data)
+        if wrong:
+            raise ProviderError(f"{self.name} upstream returned a malformed completion: {wrong}", phase="body",
+                                reason="invalid_response")
+        return data
 
     async def chat_stream(self, body: JSON, *, deadline: float | None = None) -> AsyncIterator[JSON]:
         response = await self._send(self._chat_path, body, stream=True, deadline=deadline)
         content_type = response.header(b"content-type") or b""
         if not content_type.startswith(b"text/event-stream"):
-            # Some servers answer a stream request with one JSON body (e.g. on error paths).
+            # Some servers (and proxies) answer a stream request with one JSON body: an error, or the
+            # whole completion (`stream` ignored), which streams as one chunk holding all of it.
             try:
                 body_bytes = await response.read()
             except HttpError as e:
                 raise self._transport_error(e, "body") from e
-            return _single(self._decode(body_bytes))
+            data = self._decode(self._scrub(body_bytes))
+            if "error" in data and "choices" not in data:
+                info = parse_error(data, self._secrets)
+                raise ProviderError(f"{self.name} upstream answered the stream with an error"
+                                    + (f" ({info.code or info.type})" if info.code or info.type else ""),
+                                    phase="body", reason="stream_error", upstream=info)
+            wrong = _completion_shape_error(data)
+            if wrong:
+                raise ProviderError(f"{self.name} upstream returned a malformed completion: {wrong}", phase="body",
+                                    reason="invalid_response")
+            return _single(_as_chunk(data))
         return self._events(response)
 
     async def embeddings(self, body: JSON, *, deadline: float | None = None) -> JSON:
@@ -182,7 +204,10 @@ class OpenAICompatProvider:
             raise ProviderError(f"{self.name} upstream sent an SSE event over {self.limits.event} bytes",
                                 phase="stream", reason="event_too_large", final=True) from e
         except HttpError as e:
-            raise self._transport_error(e, "stream") from e
+            if not ended or isinstance(e, HttpBodyTooLarge):
+                raise self._transport_error(e, "stream") from e
+            # The answer had its finish_reason: a connection dropped (or fallen silent) before
+            # [DONE] or the usage chunk loses nothing of it, so the stream ends here, whole.
         finally:
             # Closed here, not left suspended after [DONE]: the loop would finalise it in a task of its own.
             await pieces.aclose()
@@ -191,7 +216,13 @@ class OpenAICompatProvider:
             raise ProviderError(f"{self.name} upstream stream ended without [DONE] or a finish_reason",
                                 phase="stream", reason="incomplete_stream")
 
+    def _scrub(self, raw: bytes) -> bytes:
+        """`raw` without the API key (an unescaped JSON string can hold `[redacted]` in its place)."""
+        secret = self._secret_bytes
+        return raw.replace(secret, b"[redacted]") if secret is not None and secret in raw else raw
+
     def _chunk(self, data: bytes) -> JSON:
+        data = self._scrub(data)
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError as e:
@@ -200,6 +231,10 @@ class OpenAICompatProvider:
         if not isinstance(parsed, dict):
             raise ProviderError(f"{self.name} upstream sent a non-object stream event", phase="stream",
                                 reason="invalid_response")
+        choices = parsed.get("choices")
+        if choices is not None and not _chunk_choices_ok(choices):
+            raise ProviderError(f"{self.name} upstream sent a stream event whose choices are malformed",
+                                phase="stream", reason="invalid_response")
         chunk = UpstreamChunk(parsed)
         if b"\n" not in data:  # one SSE data line: relayable as it came
             chunk.raw = data
@@ -267,8 +302,11 @@ class _SseReader:
                 and piece.endswith(b"\n\n") and b"\r" not in piece:
             return [piece[6:-2]]  # the usual piece: one whole single-line event, nothing left over
         buffer = self.buffer + piece
-        if b"\r" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n")
+        held = b""
+        if b"\r" in buffer:  # SSE lines end in CRLF, LF or a bare CR
+            if buffer.endswith(b"\r"):  # maybe the first half of a CRLF the next read completes
+                buffer, held = buffer[:-1], b"\r"
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         out: list[bytes] = []
         while True:
             end = buffer.find(b"\n\n")
@@ -280,12 +318,12 @@ class _SseReader:
                 out.append(data)
         if len(buffer) > self.limit:
             raise _EventTooLarge
-        self.buffer = buffer
+        self.buffer = buffer + held
         return out
 
     def close(self) -> list[bytes]:
         """The last event when the body ended without its blank line (valid SSE: dispatch it)."""
-        rest, self.buffer = self.buffer.strip(b"\n"), b""
+        rest, self.buffer = self.buffer.replace(b"\r", b"\n").strip(b"\n"), b""
         data = _event_data(rest) if rest else None
         return [data] if data is not None else []
 
@@ -297,6 +335,36 @@ def _event_data(event: bytes) -> bytes | None:
     return b"\n".join(lines) if lines else None
 
 
+def _content_ok(content: Any) -> bool:
+    return content is None or isinstance(content, (str, list))  # a list: content parts
+
+
+def _completion_shape_error(data: JSON) -> str | None:
+    """What makes a 200 body not a chat completion (None when it is one): the gateway, the cache and
+    the caller all read `choices[i].message`, so a body without them is the upstream's failure."""
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return "no choices list"
+    for choice in choices:
+        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+            return "a choice without a message object"
+        if not _content_ok(choice["message"].get("content")):
+            return "a message content that is not text"
+    return None
+
+
+def _chunk_choices_ok(choices: Any) -> bool:
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            return False
+        delta = choice.get("delta")
+        if delta is not None and (not isinstance(delta, dict) or not _content_ok(delta.get("content"))):
+            return False
+    return True
+
+
 def _finished(chunk: JSON) -> bool:
     choices = chunk.get("choices")
     if isinstance(choices, list):
@@ -304,6 +372,18 @@ def _finished(chunk: JSON) -> bool:
             if isinstance(choice, dict) and choice.get("finish_reason"):
                 return True
     return False
+
+
+def _as_chunk(completion: JSON) -> JSON:
+    """A whole chat.completion as the one stream chunk that says the same (message -> delta)."""
+    chunk: JSON = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint") if k in completion}
+    chunk["object"] = "chat.completion.chunk"
+    chunk["choices"] = [{"index": choice.get("index", i), "delta": choice["message"],
+                         "logprobs": choice.get("logprobs"), "finish_reason": choice.get("finish_reason") or "stop"}
+                        for i, choice in enumerate(completion["choices"])]
+    if isinstance(completion.get("usage"), dict):
+        chunk["usage"] = completion["usage"]
+    return chunk
 
 
 async def _single(chunk: JSON) -> AsyncIterator[JSON]:

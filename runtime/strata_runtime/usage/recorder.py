@@ -59,6 +59,18 @@ class UsageQuery:
     group_by: tuple[str, ...] = ("tenant", "agent", "model")
 
 
+# More tokens than any one call can use: a count above it is an upstream's garbage, not usage.
+MAX_TOKENS_PER_CALL = 100_000_000
+
+
+def token_count(value: Any) -> int:
+    """A usage count from an upstream's `usage` block when it is one (a non-negative integer, bounded);
+    anything else (a string, a float, a bool, a negative number, garbage) counts 0, never a 500."""
+    if type(value) is int and 0 <= value <= MAX_TOKENS_PER_CALL:
+        return value
+    return 0
+
+
 def today() -> str:
     return dt.datetime.now(dt.UTC).date().isoformat()
 
