@@ -182,6 +182,8 @@ def test_harmless_rewordings_are_served(stored: str, asked: str) -> None:
     ("蚂蚁的牙齿是什么颜色的？", "蚂蚁的牙齿是什么颜色的啊"),  # noqa: RUF001  particles
     ("上海应用技术学院怎么样？", "请问上海应用技术学院如何"),  # noqa: RUF001  courtesy, 如何 = 怎么样
     ("我的闹钟什么时候响", "我的闹钟啥时候响啊"),  # 啥 = 什么
+    ("推荐几本好看的穿越小说", "好看的穿越小说推荐几本"),  # the topic put first
+    ("打电话给表弟", "给表弟打电话"),
 ])
 @pytest.mark.parametrize("model", ["multilingual-e5-small", "bge-small-en-v1.5+multilingual-e5-small"])
 def test_the_same_chinese_question_with_other_particles_is_served_unscored(stored: str, asked: str,
@@ -197,6 +199,7 @@ def test_the_same_chinese_question_with_other_particles_is_served_unscored(store
     ("七朵玫瑰是什么意思", "九朵玫瑰是什么意思啊", "numbers"),  # the guard still reads first
     ("我的卡被拒绝了吗", "我的卡没有被拒绝吧", "negation"),
     ("你爱我吗", "我爱你吗", "verifier"),  # the same characters in another order are not the same question
+    ("张三给李四转钱", "李四给张三转钱", "verifier"),  # ... unless the two halves only changed places
     ("申请退款怎么办", "退款怎么办", "short-edit"),  # 请 is a courtesy only at the start
 ])
 def test_what_particles_cannot_hide_is_still_refused(stored: str, asked: str, reason: str) -> None:

@@ -100,8 +100,13 @@ _ZH_PARTICLES = frozenset("吗呢吧啊呀啦哦嘛么哇呐噢喔")
 
 def same_question(query: str, cached: str) -> bool:
     """The same words in the same order, case, punctuation, width and Chinese particles or courtesies
-    aside (`plain_tokens`)."""
-    return plain_tokens(query) == plain_tokens(cached)
+    aside (`plain_tokens`); for Chinese, also the two halves of one question in the other order (a
+    topic put first or last: 推荐几本好看的小说 / 好看的小说推荐几本, 打电话给表弟 / 给表弟打电话). A swap
+    of roles is no such rotation: 张三给李四转钱 / 李四给张三转钱 keeps 给 in the middle."""
+    a, b = plain_tokens(query), plain_tokens(cached)
+    if a == b:
+        return True
+    return language(query) == "zh" and len(a) == len(b) and any(a[k:] + a[:k] == b for k in range(1, len(a)))
 
 
 @lru_cache(maxsize=4096)
