@@ -181,6 +181,25 @@ async def test_a_chunked_stream_dropped_before_its_finish_reason_is_incomplete()
     assert isinstance(error, UpstreamIncomplete) and error.details["phase"] == "stream"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["buffered", "stream"])
+async def test_interim_1xx_responses_before_the_answer_are_skipped(stream: bool) -> None:
+    """RFC 9110 15.2: a client MUST parse 1xx responses it did not ask for (103 Early Hints, 100)."""
+    async def script(conn: RawConnection) -> None:
+        await conn.read_request()
+        await conn.send(b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n")
+        if stream:
+            await conn.send(SSE_CHUNKED_HEAD, *(chunk(e) for e in HELLO), chunk(DONE), CHUNKED_END)
+        else:
+            await conn.send(json_answer(completion("after the hints")))
+
+    if stream:
+        text, _, error = await _stream(script)
+        assert error is None and text == "hello"
+    else:
+        outcome, _ = await _complete(script)
+        assert outcome["choices"][0]["message"]["content"] == "after the hints"
+
+
 # -- bodies that are not the answer they claim to be ------------------------------------------
 
 
@@ -244,6 +263,28 @@ async def test_a_usage_block_of_the_wrong_shape_is_not_a_500_and_is_not_recorded
             assert totals["requests"] == 1
             for key in ("prompt_tokens", "completion_tokens"):
                 assert isinstance(totals[key], int) and 0 <= totals[key] < 1000, totals
+        finally:
+            await close_gateway(gateway)
+
+
+async def test_a_completion_without_usage_is_recorded_with_an_estimate_not_as_free(
+        caplog: pytest.LogCaptureFixture) -> None:
+    answer = completion("a reply of some forty characters or so..")
+    del answer["usage"]
+
+    async def script(conn: RawConnection) -> None:
+        await conn.read_request()
+        await conn.send(json_answer(answer))
+
+    async with RawUpstream(script) as upstream:
+        gateway = await _gateway(upstream)
+        try:
+            with caplog.at_level(logging.INFO, logger="strata.gateway"):
+                await gateway.complete(chat("a question of a few words"), CallContext(tenant="no-usage", agent_id="a"))
+            totals = (await gateway.usage.query(UsageQuery(start=_today(), end=_today(), tenant="no-usage")))["totals"]
+            assert totals["prompt_tokens"] > 0 and totals["completion_tokens"] > 1
+            line = next(r for r in caplog.records if r.getMessage() == "llm call")
+            assert line.__dict__["usage_estimated"] is True
         finally:
             await close_gateway(gateway)
 

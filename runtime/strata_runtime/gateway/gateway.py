@@ -202,7 +202,7 @@ class Gateway:
         if not isinstance(response, dict):
             raise UpstreamError("upstream returned a malformed completion")
         response["model"] = call.served.name
-        await self._finished(call, response.get("usage"))
+        await self._finished(call, _usage_or_estimate(response, body))
         return ChatResult(response=response, provider=call.provider, model_resolved=call.served.name,
                           cache=call.cache)
 
@@ -398,6 +398,20 @@ class Gateway:
             "request_id": ctx.request_id, "tenant": ctx.tenant, "agent_id": ctx.agent_id, "model": route.name,
             "provider": route.provider.name, "stream": call.stream, "latency_ms": round(latency * 1000, 2),
             **_cause(error)})
+
+
+def _usage_or_estimate(response: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """A buffered answer's usage block, or an estimate marked so when it has none (or garbage in its
+    place), as a stream without a usage chunk is estimated: an upstream that omits usage is not free."""
+    usage = response.get("usage")
+    if isinstance(usage, dict) and type(usage.get("prompt_tokens")) is int \
+            and type(usage.get("completion_tokens")) is int:
+        return usage
+    chars = 0
+    for choice in response.get("choices") or ():
+        content = (choice.get("message") or {}).get("content") if isinstance(choice, dict) else None
+        chars += len(content) if isinstance(content, str) else 0
+    return {"prompt_tokens": estimate_prompt_tokens(body), "completion_tokens": chars // 4 + 1, "estimated": True}
 
 
 def _hide_usage(chunk: dict[str, Any]) -> None:

@@ -176,6 +176,7 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.paused = False
         self.server_keep_alive = False
+        self.interim = False  # parsing a 1xx interim response
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -216,7 +217,14 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         ex = self.exchange
         if ex is not None:
-            ex.status = self.parser.get_status_code()
+            status = self.parser.get_status_code()
+            if 100 <= status < 200:
+                # An interim answer (100 Continue, 103 Early Hints): RFC 9110 says a client must
+                # parse 1xx responses it did not ask for; the final response follows.
+                self.interim = True
+                ex.headers.clear()
+                return
+            ex.status = status
             ex.headers_done = True
             ex.close_delimited = _close_delimited(ex.status, ex.headers)
             # Only meaningful inside a parser callback, so it is captured here.
@@ -241,6 +249,9 @@ class _Connection(asyncio.Protocol):
                 self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         ex = self.exchange
         if ex is not None and ex.error is None:
             ex.finish()
