@@ -12,6 +12,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -147,7 +148,8 @@ class RequestObserver:
     `logs.request_id_from`) is put back into the request's headers for the routes, into every
     log line, error body and upstream call, and onto the response. A tracing span wraps the
     request when tracing is on. Every 4xx/5xx answer gets one log line; an unhandled exception
-    becomes a 500 JSON answer here, so it carries the request id too.
+    becomes a 500 JSON answer here, so it carries the request id too. A client gone before its
+    body was read gets no answer and is counted as 499, not as a server error.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
@@ -182,6 +184,13 @@ class RequestObserver:
                                                              "strata.request_id": request_id}) as span:
                 try:
                     await self.app(scope, receive, send_observed)
+                except ClientDisconnect:
+                    if status:
+                        raise
+                    # The client left (or the HTTP parser gave up on its body) before the request was read:
+                    # nobody to answer and no server fault. Counted and logged as 499, nginx's "client
+                    # closed request", not as a 500 with a stack trace.
+                    status = 499
                 except Exception:
                     if status:  # the answer had started: nothing more can be said to the client
                         raise

@@ -9,6 +9,7 @@ the reason a request fails. The id is in every log line of the request (`request
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import os
 import re
@@ -57,7 +58,10 @@ class JsonFormatter(logging.Formatter):
             entry[name] = "[redacted]" if any(h in name.lower() for h in _SECRET_HINTS) else value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except TypeError:  # an integer beyond 64 bits (a client's header, say): orjson has no `default` for it
+            return json.dumps(entry, default=str, ensure_ascii=False)
 
 
 def configure_logging(level: str = "INFO") -> None:

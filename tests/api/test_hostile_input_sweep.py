@@ -9,6 +9,7 @@ bodies that are not JSON objects at all. The named cases below are the ones the 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -165,3 +166,45 @@ async def test_the_demo_embedder_refuses_a_vector_too_large_to_allocate(api: htt
     assert response.status_code == 400, response.text
     ok = await api.post("/v1/embeddings", json={"model": "demo", "input": "x", "dimensions": 8}, headers=ACME)
     assert len(ok.json()["data"][0]["embedding"]) == 8
+
+
+# -- found through a real server (raw sockets) ------------------------------------------------------
+
+def test_a_log_line_with_an_integer_beyond_64_bits_is_still_written() -> None:
+    # An internal caller's `X-Strata-Depth: 99999999999999999999999` reached the cascade-limit log line
+    # as an int; orjson refused it and the line was lost (a traceback on stderr instead).
+    from strata_runtime.logs import JsonFormatter
+
+    record = logging.LogRecord("strata.tools", logging.INFO, __file__, 1, "cascade limit", None, None)
+    record.depth = 10**23
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["msg"], line["depth"]) == ("cascade limit", 10**23)
+
+
+async def test_a_client_gone_before_its_body_was_read_is_a_499_not_a_500(api: httpx.AsyncClient,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """What the HTTP parser does to a request whose body it rejects (a bad chunk size, say) after the
+    head was handed to the app: the app's read sees a disconnect. The client already had the parser's
+    400; the runtime counted a 500 and logged a stack trace for it."""
+    app = api._transport.app  # type: ignore[attr-defined]
+    requests = app.state.services.metrics.http_requests
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"host", b"strata.test"), (b"authorization", ACME["authorization"].encode()),
+               (b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/v1/query", "raw_path": b"/api/v1/query", "query_string": b"", "root_path": "",
+             "headers": headers, "client": ("127.0.0.1", 5000), "server": ("strata.test", 80)}
+    before = requests.labels("/api/v1/query", "POST", "499")._value.get()
+    with caplog.at_level(logging.INFO, logger="strata.runtime"):
+        await app(scope, receive, send)
+    assert not [m for m in sent if m["type"] == "http.response.start"]  # nobody left to answer
+    assert requests.labels("/api/v1/query", "POST", "499")._value.get() == before + 1
+    assert not [r for r in caplog.records if r.getMessage() == "unhandled error"]
+    assert [r.levelno for r in caplog.records if r.getMessage() == "request failed"] == [logging.INFO]
