@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 
 import orjson
@@ -137,6 +138,24 @@ class RawUpstream:
             writer.close()
             with contextlib.suppress(BaseException):
                 await writer.wait_closed()
+
+
+@contextlib.contextmanager
+def raw_upstream_thread(script: Script) -> Iterator[RawUpstream]:
+    """A `RawUpstream` on an event loop of its own in a thread: for a test that drives a runtime process."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="raw-upstream", daemon=True)
+    thread.start()
+    upstream = RawUpstream(script)
+    try:
+        asyncio.run_coroutine_threadsafe(upstream.__aenter__(), loop).result(10)
+        yield upstream
+    finally:
+        with contextlib.suppress(BaseException):
+            asyncio.run_coroutine_threadsafe(upstream.__aexit__(None, None, None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def http_head(status: int = 200, *headers: bytes, reason: bytes = b"OK") -> bytes:
