@@ -98,9 +98,15 @@ def test_the_short_edit_rule_sets_aside_what_other_rules_or_the_verifier_read(qu
     ("这句英文是什么意思啊？", "这句英文是什么意思？"),  # noqa: RUF001  modal particles
     ("你是不是傻子", "你是不是傻子呀"),
     ("请帮我关掉浴室的灯", "关掉浴室的灯"),
+    ("你知道蚂蚁的寿命吗", "蚂蚁的寿命"),  # a verb that frames the question
+    ("推荐一个好看的电影", "推荐好看的电影"),  # a measure word
 ])
 def test_the_short_edit_rule_sets_aside_light_words(query: str, cached: str):
     assert check(query, cached).allowed
+
+
+def test_prepositions_that_mark_roles_are_not_light_words():
+    assert check("我给你玩", "我跟你玩了") == guard.GuardVerdict(False, "short-edit")
 
 
 def test_light_words_do_not_make_a_question_short():
