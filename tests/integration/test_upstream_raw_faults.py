@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.utils
+import gzip
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -198,6 +200,23 @@ async def test_interim_1xx_responses_before_the_answer_are_skipped(stream: bool)
     else:
         outcome, _ = await _complete(script)
         assert outcome["choices"][0]["message"]["content"] == "after the hints"
+
+
+async def test_the_gateway_asks_for_an_uncompressed_answer() -> None:
+    """With no Accept-Encoding a server may use any content coding (RFC 9110 12.5.3); the gateway
+    decodes none, so it says `identity`, and a server that compresses when allowed sends plain JSON."""
+    async def script(conn: RawConnection) -> None:
+        await conn.read_request()
+        accepted = conn.header(b"accept-encoding")
+        if accepted is None or b"gzip" in accepted or b"*" in accepted:
+            body = gzip.compress(orjson.dumps(completion("compressed")))
+            await conn.send(http_head(200, b"content-type: application/json", b"content-encoding: gzip",
+                                      b"content-length: %d" % len(body)) + body)
+        else:
+            await conn.send(json_answer(completion("plain")))
+
+    outcome, _ = await _complete(script)
+    assert outcome["choices"][0]["message"]["content"] == "plain"
 
 
 # -- bodies that are not the answer they claim to be ------------------------------------------
@@ -549,6 +568,19 @@ async def test_a_retry_after_longer_than_the_gateway_waits_is_not_retried_on_the
             assert result.model_resolved == "backup" and len(primary.requests) == 1
         finally:
             await close_gateway(gateway)
+
+
+async def test_a_retry_after_http_date_is_honoured_like_delay_seconds() -> None:
+    """RFC 9110 10.2.3: Retry-After is delay-seconds or an HTTP-date; a minute ahead is not retried."""
+    async def limited(conn: RawConnection) -> None:
+        while True:
+            await conn.read_request()
+            when = email.utils.format_datetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=90), usegmt=True)
+            await conn.send(_error(429, b"retry-after: " + when.encode()))
+
+    outcome, upstream = await _complete(limited, maxRetries=2)
+    assert isinstance(outcome, RateLimited) and len(upstream.requests) == 1
+    assert 30 <= int(outcome.headers()["Retry-After"]) <= 91
 
 
 @pytest.mark.parametrize("first", [_error(503), _error(429, b"retry-after: 1"), b"", b"HTTP/1.1 200 OK\r\n",

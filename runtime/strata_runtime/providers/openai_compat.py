@@ -12,6 +12,8 @@ not a chat completion (no `choices` list, a choice or delta that is not an objec
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +73,10 @@ class OpenAICompatProvider:
             total=config.timeout_seconds,
         )
         self.limits = limits or Limits()
-        headers = b"Content-Type: application/json\r\nAccept: application/json\r\nUser-Agent: strata-gateway\r\n"
+        # Accept-Encoding: identity: without the header a server may use any content coding (RFC 9110
+        # 12.5.3), and this client decodes none.
+        headers = (b"Content-Type: application/json\r\nAccept: application/json\r\nAccept-Encoding: identity\r\n"
+                   b"User-Agent: strata-gateway\r\n")
         if api_key:
             headers += b"Authorization: Bearer " + api_key.encode() + b"\r\n"
         self._headers = headers
@@ -159,13 +164,7 @@ class OpenAICompatProvider:
             info = parse_error(orjson.loads(raw), self._secrets) if raw else UpstreamErrorInfo()
         except orjson.JSONDecodeError:
             info = UpstreamErrorInfo()
-        retry_after: float | None = None
-        header = response.header(b"retry-after")
-        if header:
-            try:
-                retry_after = max(0.0, float(header))
-            except ValueError:
-                retry_after = None
+        retry_after = _retry_after(response.header(b"retry-after"))
         code = info.code or info.type
         message = f"{self.name} upstream answered HTTP {response.status}" + (f" ({code})" if code else "")
         return ProviderError(message, status=response.status, retry_after=retry_after, upstream=info,
@@ -333,6 +332,23 @@ def _event_data(event: bytes) -> bytes | None:
         return event[6:]
     lines = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(lines) if lines else None
+
+
+def _retry_after(header: bytes | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delay-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(header.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 def _content_ok(content: Any) -> bool:
