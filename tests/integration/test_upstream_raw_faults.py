@@ -682,3 +682,21 @@ async def test_an_upstream_echoing_the_api_key_never_gets_it_to_the_caller_the_l
     logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     for text in (*seen, logged, orjson.dumps(usage).decode()):
         assert not _leaks(text), text
+
+
+async def test_an_embeddings_answer_echoing_the_api_key_is_scrubbed_too() -> None:
+    async def script(conn: RawConnection) -> None:
+        await conn.read_request()
+        await conn.send(json_answer({"object": "list", "model": "m", "warning": f"you sent {_echo(conn)}",
+                                     "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.5]}],
+                                     "usage": {"prompt_tokens": 1, "total_tokens": 1}}))
+
+    async with RawUpstream(script) as upstream:
+        gateway = await _keyed_gateway(upstream)
+        try:
+            async with asyncio.timeout(LIMIT):
+                answer = await gateway.embeddings({"model": "primary", "input": "hi"}, CTX)
+        finally:
+            await close_gateway(gateway)
+    assert answer["data"][0]["embedding"] == [0.5, 0.5]
+    assert not _leaks(orjson.dumps(answer).decode())

@@ -121,7 +121,7 @@ class OpenAICompatProvider:
 
     async def embeddings(self, body: JSON, *, deadline: float | None = None) -> JSON:
         response = await self._send(self._embeddings_path, body, stream=False, deadline=deadline)
-        return self._decode(response.body)
+        return self._decode(self._scrub(response.body))
 
     def _request_headers(self) -> bytes:
         request_id = current_request_id()  # validated printable ASCII: safe in a header line
