@@ -297,26 +297,26 @@ _ZH_COURTESIES = ("非常感谢", "谢谢", "感谢", "麻烦", "你好", "您�
 _ZH_MODALS = ("该",)  # 该 = 应该 (already a function run): 我怎么重置密码 / 我该怎么重置密码
 _ZH_SET_ASIDE = sorted({*_ZH_FUNCTION_RUNS, *_ZH_COURTESIES, *_ZH_MODALS}, key=len, reverse=True)
 _ZH_SET_ASIDE_CHARS = set(_CJK_NUMERALS) | {c for w in _ZH_NEGATIONS for c in w if len(w) == 1}
+# Colloquial forms of question words (怎么样, 咋, 啥): set aside like the question words.
+_ZH_QUESTION_FORMS = ("怎么样", "咋", "啥", "哪里", "哪儿", "什么样")
 # Words that shade a question without changing what it asks, by grammatical class: modal particles,
-# colloquial question words, modal verbs, adverbs of emphasis, frequency and degree, conjunctions,
-# demonstratives, the copula, 在 (at / -ing), more courtesies, measure words (个, 些), verbs that frame
-# a question (告诉我…, 你知道…吗, 你觉得…) and perfective adverbs (已经, 刚刚). Not prepositions that mark
-# roles: 我给你玩 / 我跟你玩 differ. Not counted as an added, dropped or
-# replaced character (手机充电老是发热 / 手机充电发热), but counted in a question's length: set aside
-# there too, they would make more questions short, where any other changed character vetoes.
-_ZH_LIGHT_WORDS = (
-    "呀", "啦", "哦", "嘛", "哈", "么", "哇", "怎么样", "咋", "啥", "哪里", "哪儿", "能", "会", "可", "到底", "究竟",
-    "老是", "总是", "一直", "经常", "也", "都", "还", "就", "又", "才", "真的", "其实", "比较", "挺", "很", "和", "与",
-    "跟", "及", "或", "或者", "而且", "那么", "这", "那", "这个", "那个", "在", "是", "多谢", "帮忙", "帮我", "求",
-    "大家", "各位", "亲", "个", "些", "告诉", "知道", "觉得", "认为", "已", "已经", "刚刚", "什么样",
+# modal verbs, adverbs of emphasis, frequency and degree, conjunctions, demonstratives, the copula,
+# 在 (at / -ing), more courtesies, measure words (个, 些), verbs that frame a question (告诉我…,
+# 你知道…吗, 你觉得…) and perfective adverbs (已, 已经). Not prepositions that mark roles: 我给你玩 /
+# 我跟你玩 differ. The verifier's same-question rule leaves them out too.
+ZH_LIGHT_WORDS = (
+    "呀", "啦", "哦", "嘛", "么", "哇", "能", "会", "可", "到底", "究竟", "老是", "总是", "一直", "经常", "也", "都",
+    "还", "就", "又", "才", "真的", "其实", "比较", "挺", "很", "和", "与", "跟", "及", "或", "或者", "而且", "那么",
+    "这", "那", "这个", "那个", "在", "是", "多谢", "帮忙", "帮我", "求", "大家", "各位", "亲", "个", "些", "告诉",
+    "知道", "觉得", "认为", "已", "已经",
 )
-_ZH_SET_ASIDE_LIGHT = sorted({*_ZH_SET_ASIDE, *_ZH_LIGHT_WORDS}, key=len, reverse=True)
+_ZH_SET_ASIDE_LIGHT = sorted({*_ZH_SET_ASIDE, *_ZH_QUESTION_FORMS, *ZH_LIGHT_WORDS}, key=len, reverse=True)
 
 
 @_per_text
 def _han_content(text: str, light_too: bool = False) -> str:
     """The Han characters of a mostly-Chinese text less those set aside (_ZH_SET_ASIDE runs, with
-    `light_too` _ZH_LIGHT_WORDS as well, then _ZH_SET_ASIDE_CHARS); empty for a text that is not
+    `light_too` _ZH_QUESTION_FORMS and ZH_LIGHT_WORDS as well, then _ZH_SET_ASIDE_CHARS); empty for a text that is not
     mostly Chinese."""
     han = len(_HAN_RE.findall(text))
     letters = sum(1 for ch in text if ch.isalpha())

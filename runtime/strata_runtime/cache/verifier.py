@@ -90,11 +90,13 @@ def tokens(text: str) -> list[str]:
 
 
 # What a Chinese question can gain or lose without asking anything else: modal particles, courtesies,
-# emphasis (到底, 究竟), and the colloquial forms of question words (如何 = 怎么, 啥 = 什么).
+# the guard's light words (到底, 已经, 这个, 你知道…吗), and the colloquial forms of question words
+# (如何 = 怎么, 啥 = 什么).
 _ZH_SAME_WORDS = (("怎么样", "怎么"), ("怎样", "怎么"), ("如何", "怎么"), ("咋样", "怎么"), ("咋", "怎么"),
                   ("为啥", "为什么"), ("为何", "为什么"), ("什么样", "什么"), ("啥", "什么"), ("哪里", "哪"),
                   ("哪儿", "哪"))
-_ZH_SPARE_WORDS = re.compile(r"请问|谢谢|多谢|感谢|麻烦|你好|您好|到底|究竟|^请")
+_ZH_SPARE_WORDS = re.compile("|".join(["请问", "谢谢", "感谢", "麻烦", "你好", "您好", "^请",
+                                        *sorted(guard.ZH_LIGHT_WORDS, key=len, reverse=True)]))
 _ZH_PARTICLES = frozenset("吗呢吧啊呀啦哦嘛么哇呐噢喔")
 
 
@@ -112,7 +114,8 @@ def same_question(query: str, cached: str) -> bool:
 @lru_cache(maxsize=4096)
 def plain_tokens(text: str) -> list[str]:
     """The tokens of a Chinese question less what cannot change its answer (_ZH_SAME_WORDS made one,
-    _ZH_SPARE_WORDS and _ZH_PARTICLES dropped); another text's tokens unchanged."""
+    _ZH_SPARE_WORDS and _ZH_PARTICLES dropped); another text's tokens unchanged. Dropping a light word
+    may cut a word that holds it (可以, 会议): both texts lose the same characters."""
     if language(text) != "zh":
         return tokens(text)
     plain = unicodedata.normalize("NFKC", text).lower()
