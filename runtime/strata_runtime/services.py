@@ -6,7 +6,9 @@ never closed while something that flushes into it is still running.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ctypes
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,6 +88,7 @@ class Services:
                 with contextlib.suppress(Exception):
                     await component.close()
             raise
+        await asyncio.to_thread(release_free_heap)
 
     async def close(self) -> None:
         for component in reversed(self.lifecycle):
@@ -93,6 +96,18 @@ class Services:
                 await component.close()
             except Exception:
                 log.exception("error while closing a component", extra={"component": type(component).__name__})
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the system once start-up is over. Loading the embedding
+    models leaves tens of MB of freed temporaries (serialised graphs, converted weights) that glibc
+    keeps for reuse and nothing reuses (the default embedder's runtime: 324 MB RSS, 304 MB after
+    this). A no-op where the C library has no malloc_trim (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def build_services(config: RuntimeConfig, env: Mapping[str, str]) -> Services:
