@@ -18,7 +18,7 @@ import pytest
 
 from strata_runtime.cache.service import CacheService
 from strata_runtime.config import CachePolicySpec, RedisStoreConfig
-from strata_runtime.embeddings import LocalMiniLMEmbedder
+from strata_runtime.embeddings import LocalEmbedder, LocalMiniLMEmbedder
 from strata_runtime.gateway.contract import CallContext
 from strata_runtime.stores.redis import RedisConnector
 from tests.support.redis_faults import close_transport_under
@@ -336,3 +336,25 @@ async def test_redis_backend_shares_entries_between_pods_and_keeps_tenants_apart
     finally:
         for c in pods:
             await c.close()
+
+
+# A pasted document followed by a question: the embedder reads a text's first 2,000 characters and the
+# verifier its first 96 tokens, so two such prompts with other questions at the end looked identical.
+DOCUMENT = " ".join(f"Clause {i}: the tenant pays the rent on the first day of each month by bank transfer."
+                    for i in range(40))
+
+
+@pytest.mark.parametrize("model", ["multilingual-e5-small", "bge-small-en-v1.5+multilingual-e5-small"])
+async def test_long_prompts_that_share_their_beginning_are_never_a_semantic_hit(upstream, openai_upstream,
+                                                                               model: str):
+    embedder = LocalEmbedder(model=model, timeout_seconds=60)
+    await embedder.start()
+    try:
+        cache = CacheService(CachePolicySpec.model_validate({"backend": "memory"}), embedder=embedder)
+        first = await ask(cache, upstream, chat(f"{DOCUMENT}\n\nWho pays the rent?"))
+        second = await ask(cache, upstream, chat(f"{DOCUMENT}\n\nCan the landlord end the lease early?"))
+        again = await ask(cache, upstream, chat(f"{DOCUMENT}\n\nWho pays the rent?"))
+    finally:
+        await embedder.close()
+    assert (first[1], second[1], again[1]) == ("miss", "miss", "hit_exact")  # long prompts: exact match only
+    assert openai_upstream.stats()["by_path"]["/v1/chat/completions"] == 2

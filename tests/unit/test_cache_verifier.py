@@ -231,3 +231,17 @@ async def test_real_pairs(embedder, stored: str, asked: str, served: bool) -> No
     vectors = await embedder.embed([stored, asked])
     decision = v.check(asked, stored, float(vectors[0] @ vectors[1]))
     assert decision.allowed is served, decision
+
+
+def test_only_questions_the_semantic_layer_reads_whole_are_verified() -> None:
+    short = "Who pays the rent under this lease?"
+    assert verifier.fully_read(short)
+    assert not verifier.fully_read("word " * 97)  # more tokens than the features read
+    assert not verifier.fully_read("x" * (verifier.MAX_QUESTION_CHARS + 1))  # more than the embedder reads
+    assert not verifier.fully_read("租金" * 49)  # 98 Han characters: 98 tokens
+    v = verifier_for("bge-small-en-v1.5+multilingual-e5-small", 0.01)
+    assert v is not None
+    document = "Clause: the tenant pays the rent on the first day of each month. " * 40
+    for asked, stored in ((document + "Who pays?", document + "Who pays?!"), (short, document), (document, short)):
+        assert v.check(asked, stored, 0.9999) == verifier.Decision(False, "long")
+        assert verifier.check_unverified(asked, stored) == verifier.Decision(False, "long")

@@ -89,6 +89,7 @@ _QUOTE_RE = re.compile(
 # A word, or a dotted name taken whole (Amazon.in, Node.js, ASP.NET: not Amazon against Amazon.in).
 _WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9'’\-]*(?:\.[A-Za-z0-9]+)*|\d+[A-Za-z][A-Za-z0-9]*")  # noqa: RUF001
 _HAN_RE = re.compile(r"[\u4e00-\u9fff]")
+_HAN_TOKEN_RE = re.compile(r"[\u4e00-\u9fff]|[^\W_\u4e00-\u9fff]+")
 # Words that start sentences or are capitalised for grammar, not because they name something.
 _COMMON = {
     "i", "i'm", "i've", "i'd", "i'll", "a", "an", "the", "what", "whats", "what's", "how", "why", "when",
@@ -273,16 +274,24 @@ def _one_word_swap(a: str, b: str) -> bool:
     return x not in _COMMON and y not in _COMMON
 
 
+@_per_text
+def _han_tokens(text: str) -> list[str]:
+    """Single Han characters and runs of other letters or digits (punctuation and spaces dropped): what
+    _han_swap aligns, a list as long as the verifier's tokens, not the text's characters."""
+    return _HAN_TOKEN_RE.findall(text)
+
+
 def _han_swap(a: str, b: str) -> bool:
     if not (_HAN_RE.search(a) and _HAN_RE.search(b)):
         return False
-    matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
+    ta, tb = _han_tokens(a), _han_tokens(b)
+    matcher = difflib.SequenceMatcher(a=ta, b=tb, autojunk=False)
     if matcher.ratio() < 0.5:
         return False
     for op, i1, i2, j1, j2 in matcher.get_opcodes():
         if op != "replace":
             continue
-        left, right = a[i1:i2], b[j1:j2]
+        left, right = "".join(ta[i1:i2]), "".join(tb[j1:j2])
         if left in _ZH_FUNCTION_RUNS or right in _ZH_FUNCTION_RUNS:
             continue
         if len(_HAN_RE.findall(left)) >= 2 and len(_HAN_RE.findall(right)) >= 2:

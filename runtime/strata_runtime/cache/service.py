@@ -48,7 +48,7 @@ from strata_runtime.cache.index import F32, SemanticIndex
 from strata_runtime.cache.keys import CacheControls, RequestKeys, namespace, pop_controls, request_keys
 from strata_runtime.cache.memory import MemoryStore
 from strata_runtime.cache.redis_store import RedisStore
-from strata_runtime.cache.verifier import Verifier, check_unverified, verifier_for
+from strata_runtime.cache.verifier import Verifier, check_unverified, fully_read, verifier_for
 from strata_runtime.config import CachePolicySpec
 from strata_runtime.embeddings.contract import Embedder, EmbeddingUnavailable
 from strata_runtime.gateway.contract import CacheResult, CallContext
@@ -204,6 +204,7 @@ class CacheService:
             and self.embedder is not None
             and keys.fingerprint is not None
             and bool(keys.query and keys.query.strip())
+            and fully_read(keys.query or "")
             and isinstance(temperature, int | float) and temperature <= policy.semantic.max_temperature
             and (n is None or n == 1)
         )

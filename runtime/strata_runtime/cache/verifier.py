@@ -61,6 +61,11 @@ FEATURES = ("cosine", "jaccard", "bigram_jaccard", "order", "edit", "length_rati
 _TOKEN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+", re.UNICODE)
 _HAN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _MAX_TOKENS = 96
+# The semantic layer reads a question whole or not at all. The local embedders read a text's first
+# 2,000 characters and the features its first _MAX_TOKENS tokens: two long prompts that share their
+# beginning (a pasted document, then another question) would look identical. A longer question is
+# cached by exact match only (`fully_read`), and a longer stored one is never a candidate.
+MAX_QUESTION_CHARS = 2000
 # Longer questions (tokens: words, or Han characters) get their own fitted model when the data has
 # enough of them: long declarative sentences and short user queries behave differently.
 LONG_TOKENS = {"en": 20, "zh": 30}
@@ -86,7 +91,14 @@ def language(text: str) -> str:
 
 @lru_cache(maxsize=4096)  # a question is checked against several candidates; read-only results
 def tokens(text: str) -> list[str]:
-    return _TOKEN_RE.findall(unicodedata.normalize("NFKC", text).lower())[:_MAX_TOKENS]
+    return _TOKEN_RE.findall(unicodedata.normalize("NFKC", text[:MAX_QUESTION_CHARS]).lower())[:_MAX_TOKENS]
+
+
+def fully_read(text: str) -> bool:
+    """The embedder and the verifier read all of this question (MAX_QUESTION_CHARS, _MAX_TOKENS)."""
+    if len(text) > MAX_QUESTION_CHARS:
+        return False
+    return len(_TOKEN_RE.findall(unicodedata.normalize("NFKC", text))) <= _MAX_TOKENS
 
 
 # What a Chinese question can gain or lose without asking anything else: modal particles, courtesies,
@@ -292,6 +304,8 @@ class Verifier:
         model = self.models[key]
         if cosine < model.recall:
             return Decision(False, "recall")
+        if not (fully_read(query) and fully_read(cached)):
+            return Decision(False, "long")
         verdict = guard.check(query, cached)
         if not verdict.allowed:
             return Decision(False, verdict.reason or "other")
@@ -315,6 +329,8 @@ def check_unverified(query: str, cached: str) -> Decision:
     guard, and no content word moved. Nothing else reads word order there, and a cosine barely
     moves when words change places ("from Paris to Rome" / "from Rome to Paris"); the price is the
     paraphrases that reorder their words."""
+    if not (fully_read(query) and fully_read(cached)):
+        return Decision(False, "long")
     verdict = guard.check(query, cached)
     if not verdict.allowed:
         return Decision(False, verdict.reason or "other")
