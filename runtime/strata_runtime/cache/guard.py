@@ -18,9 +18,9 @@ queries differ in any of:
 * a one-word swap: the queries are identical except one content word replaced by another
   ("cancel my card" vs "freeze my card"; for Chinese, a replaced run of 2+ Han characters in
   an otherwise identical sentence: 巴黎 vs 伦敦);
-* a short Chinese question (at most 8 Han characters once question words, particles and other
-  light words are set aside) with a content character added, dropped or replaced: 肾虚吃什么好 vs 肾虚吃什么药,
-  十七点半叫我 vs 十七点半叫我起床. In a question that short each character carries its meaning,
+* a short Chinese question (at most 8 Han characters once question words and particles are set
+  aside) with a content character added, dropped or replaced, light words (ZH_LIGHT_WORDS) aside:
+  肾虚吃什么好 vs 肾虚吃什么药, 十七点半叫我 vs 十七点半叫我起床. In a question that short each character carries its meaning,
   and a model fitted on long sentences reads one changed character as a small edit. The same
   characters in another order are left to the verifier.
 
@@ -325,8 +325,8 @@ _ZH_SET_ASIDE_LIGHT = sorted({*_ZH_SET_ASIDE, *_ZH_QUESTION_FORMS, *ZH_LIGHT_WOR
 @_per_text
 def _han_content(text: str, light_too: bool = False) -> str:
     """The Han characters of a mostly-Chinese text less those set aside (_ZH_SET_ASIDE runs, with
-    `light_too` _ZH_QUESTION_FORMS and ZH_LIGHT_WORDS as well, then _ZH_SET_ASIDE_CHARS); empty for a text that is not
-    mostly Chinese."""
+    `light_too` _ZH_QUESTION_FORMS and ZH_LIGHT_WORDS as well, then _ZH_SET_ASIDE_CHARS); empty for a
+    text that is not mostly Chinese."""
     han = len(_HAN_RE.findall(text))
     letters = sum(1 for ch in text if ch.isalpha())
     if han == 0 or han * 3 < letters:

@@ -20,8 +20,10 @@ holds the score threshold that kept wrong hits at or under several target rates 
 fitting data; the runtime takes the one for the policy's `semantic.maxWrongHitRate`.
 Long questions (over LONG_TOKENS) get a model of their own when the fitting data has enough.
 The hit guard (guard.py) still vetoes first. A candidate with the very same tokens in the same
-order as the question (it differs in case, punctuation or width only, or for Chinese in particles,
-courtesies and the form of a question word: `plain_tokens`) is served without scoring.
+order as the question (it differs in case, punctuation or width only; for Chinese also in particles,
+courtesies, light words and the form of a question word, or in the order of its two halves:
+`same_question`) is served without scoring. A question longer than the semantic layer reads whole
+(`fully_read`) is never checked.
 
 The linear model leans on word overlap, which serves look-alikes and refuses rewordings; two
 shapes of pair are safe on cosine alone once no content token moved to another place (a swap of
@@ -113,8 +115,8 @@ _ZH_PARTICLES = frozenset("吗呢吧啊呀啦哦嘛么哇呐噢喔")
 
 
 def same_question(query: str, cached: str) -> bool:
-    """The same words in the same order, case, punctuation, width and Chinese particles or courtesies
-    aside (`plain_tokens`); for Chinese, also the two halves of one question in the other order (a
+    """The same words in the same order, case, punctuation, width and Chinese particles, courtesies or
+    light words aside (`plain_tokens`); for Chinese, also the two halves of one question in the other order (a
     topic put first or last: 推荐几本好看的小说 / 好看的小说推荐几本, 打电话给表弟 / 给表弟打电话). A swap
     of roles is no such rotation: 张三给李四转钱 / 李四给张三转钱 keeps 给 in the middle."""
     a, b = plain_tokens(query), plain_tokens(cached)
