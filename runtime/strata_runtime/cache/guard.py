@@ -20,9 +20,9 @@ queries differ in any of:
   an otherwise identical sentence: 巴黎 vs 伦敦);
 * a short Chinese question (at most 8 Han characters once question words and particles are set
   aside) with a content character added, dropped or replaced, light words (ZH_LIGHT_WORDS) aside:
-  肾虚吃什么好 vs 肾虚吃什么药, 十七点半叫我 vs 十七点半叫我起床. In a question that short each character carries its meaning,
-  and a model fitted on long sentences reads one changed character as a small edit. The same
-  characters in another order are left to the verifier.
+  肾虚吃什么好 vs 肾虚吃什么药, 十七点半叫我 vs 十七点半叫我起床. In a question that short each
+  character carries its meaning, and a model fitted on long sentences reads one changed character
+  as a small edit. The same characters in another order are left to the verifier.
 
 It errs towards rejecting: a false rejection costs one upstream call, a false hit serves a
 wrong answer.
