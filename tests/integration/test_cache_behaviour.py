@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from strata_runtime.cache.service import CacheService
-from strata_runtime.config import CachePolicySpec, RedisStoreConfig
+from strata_runtime.config import CachePolicySpec, EmbedderConfig, RedisStoreConfig
 from strata_runtime.embeddings import LocalEmbedder, LocalMiniLMEmbedder
 from strata_runtime.gateway.contract import CallContext
 from strata_runtime.stores.redis import RedisConnector
@@ -358,3 +358,27 @@ async def test_long_prompts_that_share_their_beginning_are_never_a_semantic_hit(
         await embedder.close()
     assert (first[1], second[1], again[1]) == ("miss", "miss", "hit_exact")  # long prompts: exact match only
     assert openai_upstream.stats()["by_path"]["/v1/chat/completions"] == 2
+
+
+@pytest.fixture(scope="module")
+async def default_embedder():
+    e = LocalEmbedder(model=EmbedderConfig().model, timeout_seconds=60)  # the runtime's default model
+    await e.start()
+    yield e
+    await e.close()
+
+
+# Chinese questions with the default embedder and its fitted verifier: the same question with other
+# particles or a light word is a semantic hit, one changed number or a real negation is not.
+@pytest.mark.parametrize(("stored", "asked", "result"), [
+    ("蚂蚁的牙齿是什么颜色的？", "蚂蚁的牙齿是什么颜色的啊", "hit_semantic"),  # noqa: RUF001  a particle
+    ("上海应用技术学院怎么样？", "请问上海应用技术学院如何", "hit_semantic"),  # noqa: RUF001  courtesy, 如何
+    ("四川商务职业学院好不好", "四川商务职业学院好不好呀", "hit_semantic"),  # A-not-A is no negation
+    ("七朵玫瑰是什么意思", "九朵玫瑰是什么意思啊", "miss"),  # another number
+    ("我的卡被拒绝了吗", "我的卡没有被拒绝吧", "miss"),  # a real negation
+])
+async def test_chinese_questions_through_the_cache(default_embedder, upstream, stored: str, asked: str,
+                                                   result: str) -> None:
+    cache = CacheService(policy(semantic={}), embedder=default_embedder)
+    assert (await ask(cache, upstream, chat(stored)))[1] == "miss"
+    assert (await ask(cache, upstream, chat(asked)))[1] == result
