@@ -9,7 +9,6 @@ the upstream API key: not in the response, not in a cached replay, not in the ru
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import orjson
 import pytest
 
 from tests.e2e.conftest import GATEWAY_ENV, gateway_config
+from tests.e2e.test_cache_through_gateway import sse_events
 from tests.support.raw_upstream import (
     CHUNKED_END,
     DONE,
@@ -99,15 +99,6 @@ def _post(http: httpx.Client, model: str, *, stream: bool, text: str = "hi") -> 
     return http.post("/v1/chat/completions", json=body, headers=ACME)
 
 
-def _events(response: httpx.Response) -> list[Any]:
-    out = []
-    for frame in response.text.split("\n\n"):
-        if frame.startswith("data: "):
-            payload = frame[len("data: "):]
-            out.append(payload if payload == "[DONE]" else json.loads(payload))
-    return out
-
-
 def _leaks(text: str) -> bool:
     return any(KEY[i:i + 12] in text for i in range(len(KEY) - 12))
 
@@ -140,7 +131,7 @@ def test_an_echoed_api_key_reaches_neither_the_client_nor_the_cache_nor_the_log(
 def test_a_malformed_event_mid_stream_is_an_error_event_and_no_done(client: httpx.Client) -> None:
     response = _post(client, "bad-event", stream=True)
     assert response.status_code == 200  # the first bytes were sent before the bad event came
-    events = _events(response)
+    events = sse_events(response)
     assert "[DONE]" not in events
     assert [(e.get("choices") or [{}])[0].get("delta", {}).get("content") for e in events[:-1]] == ["", "par"]
     error = events[-1]["error"]
@@ -149,7 +140,7 @@ def test_a_malformed_event_mid_stream_is_an_error_event_and_no_done(client: http
 
 def test_a_stream_dropped_after_its_finish_reason_is_whole_with_done(client: httpx.Client) -> None:
     response = _post(client, "dropped-after-finish", stream=True, text="dropped")
-    events = _events(response)
+    events = sse_events(response)
     assert events[-1] == "[DONE]"
     assert "".join((e["choices"][0]["delta"].get("content") or "") for e in events[:-1] if e.get("choices")) == "whole"
 
