@@ -20,7 +20,9 @@ class ExactCacheConfig(ConfigModel):
 class SemanticCacheConfig(ConfigModel):
     """Cache hits on requests that mean the same (embedding similarity, with a hit guard)."""
 
-    enabled: bool = Field(True, description="Serve similar requests from the cache.")
+    enabled: bool = Field(True, description="Serve similar requests from the cache. Only a last user message of "
+                          "at most 2,000 characters and 96 words (a Han character counts as one) is matched by "
+                          "meaning; a longer one, such as a pasted document and a question, by exact match only.")
     threshold: float | None = Field(
         None, ge=0.5, le=1.0,
         description="Minimum cosine similarity of the last user message. Unset (the default): candidates are "
