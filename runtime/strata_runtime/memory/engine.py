@@ -58,7 +58,8 @@ class MemoryEngine:
         self.memory_store = MemorySessionStore(resume_window=config.resume_window_seconds)
         self._redis_store: RedisSessionStore | None = None
         self._redis_client: Any = None
-        self._archiving: set[tuple[str, str]] = set()  # sessions with an archive in flight on this pod
+        # Sessions with an archive in flight on this pod, each set when it ends: a delete waits for it.
+        self._archiving: dict[tuple[str, str], asyncio.Event] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._idle_task: asyncio.Task[None] | None = None
         self._redrive_task: asyncio.Task[None] | None = None
@@ -219,7 +220,7 @@ class MemoryEngine:
         key = (state.tenant, state.session_id)
         if key in self._archiving:
             return
-        self._archiving.add(key)
+        ended = self._archiving[key] = asyncio.Event()
         try:
             archived = await self._archive_due(state, gateway, model, ctx)
             excess = len(state.complete_prefix()) - self.config.buffer_cap
@@ -228,7 +229,8 @@ class MemoryEngine:
             if archived:  # the summary call and the vector store both just worked
                 await self._redrive_session(state, gateway, model, ctx)
         finally:
-            self._archiving.discard(key)
+            del self._archiving[key]
+            ended.set()
 
     async def _archive_due(self, state: SessionState, gateway: ChatGateway, model: str, ctx: CallContext) -> bool:
         """Archive the due batches; whether the last attempt succeeded."""
@@ -474,6 +476,10 @@ class MemoryEngine:
                 "archived_batches": state.archived_batches if state else 0}
 
     async def delete(self, tenant: str, session_id: str) -> bool:
+        archiving = self._archiving.get((tenant, session_id))
+        if archiving is not None:
+            # An archive in flight would write the turns it moves back to SQL after the delete.
+            await archiving.wait()
         self.l1.pop(tenant, session_id)
         in_l2 = await self.l2(lambda s: s.delete(tenant, session_id))
         in_sql = await self.spill_store.delete(tenant, session_id)
