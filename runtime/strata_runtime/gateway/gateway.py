@@ -34,6 +34,7 @@ from strata_runtime.gateway.tokens import (
     estimate_embedding_tokens,
     estimate_prompt_tokens,
     estimate_request_tokens,
+    estimated_usage,
 )
 from strata_runtime.gateway.upstreams import ModelRoute, UpstreamCaller, build_routes, map_provider_error
 from strata_runtime.gateway.validation import validate_chat_body, validate_embeddings_body
@@ -278,7 +279,7 @@ class Gateway:
             tracing.end_span(span, error, **{"strata.completed": completed})
             if usage is None and (completed or chars):
                 # No usage chunk (an upstream without include_usage support): estimate, and say so.
-                usage = {"prompt_tokens": prompt_estimate, "completion_tokens": chars // 4 + 1, "estimated": True}
+                usage = estimated_usage(prompt_estimate, chars)
             if usage is not None:
                 await self._finished(call, usage, outcome="ok" if completed else "aborted", error=error)
             else:
@@ -411,7 +412,7 @@ def _usage_or_estimate(response: dict[str, Any], body: dict[str, Any]) -> dict[s
     for choice in response.get("choices") or ():
         content = (choice.get("message") or {}).get("content") if isinstance(choice, dict) else None
         chars += len(content) if isinstance(content, str) else 0
-    return {"prompt_tokens": estimate_prompt_tokens(body), "completion_tokens": chars // 4 + 1, "estimated": True}
+    return estimated_usage(estimate_prompt_tokens(body), chars)
 
 
 def _hide_usage(chunk: dict[str, Any]) -> None:
