@@ -394,8 +394,22 @@ start_component() {
   GOGC="$CONTROL_PLANE_GOGC" GOMEMLIMIT="$CONTROL_PLANE_GOMEMLIMIT" \
     setsid nice -n "$(component_nice "$name")" "$BIN_DIR/$name" $(component_args "$name") >>"$LOGS/$name.log" 2>&1 </dev/null 8>&- 9>&- &
   echo $! >"$RUN/$name.pid"
+  wait_for_exec "$name" $!
   log "started $name (pid $!, log $LOGS/$name.log)"
   STARTED+=("$name")
+}
+
+# wait_for_exec <name> <pid>: until the background job has become the component. Right after
+# `&` the pid is still a copy of this shell (then setsid, then nice), whose command line
+# component_pid does not recognise, so a health check in that window took a live component
+# for a dead one (CI failed once so: "kwok exited" in the second it started).
+wait_for_exec() {
+  local name="$1" pid="$2" i
+  for ((i = 0; i < 100; i++)); do
+    [[ -n "$(component_pid "$name")" ]] && return 0
+    kill -0 "$pid" 2>/dev/null || return 0  # it died: check_alive reports it with its log
+    sleep 0.05
+  done
 }
 
 # stop_components <name...>: SIGTERM them all at once, wait (then SIGKILL).
