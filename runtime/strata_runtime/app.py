@@ -96,7 +96,7 @@ def create_app(config: RuntimeConfig, env: Mapping[str, str] | None = None) -> F
 
     mcp_endpoint = McpEndpoint(services, app)
     services.lifecycle.append(mcp_endpoint)  # closed first: no MCP request outlives the agents
-    app.router.routes.append(Route("/mcp", mcp_endpoint, methods=["GET", "POST", "DELETE"]))  # a plain ASGI app
+    app.router.routes.append(Route("/mcp", mcp_endpoint))  # a plain ASGI app; it answers every method itself
     return app
 
 

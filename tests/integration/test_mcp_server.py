@@ -219,6 +219,53 @@ def test_malformed_requests_with_a_key_are_client_errors(runtime: RuntimeProcess
     assert status < 500
 
 
+# Each field of each kind of message replaced by a value of another type or at an edge.
+HOSTILE_VALUES: list[Any] = [[1], {"a": 1}, 1, None, True, "x", 2**70, -1, 1e308, "a\ud800b", "a\x00b", "",
+                             "x" * 100_000]
+MESSAGES: list[dict[str, Any]] = [
+    json.loads(INIT_BODY),
+    {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"cursor": "c"}},
+    {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+     "params": {"name": "ask_support", "arguments": {"message": "hi", "session_id": "sweep"}}},
+    {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "support.local.add",
+                                                                  "arguments": {"a": 1, "b": 2}}},
+    {"jsonrpc": "2.0", "id": 5, "method": "ping"},
+    {"jsonrpc": "2.0", "method": "notifications/initialized"},
+]
+
+
+def field_paths(message: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    if isinstance(message, dict):
+        for key, value in message.items():
+            yield (*prefix, key)
+            yield from field_paths(value, (*prefix, key))
+
+
+def replaced(message: dict[str, Any], path: tuple[str, ...], value: Any) -> bytes:
+    copy = json.loads(json.dumps(message))
+    parent = copy
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    return json.dumps(copy).encode("utf-8", "surrogatepass")
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=[m["method"] for m in MESSAGES])
+def test_every_field_of_a_message_swept_with_hostile_values_is_never_a_server_error(
+        runtime: RuntimeProcess, message: dict[str, Any]) -> None:
+    key = {"Authorization": f"Bearer {KEYS['STRATA_KEY_ACME']}"}
+    failed = []
+    for path in field_paths(message):
+        for value in HOSTILE_VALUES:
+            status, content_type, body = post_raw(runtime, replaced(message, path, value), key)
+            if status >= 500 or (status >= 400 and not content_type.startswith("application/json")):
+                failed.append((path, repr(value)[:20], status, body[:120]))
+    assert failed == []
+    status, _, body = post_raw(runtime, json.dumps(MESSAGES[3]).encode(), key)  # still serving
+    assert status == 200 and b'"structuredContent":{"result":3}' in body
+    assert "Traceback" not in runtime.logs()
+
+
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 @pytest.mark.parametrize(("accept", "answers_with"), [
     (None, "text/event-stream"),  # the SDK's own Accept: both, so SSE answers
@@ -267,7 +314,11 @@ def test_a_raw_sse_answer_carries_the_json_rpc_result_as_an_event(runtime: Runti
     ("GET", {"accept": "text/event-stream"}, 405),  # no server-initiated stream (stateless)
     ("DELETE", {"mcp-session-id": "abc"}, 405),      # no session to end
     ("POST", {"mcp-session-id": "abc"}, 404),        # a session this server never issued
-], ids=["get stream", "delete session", "unknown session id"])
+    ("PUT", {}, 405),
+    ("PATCH", {}, 405),
+    ("POST", {"content-type": "text/plain"}, 415),  # the SDK answered 400 with a plain-text body
+    ("POST", {"content-type": "application/x-www-form-urlencoded"}, 415),
+], ids=["get stream", "delete session", "unknown session id", "put", "patch", "text body", "form body"])
 def test_what_a_stateless_server_refuses_is_a_json_rpc_error(runtime: RuntimeProcess, method: str,
                                                               headers: dict[str, str], status: int) -> None:
     request = urllib.request.Request(runtime.base_url + "/mcp", method=method,

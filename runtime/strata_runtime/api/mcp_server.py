@@ -17,8 +17,9 @@ Streamable HTTP, stateless: any pod answers any request (no MCP session to keep 
   `text/event-stream` (as the protocol asks clients to), otherwise with one JSON body.
 - No `Mcp-Session-Id` is ever issued, so a request carrying one names a session this server does
   not have: 404 (the protocol's answer to an unknown session; the client starts again without one).
-- `GET` (a server-initiated stream) and `DELETE` (ending a session) are 405 with `Allow: POST`:
-  a stateless server has nothing to send outside a request's answer and no session to end.
+- `GET` (a server-initiated stream), `DELETE` (ending a session) and every other method but `POST`
+  are 405 with `Allow: POST`: a stateless server has nothing to send outside a request's answer and
+  no session to end. A `POST` whose `Content-Type` is not `application/json` is 415.
 - A request whose `Origin` names another host than its `Host` is 403 (DNS rebinding); MCP clients
   outside a browser send no `Origin`.
 The SDK's server machinery is imported and started on the first request (importing the SDK takes
@@ -256,9 +257,13 @@ def _transport_refusal(scope: Scope) -> ASGIApp | None:
     if origin is not None:
         return _rpc_error(403, f"Forbidden: requests from the origin {origin[:100]!r} are not accepted "
                                "(only the server's own origin, or none)", {})
-    if scope.get("method") in ("GET", "DELETE"):
+    if scope.get("method") != "POST":
         return _rpc_error(405, "Method Not Allowed: this server is stateless; it offers no server-initiated "
                                "stream and has no session to end (POST only)", {"allow": "POST"})
+    content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return _rpc_error(415, "Unsupported Media Type: a request is one JSON-RPC message "
+                               "(Content-Type: application/json)", {})
     if _header(scope, b"mcp-session-id") is not None:
         return _rpc_error(404, "Not Found: unknown session (this server issues no session ids; "
                                "send requests without Mcp-Session-Id)", {})
