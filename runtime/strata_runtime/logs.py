@@ -64,11 +64,18 @@ class JsonFormatter(logging.Formatter):
             return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+# Loggers kept at WARNING whatever the level: uvicorn's access lines; httpx's and httpx2's one INFO line
+# per request, which carries the request's whole URL (a GET tool's arguments are its query, and a tool's
+# redirect can put anything in it, a secret the tool was sent included); httpcore's DEBUG traces, which
+# carry every response header as the server sent it.
+QUIET_LOGGERS = ("uvicorn.access", "httpx", "httpx2", "httpcore", "httpcore2")
+
+
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access",):
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
