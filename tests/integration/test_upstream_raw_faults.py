@@ -700,3 +700,212 @@ async def test_an_embeddings_answer_echoing_the_api_key_is_scrubbed_too() -> Non
             await close_gateway(gateway)
     assert answer["data"][0]["embedding"] == [0.5, 0.5]
     assert not _leaks(orjson.dumps(answer).decode())
+
+
+# -- a key cut, escaped or spread over events --------------------------------------------------
+#
+# The key split at every position, in every way an upstream can split it: two TCP reads inside
+# one event, two SSE events' `delta.content` (the key only exists once the client joins them),
+# a tool call's `arguments` over two events, JSON escapes (`\uXXXX` around the cut, `\/`) in one
+# event, over two events, in a buffered answer and in an error body. Checked on what the caller
+# gets (the joined text, exactly), the bytes the relay would send, what the cache stores and
+# every log record.
+
+CUT_KEY = "sk-proj-Zq8uXb3L/mN4pR7tV9wY2aC5eG1iK0oQ6sUcut"  # a "/" that an upstream may write as "\/"
+CUTS = range(1, len(CUT_KEY))
+STREAMED_WAYS = ("tcp-reads", "two-events", "two-events-escaped", "one-event-escaped", "tool-arguments")
+
+
+def _cut_leaks(text: str) -> bool:
+    return any(CUT_KEY[i:i + 12] in text for i in range(len(CUT_KEY) - 11))
+
+
+def _json_text(text: str, escape: set[int] | None = None, *, slash: bool = True) -> bytes:
+    """`text` as the inside of a JSON string, the characters at `escape` as \\uXXXX and every "/" as \\/
+    (with `slash`)."""
+    out = []
+    for i, c in enumerate(text):
+        if escape is not None and i in escape:
+            out.append(f"\\u{ord(c):04x}")
+        elif c == "/" and slash:
+            out.append("\\/")
+        else:
+            out.append(orjson.dumps(c).decode()[1:-1])
+    return "".join(out).encode()
+
+
+def _with_text(obj: dict[str, Any], text: bytes) -> bytes:
+    """`obj` serialised, its one "@" string replaced by the JSON string body `text`."""
+    return orjson.dumps(obj).replace(b'"@"', b'"' + text + b'"')
+
+
+def _delta(text: bytes) -> bytes:
+    return b"data: " + _with_text({"id": "chatcmpl-raw", "object": "chat.completion.chunk", "created": 1,
+                                    "model": "raw-model",
+                                    "choices": [{"index": 0, "delta": {"content": "@"}, "finish_reason": None}]},
+                                   text) + b"\n\n"
+
+
+def _tool_delta(text: bytes, first: bool) -> bytes:
+    call: dict[str, Any] = {"index": 0, "function": {"arguments": "@"}}
+    if first:
+        call.update(id="call_1", type="function")
+        call["function"]["name"] = "lookup"
+    return b"data: " + _with_text({"id": "chatcmpl-raw", "object": "chat.completion.chunk", "created": 1,
+                                    "model": "raw-model",
+                                    "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]},
+                                   text) + b"\n\n"
+
+
+def _streamed_events(way: str, cut: int) -> list[bytes]:
+    """The SSE events (each its own TCP segment) that put the key, cut at `cut`, in the answer."""
+    key, before, after = CUT_KEY, "you sent ", " ok"
+    if way == "tcp-reads":  # the key written plainly, the event cut inside it
+        event = _delta(_json_text(before + key + after, slash=False))
+        at = event.index(key.encode()) + cut
+        return [event[:at], event[at:]]
+    if way == "two-events":
+        return [_delta(_json_text(before + key[:cut], slash=False)), _delta(_json_text(key[cut:] + after, slash=False))]
+    if way == "two-events-escaped":  # the characters either side of the cut escaped
+        return [_delta(_json_text(before + key[:cut], {len(before) + cut - 1})),
+                _delta(_json_text(key[cut:] + after, {0}))]
+    if way == "one-event-escaped":
+        return [_delta(_json_text(before + key + after, {len(before) + cut}))]
+    assert way == "tool-arguments"
+    return [_tool_delta(_json_text('{"q": "' + key[:cut], slash=False), True),
+            _tool_delta(_json_text(key[cut:] + '"}', slash=False), False)]
+
+
+async def _cached_gateway(upstream: RawUpstream) -> tuple[Gateway, Any]:
+    from strata_runtime.cache.service import CacheService
+
+    config = parse_config({"auth": {"mode": "none"}, "models": [
+        model("primary", upstream.base_url, apiKeyEnv="UPSTREAM_KEY", maxRetries=0)],
+        "cache": {"enabled": True, "backend": "memory", "exact": {"enabled": True},
+                  "semantic": {"enabled": False}}})
+    redis = RedisConnector(config.stores.redis, {})
+    await redis.start()
+    cache = CacheService(config.cache)
+    gateway = Gateway(config, {"UPSTREAM_KEY": CUT_KEY}, redis, Metrics(), cache=cache)
+    gateway._test_redis = redis  # type: ignore[attr-defined]
+    await gateway.start()
+    return gateway, cache
+
+
+async def _stored(cache: Any) -> list[bytes]:
+    """Every cache entry's bytes, once the stream's store (a task of its own) is done: the answer is stored."""
+    async with asyncio.timeout(LIMIT):
+        await asyncio.gather(*list(cache._pumps))
+    assert cache.stats.stores == 1
+    return [item.value for item in cache.memory._items.values()]
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> str:
+    return "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+
+
+@pytest.mark.parametrize("cut", CUTS)
+@pytest.mark.parametrize("way", STREAMED_WAYS)
+async def test_a_key_cut_anywhere_in_a_stream_is_redacted_for_the_caller_the_cache_and_the_log(
+        way: str, cut: int, caplog: pytest.LogCaptureFixture) -> None:
+    async def script(conn: RawConnection) -> None:
+        await conn.read_request()
+        assert CUT_KEY in _echo(conn)
+        events = _streamed_events(way, cut)
+        await conn.send(SSE_CHUNKED_HEAD, chunk(HELLO[0]), *(chunk(e) for e in events),
+                        chunk(delta_event(finish="stop")), chunk(DONE), CHUNKED_END)
+
+    async with RawUpstream(script) as upstream:
+        gateway, cache = await _cached_gateway(upstream)
+        try:
+            with caplog.at_level(logging.DEBUG):
+                async with asyncio.timeout(LIMIT):
+                    stream = await gateway.stream(chat("hi", stream=True), CTX)
+                    relayed = [c async for c in stream.chunks]
+                stored = await _stored(cache)
+        finally:
+            await close_gateway(gateway)
+    assert not upstream.script_errors, upstream.script_errors
+    sent = b"".join(getattr(c, "raw", None) or orjson.dumps(c) for c in relayed).decode()
+    deltas = [ch.get("delta") or {} for c in relayed for ch in c.get("choices") or ()]
+    text = "".join(d.get("content") or "" for d in deltas)
+    arguments = "".join(call["function"].get("arguments") or "" for d in deltas for call in d.get("tool_calls") or ())
+    if way == "tool-arguments":
+        assert (text, arguments) == ("", '{"q": "[redacted]"}')
+    else:
+        assert (text, arguments) == ("you sent [redacted] ok", "")
+    for seen in (sent, text, arguments, *(s.decode() for s in stored), _logged(caplog)):
+        assert not _cut_leaks(seen), seen
+
+
+async def test_a_key_sent_one_character_per_event_is_redacted_whole() -> None:
+    events = [_delta(_json_text(c, slash=False)) for c in "you sent " + CUT_KEY + " ok"]
+    async with RawUpstream(_sse(HELLO[0], *events, delta_event(finish="stop"))) as upstream:
+        gateway, cache = await _cached_gateway(upstream)
+        try:
+            async with asyncio.timeout(LIMIT):
+                stream = await gateway.stream(chat("hi", stream=True), CTX)
+                relayed = [c async for c in stream.chunks]
+            stored = await _stored(cache)
+        finally:
+            await close_gateway(gateway)
+    text = "".join((ch.get("delta") or {}).get("content") or "" for c in relayed for ch in c.get("choices") or ())
+    assert text == "you sent [redacted] ok"
+    assert not any(_cut_leaks(s.decode()) for s in stored)
+
+
+async def test_a_held_back_key_prefix_goes_out_when_the_stream_ends_without_a_finish_reason() -> None:
+    """Text that only looks like the start of the key is not lost: [DONE] releases it."""
+    events = [_delta(_json_text("see sk")), _delta(_json_text("-proj"))]
+    async with RawUpstream(_sse(HELLO[0], *events)) as upstream:  # [DONE], no finish_reason
+        gateway, _ = await _cached_gateway(upstream)
+        try:
+            async with asyncio.timeout(LIMIT):
+                stream = await gateway.stream(chat("hi", stream=True), CTX)
+                relayed = [c async for c in stream.chunks]
+        finally:
+            await close_gateway(gateway)
+    text = "".join((ch.get("delta") or {}).get("content") or "" for c in relayed for ch in c.get("choices") or ())
+    assert text == "see sk-proj"
+
+
+@pytest.mark.parametrize("cut", CUTS)
+@pytest.mark.parametrize("way", ["buffered", "error-body", "stream-error-event"])
+async def test_an_escaped_key_in_a_buffered_answer_or_an_error_is_redacted(
+        way: str, cut: int, caplog: pytest.LogCaptureFixture) -> None:
+    said = _json_text("you sent " + CUT_KEY + " ok", {len("you sent ") + cut})
+
+    async def script(conn: RawConnection) -> None:
+        await conn.read_request()
+        if way == "buffered":
+            await conn.send(json_answer(_with_text(completion("@"), said)))
+        elif way == "error-body":
+            await conn.send(json_answer(_with_text({"error": {"message": "@", "type": "invalid_request_error"}},
+                                                   said), 401))
+        else:
+            error = _with_text({"error": {"message": "@", "type": "server_error"}}, said)
+            await conn.send(SSE_CHUNKED_HEAD, chunk(HELLO[0]), chunk(b"data: " + error + b"\n\n"), CHUNKED_END)
+
+    async with RawUpstream(script) as upstream:
+        gateway, cache = await _cached_gateway(upstream)
+        seen: list[str] = []
+        try:
+            with caplog.at_level(logging.DEBUG):
+                async with asyncio.timeout(LIMIT):
+                    try:
+                        if way == "stream-error-event":
+                            stream = await gateway.stream(chat("hi", stream=True), CTX)
+                            async for c in stream.chunks:
+                                seen.append(orjson.dumps(c).decode())
+                        else:
+                            seen.append(orjson.dumps((await gateway.complete(chat("hi"), CTX)).response).decode())
+                    except StrataError as e:
+                        seen.append(orjson.dumps(e.body()).decode() + str(e) + repr(e.details))
+            stored = await _stored(cache) if way == "buffered" else []
+        finally:
+            await close_gateway(gateway)
+    assert not upstream.script_errors, upstream.script_errors
+    if way == "buffered":
+        assert orjson.loads(seen[0])["choices"][0]["message"]["content"] == "you sent [redacted] ok"
+    for text in (*seen, *(s.decode() for s in stored), _logged(caplog)):
+        assert not _cut_leaks(text), text

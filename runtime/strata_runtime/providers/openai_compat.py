@@ -7,7 +7,13 @@ connection may drop or fall silent: the answer is whole). A stream that stops wi
 so nothing downstream (cache, conversation memory) takes it for a finished answer. Bodies are
 capped: `Limits` bounds a buffered answer, a whole stream and one SSE event. An answer that is
 not a chat completion (no `choices` list, a choice or delta that is not an object) is an
-`invalid_response`; the configured API key, echoed anywhere in an answer, becomes `[redacted]`.
+`invalid_response`.
+
+The configured API key, echoed anywhere in an answer, becomes `[redacted]` (`KeyRedactor`): in a
+buffered body and in each SSE event (whole, however the TCP reads cut it: an event is checked
+once reassembled), behind JSON escapes (`\\u0073k-...`, `\\/`), and across the events of a stream,
+where a key cut between two deltas only appears once the client joins them: the end of a delta
+that could be the start of the key is held back until the next delta says whether it is.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from strata_runtime.providers.http import (
     Timeouts,
 )
 from strata_runtime.providers.proxy import proxy_for
+from strata_runtime.providers.redaction import MIN_SECRET, KeyRedactor
 from strata_runtime.providers.upstream_errors import UpstreamErrorInfo, parse_error
 
 DEFAULT_BASE_URLS = {
@@ -81,9 +88,9 @@ class OpenAICompatProvider:
             headers += b"Authorization: Bearer " + api_key.encode() + b"\r\n"
         self._headers = headers
         self._secrets = (api_key,) if api_key else ()
-        # The key as the bytes an upstream would echo (a debugging proxy, an echo server, a model
-        # fed its own headers): scrubbed from every answer before anyone downstream sees it.
-        self._secret_bytes = api_key.encode() if api_key and len(api_key) >= 8 else None
+        # The key as an upstream would echo it (a debugging proxy, an echo server, a model fed its
+        # own headers): scrubbed from every answer before anyone downstream sees it.
+        self._redactor = KeyRedactor(api_key) if api_key and len(api_key) >= MIN_SECRET else None
         self._chat_path = self.pool.path("/chat/completions")
         self._embeddings_path = self.pool.path("/embeddings")
 
@@ -184,6 +191,7 @@ class OpenAICompatProvider:
     async def _events(self, response: HttpResponse) -> AsyncIterator[JSON]:
         reader = _SseReader(self.limits.event)
         ended = False  # saw [DONE] or a finish_reason: the upstream finished its answer
+        carry = self._redactor.stream() if self._redactor is not None else None
         pieces = response.iter_bytes()
         next_piece = pieces.__anext__
         last = False
@@ -195,8 +203,12 @@ class OpenAICompatProvider:
                     events, last = reader.close(), True
                 for data in events:
                     if data == b"[DONE]":
-                        return
+                        ended = True
+                        last = True
+                        break
                     chunk = self._chunk(data)
+                    if carry is not None and carry.chunk(chunk):
+                        chunk.raw = None  # type: ignore[attr-defined]
                     ended = ended or _finished(chunk)
                     yield chunk
         except _EventTooLarge as e:
@@ -214,19 +226,35 @@ class OpenAICompatProvider:
         if not ended:
             raise ProviderError(f"{self.name} upstream stream ended without [DONE] or a finish_reason",
                                 phase="stream", reason="incomplete_stream")
+        rest = carry.flush() if carry is not None else None
+        if rest is not None:  # text held back for choices that ended without a finish_reason
+            yield rest
 
     def _scrub(self, raw: bytes) -> bytes:
-        """`raw` without the API key (an unescaped JSON string can hold `[redacted]` in its place)."""
-        secret = self._secret_bytes
-        return raw.replace(secret, b"[redacted]") if secret is not None and secret in raw else raw
+        """A whole JSON body without the API key, written plainly or behind JSON escapes."""
+        redactor = self._redactor
+        if redactor is None:
+            return raw
+        raw = redactor.scrub_bytes(raw)
+        if not redactor.may_hide(raw):
+            return raw
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw  # not JSON: `_decode` says so, and nothing of it goes further
+        return redactor.unescaped(raw, parsed)[0]
 
     def _chunk(self, data: bytes) -> JSON:
-        data = self._scrub(data)
+        redactor = self._redactor
+        if redactor is not None:
+            data = redactor.scrub_bytes(data)
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError as e:
             raise ProviderError(f"{self.name} upstream sent an unparsable stream event", phase="stream",
                                 reason="invalid_response") from e
+        if redactor is not None and redactor.may_hide(data):
+            data, parsed = redactor.unescaped(data, parsed)
         if not isinstance(parsed, dict):
             raise ProviderError(f"{self.name} upstream sent a non-object stream event", phase="stream",
                                 reason="invalid_response")

@@ -1,0 +1,201 @@
+"""The upstream API key out of every answer, however an upstream hides or cuts it.
+
+An upstream that echoes the key it was sent (a debugging proxy, an echo server, a model fed its
+own headers, a hostile endpoint) can write it:
+
+* plainly, in one body or one SSE event, cut by TCP anywhere: the provider checks a buffered body
+  whole and an SSE event once the reader has reassembled it, so TCP reads never matter
+  (`scrub_bytes`, one substring search per event);
+* behind JSON escapes (`\\u0073k-...`, `\\/` for `/`): the bytes no longer contain the key, the
+  decoded string does. Only `\\u` and `\\/` can stand for a character of a key made of plain
+  printable characters, so an event holding neither is done; one holding either is
+  re-serialised once (orjson, compact, unescaped) and searched again (`may_hide`, `unescaped`);
+* across the events of a stream: `delta.content` "...sk-pr" then "oj-..." holds the key only
+  once the client joins the deltas. `StreamCarry` holds back the end of each joined text that
+  could still become the key (its longest suffix that is a proper prefix of the key) and puts
+  it in front of the next piece of the same text, where the key is replaced whole; what was
+  held goes out with the choice's `finish_reason` chunk (or a last chunk of its own) once no
+  key can follow. Ordinary text ends in a key prefix rarely and briefly (an "s" before "sk-"),
+  so nearly every chunk passes as it came, with its own bytes; a fixed window of len(key)-1
+  characters would have delayed (and re-serialised) every chunk of every stream instead.
+
+Joined texts: a choice's `content`, `reasoning_content`, `reasoning`, `refusal`, and each tool
+call's `function.arguments` (by tool-call index), per choice index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+MIN_SECRET = 8  # a shorter "key" would redact ordinary words
+REDACTED = "[redacted]"
+_REDACTED = REDACTED.encode()
+# The delta fields whose pieces a client concatenates into one text.
+TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
+
+Slot = tuple[int, str, int]  # (choice index, field, tool-call index or -1)
+
+
+class KeyRedactor:
+    """One provider's key, with what finding it in raw JSON bytes takes."""
+
+    __slots__ = ("_mark", "_mark2", "json_bytes", "key")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.json_bytes = orjson.dumps(key)[1:-1]  # the key inside a JSON string, as orjson writes it
+        # The escapes that can stand for one of the key's characters: for a key of printable
+        # characters other than `"` and `\\`, only a `\\uXXXX` or a `\\/`; for any other key, any escape.
+        plain = self.json_bytes == key.encode()
+        self._mark, self._mark2 = (b"\\u", b"\\/") if plain else (b"\\", b"\\")
+
+    def scrub_bytes(self, raw: bytes) -> bytes:
+        """`raw` with the key, where written plainly, replaced."""
+        return raw.replace(self.json_bytes, _REDACTED) if self.json_bytes in raw else raw
+
+    def may_hide(self, raw: bytes) -> bool:
+        """Whether `raw` has an escape that could spell part of the key (then `unescaped` must look)."""
+        return self._mark in raw or self._mark2 in raw
+
+    def unescaped(self, raw: bytes, parsed: Any) -> tuple[bytes, Any]:
+        """(raw, parsed) without a key that only the decoded strings show: unchanged when there is none."""
+        try:
+            plain = orjson.dumps(parsed)
+        except orjson.JSONEncodeError:
+            plain = b""
+        if plain and self.json_bytes not in plain:
+            return raw, parsed
+        if plain:
+            redacted = plain.replace(self.json_bytes, _REDACTED)
+            try:
+                return redacted, orjson.loads(redacted)
+            except orjson.JSONDecodeError:
+                pass  # the key's bytes matched across an escape (`\\n` + "n..."): redact the strings instead
+        cleaned = self.redact_strings(parsed)
+        return orjson.dumps(cleaned), cleaned
+
+    def redact_strings(self, value: Any) -> Any:
+        """`value` with the key replaced in every string (object keys included)."""
+        if isinstance(value, str):
+            return value.replace(self.key, REDACTED) if self.key in value else value
+        if isinstance(value, list):
+            return [self.redact_strings(v) for v in value]
+        if isinstance(value, dict):
+            return {self.redact_strings(k): self.redact_strings(v) for k, v in value.items()}
+        return value
+
+    def stream(self) -> StreamCarry:
+        return StreamCarry(self.key)
+
+
+class StreamCarry:
+    """One stream's held-back text ends (see the module docstring); `chunk` for each parsed chunk in order."""
+
+    __slots__ = ("first", "held", "key", "last", "longest")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.first = key[0]
+        self.longest = len(key) - 1  # the longest proper prefix
+        self.held: dict[Slot, str] = {}
+        self.last: dict[str, Any] = {}  # the last chunk seen: the model of a chunk `flush` writes
+
+    def chunk(self, chunk: dict[str, Any]) -> bool:
+        """Redact `chunk`'s joined texts in place, with what earlier chunks held back; True when it changed."""
+        choices = chunk.get("choices")
+        if not choices:
+            return False
+        self.last = chunk
+        changed = False
+        for choice in choices:
+            index = choice.get("index", 0)
+            index = index if type(index) is int else -1
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                for field in TEXT_FIELDS:
+                    text = delta.get(field)
+                    if type(text) is str:
+                        out = self._text((index, field, -1), text)
+                        if out is not text:
+                            delta[field] = out
+                            changed = True
+                calls = delta.get("tool_calls")
+                if calls and isinstance(calls, list):
+                    changed = self._tool_calls(index, calls) or changed
+            if self.held and choice.get("finish_reason"):
+                changed = self._release(index, choice) or changed
+        return changed
+
+    def flush(self) -> dict[str, Any] | None:
+        """A last chunk with whatever is still held (the stream ended without those choices' finish_reason)."""
+        if not self.held:
+            return None
+        indices = sorted({slot[0] for slot in self.held})
+        choices: list[dict[str, Any]] = []
+        for index in indices:
+            choice: dict[str, Any] = {"index": max(index, 0), "delta": {}, "finish_reason": None}
+            self._release(index, choice)
+            choices.append(choice)
+        chunk: dict[str, Any] = {k: self.last[k] for k in ("id", "object", "created", "model") if k in self.last}
+        chunk.setdefault("object", "chat.completion.chunk")
+        chunk["choices"] = choices
+        return chunk
+
+    def _text(self, slot: Slot, text: str) -> str:
+        """The part of `held + text` that can go out now; the rest is held for `slot`."""
+        held = self.held.pop(slot, None) if self.held else None
+        out = text
+        if held is not None:
+            out = held + text
+            if self.key in out:
+                out = out.replace(self.key, REDACTED)
+        n = len(out)
+        key, first = self.key, self.first
+        pos = out.find(first, n - self.longest if n > self.longest else 0)
+        while pos >= 0:
+            if key.startswith(out[pos:]):
+                self.held[slot] = out[pos:]
+                return out[:pos]
+            pos = out.find(first, pos + 1)
+        return out
+
+    def _tool_calls(self, index: int, calls: list[Any]) -> bool:
+        changed = False
+        for position, call in enumerate(calls):
+            function = call.get("function") if isinstance(call, dict) else None
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            if type(arguments) is not str:
+                continue
+            assert isinstance(call, dict) and isinstance(function, dict)
+            number = call.get("index", position)
+            out = self._text((index, "tool_calls", number if type(number) is int else position), arguments)
+            if out is not arguments:
+                function["arguments"] = out
+                changed = True
+        return changed
+
+    def _release(self, index: int, choice: dict[str, Any]) -> bool:
+        """Append everything held for choice `index` to `choice`'s delta."""
+        slots = [slot for slot in self.held if slot[0] == index]
+        if not slots:
+            return False
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = choice["delta"] = {}
+        for slot in slots:
+            held = self.held.pop(slot)
+            _, field, number = slot
+            if field == "tool_calls":
+                calls = delta.get("tool_calls")
+                if not isinstance(calls, list):
+                    calls = delta["tool_calls"] = []
+                calls.append({"index": number, "function": {"arguments": held}})
+            else:
+                existing = delta.get(field)
+                if isinstance(existing, list):  # content parts
+                    existing.append({"type": "text", "text": held})
+                else:
+                    delta[field] = (existing if isinstance(existing, str) else "") + held
+        return True
