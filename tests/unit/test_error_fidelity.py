@@ -46,6 +46,15 @@ def test_the_configured_key_is_scrubbed_whatever_it_looks_like() -> None:
     assert scrub("you sent plainpassword123", secrets=["plainpassword123"]) == "you sent [redacted]"
 
 
+def test_the_configured_key_is_scrubbed_before_a_long_message_is_cut() -> None:
+    """A long random token shrinks to `[redacted]`, so text from past the first cut shows: a key the
+    cut went through must not show as its first characters (before: "[redacted] correct-h")."""
+    key = "correct-horse-battery-staple"  # nothing credential-like but the configured key itself
+    noise = "".join("aB3dE5gH7jK9mN1pQ2sT4vW6yZ8"[i % 27] for i in range(2390))
+    cleaned = scrub(noise + " " + key + " was sent", secrets=[key])
+    assert cleaned.startswith("[redacted] [redact") and "correct" not in cleaned
+
+
 def test_ordinary_words_model_names_and_urls_survive_scrubbing() -> None:
     text = ("The model `meta-llama/Meta-Llama-3.1-70B-Instruct` does not exist at https://api.example.com/v1; "
             "see context_length_exceeded_documentation_page for maximum_context_length details")

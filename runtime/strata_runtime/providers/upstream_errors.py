@@ -92,10 +92,12 @@ def _known_param(param: str) -> bool:
 
 def scrub(message: str, secrets: Iterable[str] = ()) -> str:
     """The message with anything credential-like replaced, cut to `MAX_MESSAGE` characters."""
-    text = message[:MAX_MESSAGE * 4]
+    # The configured key first, in the whole message (an error body or event is size-capped): cut
+    # first, a key the cut went through would stay as its first characters.
     for secret in secrets:
-        if secret and len(secret) >= 8:
-            text = text.replace(secret, _REDACTED)
+        if secret and len(secret) >= 8 and secret in message:
+            message = message.replace(secret, _REDACTED)
+    text = message[:MAX_MESSAGE * 4]
     text = _CREDENTIALS.sub(_REDACTED, text)
     text = _LONG_TOKEN.sub(lambda m: _REDACTED if _looks_random(m.group()) else m.group(), text)
     text = "".join(c if c.isprintable() else " " for c in text)
