@@ -776,7 +776,7 @@ def _streamed_events(way: str, cut: int) -> list[bytes]:
             _tool_delta(_json_text(key[cut:] + '"}', slash=False), False)]
 
 
-async def _cached_gateway(upstream: RawUpstream) -> tuple[Gateway, Any]:
+async def _cached_gateway(upstream: RawUpstream, key: str = CUT_KEY) -> tuple[Gateway, Any]:
     from strata_runtime.cache.service import CacheService
 
     config = parse_config({"auth": {"mode": "none"}, "models": [
@@ -786,7 +786,7 @@ async def _cached_gateway(upstream: RawUpstream) -> tuple[Gateway, Any]:
     redis = RedisConnector(config.stores.redis, {})
     await redis.start()
     cache = CacheService(config.cache)
-    gateway = Gateway(config, {"UPSTREAM_KEY": CUT_KEY}, redis, Metrics(), cache=cache)
+    gateway = Gateway(config, {"UPSTREAM_KEY": key}, redis, Metrics(), cache=cache)
     gateway._test_redis = redis  # type: ignore[attr-defined]
     await gateway.start()
     return gateway, cache
@@ -909,3 +909,22 @@ async def test_an_escaped_key_in_a_buffered_answer_or_an_error_is_redacted(
         assert orjson.loads(seen[0])["choices"][0]["message"]["content"] == "you sent [redacted] ok"
     for text in (*seen, *(s.decode() for s in stored), _logged(caplog)):
         assert not _cut_leaks(text), text
+
+
+async def test_a_key_whose_secret_ends_in_a_newline_is_sent_and_redacted_without_it() -> None:
+    """A Secret written with `echo` ends in a newline. Before, the header carried it (a bare LF inside
+    the Authorization line) and the redaction looked for "key\\n", so the echoed key went out whole."""
+    async def script(conn: RawConnection) -> None:
+        await conn.read_request()
+        await conn.send(json_answer(completion(f"you sent {_echo(conn)}")))
+
+    async with RawUpstream(script) as upstream:
+        gateway, _ = await _cached_gateway(upstream, key=CUT_KEY + "\n")
+        try:
+            async with asyncio.timeout(LIMIT):
+                answer = (await gateway.complete(chat("hi"), CTX)).response
+        finally:
+            await close_gateway(gateway)
+    head = upstream.requests[0][0]
+    assert b"\r\nAuthorization: Bearer " + CUT_KEY.encode() + b"\r\n" in head
+    assert answer["choices"][0]["message"]["content"] == "you sent Bearer [redacted]"

@@ -16,6 +16,6 @@ def build_embedder(config: EmbedderConfig, env: Mapping[str, str]) -> EmbedderIm
     if config.provider == "local":
         return LocalEmbedder(model=config.model, timeout_seconds=config.timeout_seconds)
     assert config.base_url is not None
-    api_key = env.get(config.api_key_env) if config.api_key_env else None
+    api_key = (env.get(config.api_key_env) or "").strip() or None if config.api_key_env else None
     return OpenAIEmbedder(base_url=config.base_url, model=config.model, api_key=api_key,
                           timeout_seconds=config.timeout_seconds, dimensions=config.dimensions)

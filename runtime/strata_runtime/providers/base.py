@@ -87,8 +87,11 @@ class Provider(Protocol):
 
 
 def read_api_key(config: ModelConfig, env: Mapping[str, str]) -> str | None:
+    """The model's key from its variable or file, without surrounding whitespace: a Secret written
+    with `echo` ends in a newline, which would end the Authorization header line early and keep the
+    echoed key from matching the one the answers are scrubbed of."""
     if config.api_key_env:
-        return env.get(config.api_key_env) or None
+        return (env.get(config.api_key_env) or "").strip() or None
     if config.api_key_file:
         try:
             return Path(config.api_key_file).read_text(encoding="utf-8").strip() or None
