@@ -37,7 +37,17 @@ ACME = {"authorization": f"Bearer {GATEWAY_ENV['STRATA_KEY_ACME']}"}
 INTERNAL = {"x-strata-internal-token": GATEWAY_ENV["STRATA_INTERNAL_TOKEN"]}
 KEY = "sk-proj-e2eQ7wX2mN9pL4kR8tY6vB3cZ1aS5dF0gH"
 ENV = {**GATEWAY_ENV, "UPSTREAM_KEY": KEY}
-BEHAVIOURS = ("echo-key-stream", "echo-key", "bad-event", "dropped-after-finish", "hang", "html")
+BEHAVIOURS = ("echo-key-stream", "echo-key", "echo-key-events", "echo-key-escaped", "bad-event",
+              "dropped-after-finish", "hang", "html")
+
+
+def _escaped(text: str, at: int) -> bytes:
+    """`text` inside a JSON string, its character `at` as a \\uXXXX escape."""
+    return orjson.dumps(text[:at])[1:-1] + f"\\u{ord(text[at]):04x}".encode() + orjson.dumps(text[at + 1:])[1:-1]
+
+
+def _content_event(text: bytes) -> bytes:
+    return delta_event("@").replace(b'"content":"@"', b'"content":"' + text + b'"')
 
 
 async def _script(conn: RawConnection) -> None:
@@ -52,6 +62,16 @@ async def _script(conn: RawConnection) -> None:
                             chunk(event[cut:]), chunk(delta_event(finish="stop")), chunk(DONE), CHUNKED_END)
         elif behaviour == "echo-key":
             await conn.send(json_answer(completion(f"debug: {auth}")))
+        elif behaviour == "echo-key-events":  # cut between two deltas, escaped either side of the cut
+            said, cut = f"your header was {auth}", len("your header was Bearer ") + 11
+            await conn.send(SSE_CHUNKED_HEAD, chunk(delta_event("", role="assistant")),
+                            chunk(_content_event(_escaped(said[:cut], cut - 1))),
+                            chunk(_content_event(_escaped(said[cut:], 0))),
+                            chunk(delta_event(finish="stop")), chunk(DONE), CHUNKED_END)
+        elif behaviour == "echo-key-escaped":
+            said = f"debug: {auth}"
+            body = orjson.dumps(completion("@")).replace(b'"@"', b'"' + _escaped(said, said.index(KEY) + 5) + b'"')
+            await conn.send(json_answer(body))
         elif behaviour == "bad-event":
             await conn.send(SSE_CHUNKED_HEAD, chunk(delta_event("", role="assistant")), chunk(delta_event("par")),
                             chunk(b'data: {"choices": [{"index": 0, "delta": "tial"}]}\n\n'), chunk(DONE),
@@ -125,6 +145,27 @@ def test_an_echoed_api_key_reaches_neither_the_client_nor_the_cache_nor_the_log(
         assert not _leaks(response.text), response.text
     usage = client.get("/api/v1/usage", headers=ACME)
     assert usage.status_code == 200 and not _leaks(usage.text)
+    assert not _leaks(runtime.log_path.read_text(errors="replace"))
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream-cut-between-events", "buffered-escaped"])
+def test_a_key_cut_between_events_or_escaped_reaches_neither_the_client_nor_the_cache_nor_the_log(
+        client: httpx.Client, runtime: RuntimeProcess, stream: bool) -> None:
+    model = "echo-key-events" if stream else "echo-key-escaped"
+    stores = client.get("/internal/cache/stats", headers=INTERNAL).json()["stores"]
+    first = _post(client, model, stream=stream)
+    assert first.status_code == 200 and first.headers["x-strata-cache"] == "miss"
+    _stored(client, stores + 1)
+    second = _post(client, model, stream=stream)
+    assert second.headers["x-strata-cache"] == "hit_exact"
+    for response in (first, second):
+        if stream:
+            events = sse_events(response)
+            text = "".join((e["choices"][0]["delta"].get("content") or "") for e in events[:-1] if e.get("choices"))
+            assert text == "your header was Bearer [redacted]"
+        else:
+            assert response.json()["choices"][0]["message"]["content"] == "debug: Bearer [redacted]"
+        assert not _leaks(response.text), response.text
     assert not _leaks(runtime.log_path.read_text(errors="replace"))
 
 
