@@ -24,6 +24,7 @@ import pytest
 
 from strata_runtime.config import parse_config
 from strata_runtime.errors import (
+    BadRequest,
     RateLimited,
     StrataError,
     UpstreamError,
@@ -446,6 +447,45 @@ async def test_a_50_mb_answer_over_the_body_cap_is_refused_without_being_read_wh
         finally:
             await provider.close()
             await close_gateway(gateway)
+
+
+@pytest.mark.parametrize("cap", ["bodyBytes", "streamBytes", "eventBytes", "errorBodyBytes"])
+async def test_a_response_cap_lowered_in_the_model_config_is_enforced(cap: str) -> None:
+    """The same answer passes under the default caps and is refused (or, for an error body, read
+    only up to the cap) once `models[].responseLimits.<cap>` is set below its size."""
+    filler = "x" * 6000  # every answer below is over 4 KiB and far under the default caps
+
+    async def script(conn: RawConnection) -> None:
+        await conn.read_request()
+        if cap == "bodyBytes":
+            await conn.send(json_answer(completion(filler)))
+        elif cap == "streamBytes":  # many small events, none near the event cap
+            await conn.send(SSE_CHUNKED_HEAD, chunk(HELLO[0]), *(chunk(delta_event(filler[:300])) for _ in range(20)),
+                            chunk(delta_event(finish="stop")), chunk(DONE), CHUNKED_END)
+        elif cap == "eventBytes":  # one event of 6 KiB
+            await conn.send(SSE_CHUNKED_HEAD, chunk(HELLO[0]), chunk(delta_event(filler)),
+                            chunk(delta_event(finish="stop")), chunk(DONE), CHUNKED_END)
+        else:  # the error object's code comes after 6 KiB of message
+            await conn.send(json_answer(b'{"error": {"message": "' + filler.encode()
+                                        + b'", "code": "context_length_exceeded"}}', 400))
+
+    limit = {"responseLimits": {cap: 4096}}
+    if cap == "bodyBytes":
+        default, _ = await _complete(script)
+        lowered, upstream = await _complete(script, **limit)
+        assert default["choices"][0]["message"]["content"] == filler
+        assert isinstance(lowered, UpstreamTooLarge) and len(upstream.requests) == 1  # refused, not retried
+        return
+    text, _, error = await _stream(script)
+    lowered_text, _, lowered_error = await _stream(script, **limit)
+    if cap == "errorBodyBytes":
+        assert isinstance(error, BadRequest) and isinstance(lowered_error, BadRequest)
+        assert error.details.get("upstream_code") == "context_length_exceeded"
+        assert "upstream_code" not in lowered_error.details  # the code lay past the 4 KiB read
+    else:
+        assert error is None and text == filler
+        assert isinstance(lowered_error, UpstreamTooLarge), lowered_error
+        assert len(lowered_text) < len(text)
 
 
 # -- hangs -------------------------------------------------------------------------------------

@@ -47,6 +47,36 @@ def test_a_wrong_enum_value_names_the_field_and_the_choices() -> None:
         parse_config(_minimal(models=[{"name": "m", "provider": "nope"}]))
 
 
+def test_upstream_response_caps_default_to_the_providers_built_in_caps() -> None:
+    from strata_runtime.providers.openai_compat import Limits
+
+    model = parse_config(_minimal()).models[0]
+    assert Limits.of(model) == Limits()  # the defaults did not move when they became settings
+    assert Limits() == Limits(body=128 * 1024 * 1024, stream=256 * 1024 * 1024, event=4 * 1024 * 1024,
+                              error_body=64 * 1024)
+
+
+def test_upstream_response_caps_are_read_per_model() -> None:
+    from strata_runtime.providers.openai_compat import Limits
+
+    limits = {"bodyBytes": 2048, "streamBytes": 8192, "eventBytes": 4096, "errorBodyBytes": 1024}
+    model = parse_config(_minimal(models=[{"name": "m", "provider": "demo", "responseLimits": limits}])).models[0]
+    assert Limits.of(model) == Limits(body=2048, stream=8192, event=4096, error_body=1024)
+
+
+@pytest.mark.parametrize(("limits", "message"), [
+    ({"bodyBytes": 1023}, r"models\.0\.responseLimits\.bodyBytes.*greater than or equal to 1024"),
+    ({"streamBytes": 0}, r"models\.0\.responseLimits\.streamBytes"),
+    ({"eventBytes": 2 * 1024 ** 3}, r"models\.0\.responseLimits\.eventBytes.*less than or equal"),
+    ({"errorBodyBytes": -1}, r"models\.0\.responseLimits\.errorBodyBytes"),
+    ({"bodyBytes": "lots"}, r"models\.0\.responseLimits\.bodyBytes"),
+    ({"bodyByte": 4096}, r"models\.0\.responseLimits\.bodyByte"),
+])
+def test_an_upstream_response_cap_out_of_bounds_is_rejected_by_name(limits: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_minimal(models=[{"name": "m", "provider": "demo", "responseLimits": limits}]))
+
+
 def test_an_agent_naming_an_unknown_model_is_rejected() -> None:
     with pytest.raises(ConfigError, match="unknown model 'gpt-9'"):
         parse_config(_minimal(agents=[{"id": "a", "tenant": "t", "model": "gpt-9"}]))

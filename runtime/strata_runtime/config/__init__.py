@@ -10,7 +10,14 @@ from strata_runtime.config.agents import (
     ToolConfig,
 )
 from strata_runtime.config.base import ConfigModel, SecretKeyRef
-from strata_runtime.config.llm import ModelConfig, Pricing, RateLimit, RateLimitsConfig, UsageConfig
+from strata_runtime.config.llm import (
+    ModelConfig,
+    Pricing,
+    RateLimit,
+    RateLimitsConfig,
+    UpstreamResponseLimits,
+    UsageConfig,
+)
 from strata_runtime.config.loading import (
     ConfigError,
     agent_definition,
@@ -61,6 +68,7 @@ __all__ = [
     "SqlStoreConfig",
     "StoresConfig",
     "ToolConfig",
+    "UpstreamResponseLimits",
     "UsageConfig",
     "VectorStoreConfig",
     "agent_definition",

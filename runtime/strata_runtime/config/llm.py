@@ -8,6 +8,10 @@ from pydantic import Field
 
 from strata_runtime.config.base import ConfigModel
 
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
 Provider = Literal["openai", "deepseek", "ollama", "vllm", "anthropic", "demo"]
 
 
@@ -16,6 +20,27 @@ class Pricing(ConfigModel):
 
     input_per_1m: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
     output_per_1m: float = Field(0.0, ge=0, description="USD per million completion tokens.")
+
+
+class UpstreamResponseLimits(ConfigModel):
+    """Caps on what this upstream may send back, in bytes; an answer over one is refused (502
+    upstream_response_too_large, not retried) and its connection closed, never read whole."""
+
+    body_bytes: int = Field(
+        128 * MIB, ge=KIB, le=4 * GIB,
+        description="A buffered answer (chat without stream, embeddings: large embedding batches are the big ones).",
+    )
+    stream_bytes: int = Field(256 * MIB, ge=KIB, le=16 * GIB, description="A whole streamed answer.")
+    event_bytes: int = Field(
+        4 * MIB, ge=KIB, le=GIB,
+        description="One SSE event of a stream: a larger one is an upstream that never ends its events "
+        "(a stream is also bounded by streamBytes, whichever is reached first).",
+    )
+    error_body_bytes: int = Field(
+        64 * KIB, ge=KIB, le=16 * MIB,
+        description="What is read of a non-200 answer's body (only its error object is used).",
+    )
+
 
 
 class ModelConfig(ConfigModel):
@@ -54,6 +79,8 @@ class ModelConfig(ConfigModel):
     circuit_open_seconds: float = Field(
         30.0, gt=0, le=3600, description="How long an open circuit rejects calls before one probe is let through."
     )
+    response_limits: UpstreamResponseLimits = Field(
+        UpstreamResponseLimits(), description="Caps on the size of this upstream's answers.")
     pricing: Pricing = Field(Pricing(), description="Token prices for cost accounting.")
 
 

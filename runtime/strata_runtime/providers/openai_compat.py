@@ -5,7 +5,8 @@ A stream is trusted only when it ends properly: `[DONE]` or a `finish_reason` (a
 connection may drop or fall silent: the answer is whole). A stream that stops without either
 (the connection dropped, the body ended early) raises `incomplete_stream`,
 so nothing downstream (cache, conversation memory) takes it for a finished answer. Bodies are
-capped: `Limits` bounds a buffered answer, a whole stream and one SSE event. An answer that is
+capped: `Limits` (`models[].responseLimits`) bounds a buffered answer, a whole stream, one SSE
+event and what is read of an error body. An answer that is
 not a chat completion (no `choices` list, a choice or delta that is not an object) is an
 `invalid_response`.
 
@@ -54,12 +55,18 @@ DEFAULT_BASE_URLS = {
 
 @dataclass(frozen=True)
 class Limits:
-    """Caps on what an upstream may send back (bytes)."""
+    """Caps on what an upstream may send back (bytes): `models[].responseLimits` in the config."""
 
     body: int = 128 * 1024 * 1024  # a buffered answer (large embedding batches are the big ones)
     stream: int = 256 * 1024 * 1024  # a whole streamed answer
     event: int = 4 * 1024 * 1024  # one SSE event: a larger one is an upstream that never delimits
     error_body: int = 64 * 1024  # the body of a non-200 answer (only its error object is used)
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> Limits:
+        limits = config.response_limits
+        return cls(body=limits.body_bytes, stream=limits.stream_bytes, event=limits.event_bytes,
+                   error_body=limits.error_body_bytes)
 
 
 class OpenAICompatProvider:
@@ -79,7 +86,7 @@ class OpenAICompatProvider:
             read=config.read_timeout_seconds or config.timeout_seconds,
             total=config.timeout_seconds,
         )
-        self.limits = limits or Limits()
+        self.limits = limits or Limits.of(config)
         # Accept-Encoding: identity: without the header a server may use any content coding (RFC 9110
         # 12.5.3), and this client decodes none.
         headers = (b"Content-Type: application/json\r\nAccept: application/json\r\nAccept-Encoding: identity\r\n"
@@ -327,6 +334,8 @@ class _SseReader:
     def feed(self, piece: bytes) -> list[bytes]:
         if not self.buffer and piece.startswith(b"data: ") and piece.find(b"\n") == len(piece) - 2 \
                 and piece.endswith(b"\n\n") and b"\r" not in piece:
+            if len(piece) - 2 > self.limit:  # the event without its blank line, as below
+                raise _EventTooLarge
             return [piece[6:-2]]  # the usual piece: one whole single-line event, nothing left over
         buffer = self.buffer + piece
         held = b""
@@ -339,6 +348,8 @@ class _SseReader:
             end = buffer.find(b"\n\n")
             if end < 0:
                 break
+            if end > self.limit:
+                raise _EventTooLarge
             data = _event_data(buffer[:end])
             buffer = buffer[end + 2:]
             if data is not None:
@@ -447,4 +458,4 @@ async def _read_bounded(response: HttpResponse, limit: int) -> bytes:
     finally:
         await pieces.aclose()
         await response.aclose()
-    return b"".join(parts)
+    return b"".join(parts)[:limit]  # a read may bring more than the cap at once
