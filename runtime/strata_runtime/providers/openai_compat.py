@@ -103,7 +103,7 @@ class OpenAICompatProvider:
 
     async def chat(self, body: JSON, *, deadline: float | None = None) -> JSON:
         response = await self._send(self._chat_path, body, stream=False, deadline=deadline)
-        data = self._decode(self._scrub(response.body))
+        data = self._decode(response.body)
         wrong = _completion_shape_error(data)
         if wrong:
             raise ProviderError(f"{self.name} upstream returned a malformed completion: {wrong}", phase="body",
@@ -120,7 +120,7 @@ class OpenAICompatProvider:
                 body_bytes = await response.read()
             except HttpError as e:
                 raise self._transport_error(e, "body") from e
-            data = self._decode(self._scrub(body_bytes))
+            data = self._decode(body_bytes)
             if "error" in data and "choices" not in data:
                 info = parse_error(data, self._secrets)
                 raise ProviderError(f"{self.name} upstream answered the stream with an error"
@@ -135,7 +135,7 @@ class OpenAICompatProvider:
 
     async def embeddings(self, body: JSON, *, deadline: float | None = None) -> JSON:
         response = await self._send(self._embeddings_path, body, stream=False, deadline=deadline)
-        return self._decode(self._scrub(response.body))
+        return self._decode(response.body)
 
     def _request_headers(self) -> bytes:
         request_id = current_request_id()  # validated printable ASCII: safe in a header line
@@ -185,8 +185,9 @@ class OpenAICompatProvider:
                              phase="headers")
 
     def _decode(self, raw: bytes) -> JSON:
+        """A whole JSON body, without the API key."""
         try:
-            data = orjson.loads(raw)
+            data = orjson.loads(raw) if self._redactor is None else self._redactor.parse(raw)[1]
         except orjson.JSONDecodeError as e:
             raise ProviderError(f"{self.name} upstream returned invalid JSON", phase="body",
                                 reason="invalid_response") from e
@@ -237,31 +238,15 @@ class OpenAICompatProvider:
         if rest is not None:  # text held back for choices that ended without a finish_reason
             yield rest
 
-    def _scrub(self, raw: bytes) -> bytes:
-        """A whole JSON body without the API key, written plainly or behind JSON escapes."""
-        redactor = self._redactor
-        if redactor is None:
-            return raw
-        raw = redactor.scrub_bytes(raw)
-        if not redactor.may_hide(raw):
-            return raw
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return raw  # not JSON: `_decode` says so, and nothing of it goes further
-        return redactor.unescaped(raw, parsed)[0]
-
     def _chunk(self, data: bytes) -> JSON:
-        redactor = self._redactor
-        if redactor is not None:
-            data = redactor.scrub_bytes(data)
         try:
-            parsed = orjson.loads(data)
+            if self._redactor is None:
+                parsed = orjson.loads(data)
+            else:
+                data, parsed = self._redactor.parse(data)
         except orjson.JSONDecodeError as e:
             raise ProviderError(f"{self.name} upstream sent an unparsable stream event", phase="stream",
                                 reason="invalid_response") from e
-        if redactor is not None and redactor.may_hide(data):
-            data, parsed = redactor.unescaped(data, parsed)
         if not isinstance(parsed, dict):
             raise ProviderError(f"{self.name} upstream sent a non-object stream event", phase="stream",
                                 reason="invalid_response")

@@ -51,6 +51,20 @@ class KeyRedactor:
         plain = self.json_bytes == key.encode()
         self._mark, self._mark2 = (b"\\u", b"\\/") if plain else (b"\\", b"\\")
 
+    def parse(self, raw: bytes) -> tuple[bytes, Any]:
+        """(raw, parsed) of a JSON text, the key out of both; orjson.JSONDecodeError when it is not JSON."""
+        scrubbed = self.scrub_bytes(raw)
+        try:
+            parsed = orjson.loads(scrubbed)
+        except orjson.JSONDecodeError:
+            if scrubbed is raw:
+                raise
+            # The key's bytes matched across an escape (`\\n` + a key starting with "n"): decode first.
+            return self.unescaped(raw, orjson.loads(raw))
+        if self.may_hide(scrubbed):
+            return self.unescaped(scrubbed, parsed)
+        return scrubbed, parsed
+
     def scrub_bytes(self, raw: bytes) -> bytes:
         """`raw` with the key, where written plainly, replaced."""
         return raw.replace(self.json_bytes, _REDACTED) if self.json_bytes in raw else raw
