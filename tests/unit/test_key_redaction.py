@@ -94,3 +94,15 @@ def test_a_key_starting_with_an_escape_letter_is_found_and_a_look_alike_is_left_
     # The key itself right after a newline: redacted, and still valid JSON.
     text, parsed = redactor.parse(b'{"a": "x\\n\\u006eabcdefgh12"}')
     assert parsed == {"a": "x\n[redacted]"} and orjson.loads(text) == parsed
+
+
+def test_legacy_function_call_arguments_are_carried_too() -> None:
+    carry = KeyRedactor(KEY).stream()
+    chunks = [_chunk(_choice(0, function_call={"name": "f", "arguments": '{"k": "' + KEY[:20]})),
+              _chunk(_choice(0, function_call={"arguments": KEY[20:] + '"}'})),
+              _chunk(_choice(0, "function_call"))]
+    for chunk in chunks:
+        carry.chunk(chunk)
+    joined = "".join(c["delta"].get("function_call", {}).get("arguments", "") for chunk in chunks
+                     for c in chunk["choices"])
+    assert joined == '{"k": "[redacted]"}'

@@ -19,8 +19,9 @@ own headers, a hostile endpoint) can write it:
   so nearly every chunk passes as it came, with its own bytes; a fixed window of len(key)-1
   characters would have delayed (and re-serialised) every chunk of every stream instead.
 
-Joined texts: a choice's `content`, `reasoning_content`, `reasoning`, `refusal`, and each tool
-call's `function.arguments` (by tool-call index), per choice index.
+Joined texts: a choice's `content`, `reasoning_content`, `reasoning`, `refusal`, each tool call's
+`function.arguments` (by tool-call index) and the legacy `function_call.arguments`, per choice
+index. Not joined: `logprobs` tokens (a key echoed with logprobs on is spread over token objects).
 """
 
 from __future__ import annotations
@@ -139,6 +140,12 @@ class StreamCarry:
                 calls = delta.get("tool_calls")
                 if calls and isinstance(calls, list):
                     changed = self._tool_calls(index, calls) or changed
+                legacy = delta.get("function_call")  # the functions API before tools
+                if legacy and isinstance(legacy, dict) and type(legacy.get("arguments")) is str:
+                    out = self._text((index, "function_call", -1), legacy["arguments"])
+                    if out is not legacy["arguments"]:
+                        legacy["arguments"] = out
+                        changed = True
             if self.held and choice.get("finish_reason"):
                 changed = self._release(index, choice) or changed
         return changed
@@ -207,6 +214,12 @@ class StreamCarry:
                 if not isinstance(calls, list):
                     calls = delta["tool_calls"] = []
                 calls.append({"index": number, "function": {"arguments": held}})
+            elif field == "function_call":
+                legacy = delta.get("function_call")
+                if not isinstance(legacy, dict):
+                    legacy = delta["function_call"] = {}
+                arguments = legacy.get("arguments")
+                legacy["arguments"] = (arguments if isinstance(arguments, str) else "") + held
             else:
                 existing = delta.get(field)
                 if isinstance(existing, list):  # content parts
