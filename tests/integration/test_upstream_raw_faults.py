@@ -753,7 +753,8 @@ async def test_an_embeddings_answer_echoing_the_api_key_is_scrubbed_too() -> Non
 
 CUT_KEY = "sk-proj-Zq8uXb3L/mN4pR7tV9wY2aC5eG1iK0oQ6sUcut"  # a "/" that an upstream may write as "\/"
 CUTS = range(1, len(CUT_KEY))
-STREAMED_WAYS = ("tcp-reads", "two-events", "two-events-escaped", "one-event-escaped", "tool-arguments")
+STREAMED_WAYS = ("tcp-reads", "two-events", "two-events-escaped", "one-event-escaped", "tool-arguments",
+                 "logprob-tokens")
 
 
 def _cut_leaks(text: str) -> bool:
@@ -786,6 +787,16 @@ def _delta(text: bytes) -> bytes:
                                    text) + b"\n\n"
 
 
+def _token_delta(text: str, tokens: list[str]) -> bytes:
+    """A content delta with its logprobs: one token object per piece of `tokens`."""
+    logprobs = {"content": [{"token": t, "logprob": -0.5, "bytes": list(t.encode()), "top_logprobs": []}
+                            for t in tokens]}
+    return b"data: " + orjson.dumps({"id": "chatcmpl-raw", "object": "chat.completion.chunk", "created": 1,
+                                     "model": "raw-model", "choices": [{"index": 0, "delta": {"content": text},
+                                                                        "logprobs": logprobs, "finish_reason": None}]}
+                                    ) + b"\n\n"
+
+
 def _tool_delta(text: bytes, first: bool) -> bytes:
     call: dict[str, Any] = {"index": 0, "function": {"arguments": "@"}}
     if first:
@@ -811,6 +822,9 @@ def _streamed_events(way: str, cut: int) -> list[bytes]:
                 _delta(_json_text(key[cut:] + after, {0}))]
     if way == "one-event-escaped":
         return [_delta(_json_text(before + key + after, {len(before) + cut}))]
+    if way == "logprob-tokens":  # the key one token per character, the tokens cut between two events
+        return [_token_delta(before + key[:cut], [before, *key[:cut]]),
+                _token_delta(key[cut:] + after, [*key[cut:], after])]
     assert way == "tool-arguments"
     return [_tool_delta(_json_text('{"q": "' + key[:cut], slash=False), True),
             _tool_delta(_json_text(key[cut:] + '"}', slash=False), False)]
@@ -870,10 +884,15 @@ async def test_a_key_cut_anywhere_in_a_stream_is_redacted_for_the_caller_the_cac
     deltas = [ch.get("delta") or {} for c in relayed for ch in c.get("choices") or ()]
     text = "".join(d.get("content") or "" for d in deltas)
     arguments = "".join(call["function"].get("arguments") or "" for d in deltas for call in d.get("tool_calls") or ())
+    tokens = [t for c in relayed for ch in c.get("choices") or ()
+              for t in (ch.get("logprobs") or {}).get("content") or ()]
+    token_text = "".join(t["token"] for t in tokens)
+    token_bytes = bytes(b for t in tokens for b in t["bytes"]).decode()
     if way == "tool-arguments":
         assert (text, arguments) == ("", '{"q": "[redacted]"}')
     else:
         assert (text, arguments) == ("you sent [redacted] ok", "")
+    assert token_text == token_bytes == ("you sent [redacted] ok" if way == "logprob-tokens" else "")
     for seen in (sent, text, arguments, *(s.decode() for s in stored), _logged(caplog)):
         assert not _cut_leaks(seen), seen
 

@@ -106,3 +106,37 @@ def test_legacy_function_call_arguments_are_carried_too() -> None:
     joined = "".join(c["delta"].get("function_call", {}).get("arguments", "") for chunk in chunks
                      for c in chunk["choices"])
     assert joined == '{"k": "[redacted]"}'
+
+
+def _tokens(*texts: str) -> dict[str, Any]:
+    return {"content": [{"token": t, "logprob": -1.0, "bytes": list(t.encode()), "top_logprobs": []} for t in texts]}
+
+
+def test_logprob_tokens_spelling_the_key_in_one_event_become_one_redacted_token() -> None:
+    carry = KeyRedactor(KEY).stream()
+    choice = _choice(0, content="x [redacted] y")  # the content was already scrubbed as bytes
+    choice["logprobs"] = _tokens("x ", *KEY, " y")
+    assert carry.chunk(_chunk(choice)) is True
+    [token] = choice["logprobs"]["content"]
+    assert token["token"] == "x [redacted] y" and bytes(token["bytes"]).decode() == "x [redacted] y"
+    assert token["logprob"] == -1.0 * (len(KEY) + 2)
+
+
+def test_logprob_tokens_that_end_in_a_key_prefix_are_held_until_the_finish_reason() -> None:
+    carry = KeyRedactor(KEY).stream()
+    first = _choice(0, content="plain s")
+    first["logprobs"] = _tokens("plain", " s")
+    finish = _choice(0, "stop")
+    carry.chunk(_chunk(first))
+    carry.chunk(_chunk(finish))
+    assert [t["token"] for t in first["logprobs"]["content"]] == ["plain "]
+    assert [t["token"] for t in finish["logprobs"]["content"]] == ["s"]
+    assert first["delta"]["content"] + finish["delta"]["content"] == "plain s"
+
+
+def test_logprob_tokens_without_the_key_pass_untouched() -> None:
+    carry = KeyRedactor(KEY).stream()
+    choice = _choice(0, content="hello world")
+    choice["logprobs"] = _tokens("hello", " world")
+    before = orjson.dumps(choice)
+    assert carry.chunk(_chunk(choice)) is False and orjson.dumps(choice) == before

@@ -21,7 +21,8 @@ own headers, a hostile endpoint) can write it:
 
 Joined texts: a choice's `content`, `reasoning_content`, `reasoning`, `refusal`, each tool call's
 `function.arguments` (by tool-call index) and the legacy `function_call.arguments`, per choice
-index. Not joined: `logprobs` tokens (a key echoed with logprobs on is spread over token objects).
+index, and the `token` texts of a choice's `logprobs.content` and `logprobs.refusal` (a key echoed
+with logprobs on is spread over token objects, so those are searched joined even within one event).
 """
 
 from __future__ import annotations
@@ -130,24 +131,40 @@ class StreamCarry:
             index = index if type(index) is int else -1
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                for field in TEXT_FIELDS:
-                    text = delta.get(field)
-                    if type(text) is str:
-                        out = self._text((index, field, -1), text)
-                        if out is not text:
-                            delta[field] = out
-                            changed = True
-                calls = delta.get("tool_calls")
-                if calls and isinstance(calls, list):
-                    changed = self._tool_calls(index, calls) or changed
-                legacy = delta.get("function_call")  # the functions API before tools
-                if legacy and isinstance(legacy, dict) and type(legacy.get("arguments")) is str:
-                    out = self._text((index, "function_call", -1), legacy["arguments"])
-                    if out is not legacy["arguments"]:
-                        legacy["arguments"] = out
-                        changed = True
+                changed = self._delta(index, delta) or changed
+            logprobs = choice.get("logprobs")
+            if logprobs and isinstance(logprobs, dict):
+                changed = self._logprobs(index, logprobs) or changed
             if self.held and choice.get("finish_reason"):
                 changed = self._release(index, choice) or changed
+        return changed
+
+    def _delta(self, index: int, delta: dict[str, Any]) -> bool:
+        changed = False
+        for field in TEXT_FIELDS:
+            text = delta.get(field)
+            if type(text) is str:
+                out = self._text((index, field, -1), text)
+                if out is not text:
+                    delta[field] = out
+                    changed = True
+        calls = delta.get("tool_calls")
+        if calls and isinstance(calls, list):
+            changed = self._tool_calls(index, calls) or changed
+        legacy = delta.get("function_call")  # the functions API before tools
+        if legacy and isinstance(legacy, dict) and type(legacy.get("arguments")) is str:
+            out = self._text((index, "function_call", -1), legacy["arguments"])
+            if out is not legacy["arguments"]:
+                legacy["arguments"] = out
+                changed = True
+        return changed
+
+    def _logprobs(self, index: int, logprobs: dict[str, Any]) -> bool:
+        changed = False
+        for field in ("content", "refusal"):
+            tokens = logprobs.get(field)
+            if tokens and isinstance(tokens, list):
+                changed = self._tokens((index, "logprobs." + field, -1), logprobs, field, tokens) or changed
         return changed
 
     def flush(self) -> dict[str, Any] | None:
@@ -165,14 +182,15 @@ class StreamCarry:
         chunk["choices"] = choices
         return chunk
 
-    def _text(self, slot: Slot, text: str) -> str:
-        """The part of `held + text` that can go out now; the rest is held for `slot`."""
+    def _text(self, slot: Slot, text: str, *, whole: bool = False) -> str:
+        """The part of `held + text` that can go out now; the rest is held for `slot`. `whole`: `text`
+        itself may hold the key (joined here from pieces the event's bytes kept apart)."""
         held = self.held.pop(slot, None) if self.held else None
         out = text
         if held is not None:
             out = held + text
-            if self.key in out:
-                out = out.replace(self.key, REDACTED)
+        if (held is not None or whole) and self.key in out:
+            out = out.replace(self.key, REDACTED)
         n = len(out)
         key, first = self.key, self.first
         pos = out.find(first, n - self.longest if n > self.longest else 0)
@@ -198,6 +216,21 @@ class StreamCarry:
                 changed = True
         return changed
 
+    def _tokens(self, slot: Slot, logprobs: dict[str, Any], field: str, tokens: list[Any]) -> bool:
+        """A choice's logprobs tokens, whose texts a client may join like the deltas: when the key (or
+        the start of it) is among them, the chunk's tokens become one token of the text that can go out
+        (their logprobs summed), the rest held like any text."""
+        texts = [t.get("token") if isinstance(t, dict) else None for t in tokens]
+        if not all(type(text) is str for text in texts):
+            return False
+        joined = "".join(texts)  # type: ignore[arg-type]
+        out = self._text(slot, joined, whole=True)
+        if out == joined:
+            return False
+        logprob = sum(t["logprob"] for t in tokens if type(t.get("logprob")) in (int, float))
+        logprobs[field] = [_token(out, logprob)] if out else []
+        return True
+
     def _release(self, index: int, choice: dict[str, Any]) -> bool:
         """Append everything held for choice `index` to `choice`'s delta."""
         slots = [slot for slot in self.held if slot[0] == index]
@@ -214,6 +247,14 @@ class StreamCarry:
                 if not isinstance(calls, list):
                     calls = delta["tool_calls"] = []
                 calls.append({"index": number, "function": {"arguments": held}})
+            elif field.startswith("logprobs."):
+                logprobs = choice.get("logprobs")
+                if not isinstance(logprobs, dict):
+                    logprobs = choice["logprobs"] = {}
+                tokens = logprobs.get(field[9:])
+                if not isinstance(tokens, list):
+                    tokens = logprobs[field[9:]] = []
+                tokens.append(_token(held, 0.0))
             elif field == "function_call":
                 legacy = delta.get("function_call")
                 if not isinstance(legacy, dict):
@@ -227,3 +268,7 @@ class StreamCarry:
                 else:
                     delta[field] = (existing if isinstance(existing, str) else "") + held
         return True
+
+
+def _token(text: str, logprob: float) -> dict[str, Any]:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode()), "top_logprobs": []}
