@@ -2,6 +2,9 @@
 operator running as a subprocess *as the chart's ServiceAccount* (a token kubeconfig), so the
 chart's RBAC is exactly what the operator has. kwok cannot run a real container image, so the
 chart's own operator Deployment is installed with replicaCount=0 and the same code runs here.
+
+The operator reaches the API server through a TCP relay (`operator_relay`, tests/support/api_relay.py)
+that forwards untouched unless a drill takes it down: the shared API server itself is never stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests.support.api_relay import ApiRelay, upstream_of
 from tests.support.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,10 +134,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def service_account_kubeconfig(kubectl: Kubectl, admin_kubeconfig: str, path: Path) -> None:
+def service_account_kubeconfig(kubectl: Kubectl, admin_kubeconfig: str, path: Path, server: str | None = None) -> None:
+    """A kubeconfig of the chart's ServiceAccount; `server` replaces the API server's address (a relay)."""
     token = kubectl("create", "token", SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=2h").stdout.strip()
     admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
     cluster = admin["clusters"][0]
+    if server is not None:
+        cluster["cluster"]["server"] = server
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -146,13 +153,22 @@ def service_account_kubeconfig(kubectl: Kubectl, admin_kubeconfig: str, path: Pa
 
 
 @pytest.fixture(scope="session")
+def operator_relay(kubeconfig: str) -> Iterator[ApiRelay]:
+    """The TCP relay between the session's operator and the API server (forwarding unless a drill cuts it)."""
+    with ApiRelay(upstream_of(kubeconfig)) as relay:
+        yield relay
+
+
+@pytest.fixture(scope="session")
 def operator(
-    helm_release: str, kubectl: Kubectl, kubeconfig: str, tmp_path_factory: pytest.TempPathFactory
+    helm_release: str, kubectl: Kubectl, kubeconfig: str, tmp_path_factory: pytest.TempPathFactory,
+    operator_relay: ApiRelay,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`strata-operator` with kopf peering, running with the chart ServiceAccount's permissions."""
+    """`strata-operator` with kopf peering, running with the chart ServiceAccount's permissions, its API
+    connections through `operator_relay`."""
     work = tmp_path_factory.mktemp("operator")
     sa_kubeconfig = work / "operator.kubeconfig"
-    service_account_kubeconfig(kubectl, kubeconfig, sa_kubeconfig)
+    service_account_kubeconfig(kubectl, kubeconfig, sa_kubeconfig, server=operator_relay.server)
     port, metrics_port = _free_port(), _free_port()
     log_dir = ROOT / ".cache" / "operator-tests"  # gitignored; kept for reading after a failure
     log_dir.mkdir(parents=True, exist_ok=True)

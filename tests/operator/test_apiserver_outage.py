@@ -1,0 +1,128 @@
+"""Drills: the API server goes away and comes back while the operator runs.
+
+The session's operator reaches the API server through a relay (`operator_relay`); the shared API
+server itself never stops. While the relay is down, this test changes things through the real API
+server directly (kubectl with the admin kubeconfig, not through the relay): an AgentDeployment's
+spec, its CachePolicy, a new AgentDeployment, a child Service deleted by hand. After the relay is
+back, the same operator process (no restart) must converge on all of it. Bounds are hang guards;
+the figures are printed (pytest -s).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.operator.fixtures_operator import (
+    Kubectl,
+    agent,
+    agent_deployment,
+    apply_yaml,
+    cache_policy,
+    get_json,
+    routing_policy,
+    secrets,
+    wait_ready,
+)
+from tests.support.api_relay import ApiRelay
+
+pytestmark = pytest.mark.operator
+
+CONVERGE_BOUND = 60.0
+"""Seconds after the API server is back by which everything must have converged: a hang guard."""
+
+
+def drain_seconds(kubectl: Kubectl, namespace: str, name: str) -> Any:
+    deployment = get_json(kubectl, "-n", namespace, "deployment", name)
+    if deployment is None:
+        return None
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return container["lifecycle"]["preStop"]["sleep"]["seconds"]
+
+
+def owned_by(kubectl: Kubectl, namespace: str, what: str, owner: str) -> bool:
+    obj = get_json(kubectl, "-n", namespace, what)
+    owners = [r.get("name") for r in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []]
+    return owners == [owner]
+
+
+def converged(kubectl: Kubectl, namespace: str, *, generation: int, threshold: float,
+              created: str) -> Callable[[], Any]:
+    """What the operator must have done with the changes made while it could not reach the API server."""
+
+    def check() -> dict[str, bool]:
+        support = agent(kubectl, namespace, "support") or {}
+        status = support.get("status") or {}
+        ready = [c for c in status.get("conditions") or [] if c.get("type") == "Ready" and c.get("status") == "True"]
+        other = agent(kubectl, namespace, created) or {}
+        other_status = other.get("status") or {}
+        other_ready = [c for c in other_status.get("conditions") or []
+                       if c.get("type") == "Ready" and c.get("status") == "True"]
+        config = (get_json(kubectl, "-n", namespace, "configmap", "support-config") or {}).get("data") or {}
+        state = {
+            "spec edit applied": drain_seconds(kubectl, namespace, "support") == 5,
+            "cache policy edit rendered": str(threshold) in config.get("config.yaml", ""),
+            "status caught up": bool(ready) and status.get("observedGeneration") == generation,
+            "deleted Service re-created": owned_by(kubectl, namespace, "service/support", "support"),
+            "new AgentDeployment Ready": bool(other_ready)
+            and other_status.get("observedGeneration") == (other.get("metadata") or {}).get("generation"),
+            "new AgentDeployment's children": owned_by(kubectl, namespace, f"deployment/{created}", created),
+        }
+        return state
+
+    return check
+
+
+def make_changes(kubectl: Kubectl, namespace: str, *, threshold: float, created: str) -> None:
+    """Through the real API server (admin kubeconfig), not the relay."""
+    drain = {"terminationGracePeriodSeconds": 30, "preStopSleepSeconds": 5}
+    apply_yaml(kubectl, namespace, agent_deployment(namespace, drain=drain),
+               cache_policy(namespace, threshold=threshold), agent_deployment(namespace, name=created))
+    kubectl("-n", namespace, "delete", "service", "support", "--wait=false")
+
+
+def setup_ready(kubectl: Kubectl, namespace: str) -> int:
+    apply_yaml(kubectl, namespace, *secrets(namespace), cache_policy(namespace), routing_policy(namespace),
+               agent_deployment(namespace))
+    return int(wait_ready(kubectl, namespace, "support")["metadata"]["generation"])
+
+
+def wait_converged(kubectl: Kubectl, namespace: str, generation: int, threshold: float, created: str) -> float:
+    check = converged(kubectl, namespace, generation=generation, threshold=threshold, created=created)
+    resumed = time.monotonic()
+    last: dict[str, bool] = {}
+
+    def done() -> bool:
+        nonlocal last
+        last = check()
+        return all(last.values())
+
+    deadline = resumed + CONVERGE_BOUND
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not converged {CONVERGE_BOUND:.0f}s after the API server came back: "
+                        f"{[k for k, v in last.items() if not v]}")
+        time.sleep(0.25)
+    return time.monotonic() - resumed
+
+
+def test_the_operator_converges_after_its_connections_are_cut_and_refused(
+        kubectl: Kubectl, namespace: str, operator: subprocess.Popen[bytes], operator_relay: ApiRelay) -> None:
+    generation = setup_ready(kubectl, namespace)
+    pid = operator.pid
+    down = time.monotonic()
+    cut = operator_relay.cut("rst")
+    operator_relay.refuse()
+    try:
+        make_changes(kubectl, namespace, threshold=0.81, created="billing")
+        time.sleep(max(0.0, down + 10 - time.monotonic()))  # ~10 s with every connection refused
+    finally:
+        operator_relay.resume()
+    took = wait_converged(kubectl, namespace, generation + 1, 0.81, "billing")
+    print(f"\ncut {cut} connections, refused for {time.monotonic() - down - took:.1f}s; converged {took:.1f}s "
+          f"after the API server came back; {operator_relay.stats()}")
+    assert operator.poll() is None and operator.pid == pid, "the operator exited"
