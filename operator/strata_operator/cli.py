@@ -1,7 +1,7 @@
 """`strata-operator`: run the kopf operator with Strata's handlers.
 
     strata-operator [--namespace NS ...] [--peering NAME] [--priority N] [--liveness URL] [--metrics-port PORT]
-                    [--log-level LEVEL] [--version]
+                    [--watch-timeout SECONDS] [--log-level LEVEL] [--version]
 
 Every option has an environment variable (STRATA_WATCH_NAMESPACES is comma-separated), so the
 chart configures the operator without a command line. Without --priority, each replica takes a
@@ -62,6 +62,9 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
     parser.add_argument("--drift-interval", type=float,
                         default=float(env.get("STRATA_DRIFT_INTERVAL_SECONDS", "300")))
     parser.add_argument("--kubeconfig", default=env.get("KUBECONFIG") or None)
+    parser.add_argument("--watch-timeout", type=int, default=int(env.get("STRATA_WATCH_TIMEOUT_SECONDS", "300")),
+                        help="server-side timeout of one watch request, seconds (a watch silent for "
+                             "min(this, 60) + 15 s is taken for dead and opened again)")
     parser.add_argument("--metrics-port", default=env.get("STRATA_METRICS_PORT", "8090"),
                         help="port of GET /metrics (Prometheus), or 'none'")
     parser.add_argument("--secret-watch-selector", default=env.get("STRATA_SECRET_WATCH_SELECTOR") or None,
@@ -82,6 +85,7 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
     return OperatorSettings(
         namespaces=tuple(namespaces),
         drift_interval_seconds=args.drift_interval,
+        watch_server_timeout_seconds=args.watch_timeout,
         kubeconfig=args.kubeconfig,
         peering=args.peering,
         priority=args.priority if args.priority is not None else _distinct_priority(env),

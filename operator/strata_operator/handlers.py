@@ -147,6 +147,8 @@ async def configure(op: Operator, *, settings: kopf.OperatorSettings, **_: Any) 
     settings.posting.level = logging.WARNING  # events for failures only, not for every success
     settings.watching.server_timeout = op.settings.watch_server_timeout_seconds
     settings.watching.client_timeout = op.settings.watch_server_timeout_seconds + 30
+    # A watch silent for longer than the API server ever leaves a live one is dead: open it again.
+    settings.watching.inactivity_timeout = op.settings.watch_idle_timeout_seconds
     settings.networking.request_timeout = op.settings.request_timeout_seconds
     settings.networking.connect_timeout = 10
     settings.execution.max_workers = 4

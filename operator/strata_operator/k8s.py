@@ -260,16 +260,17 @@ class Kube:
                                 accept=accept)
 
     async def watch(self, api_version: str, plural: str, namespace: str | None, *, label_selector: str,
-                    resource_version: str, timeout_seconds: int,
+                    resource_version: str, timeout_seconds: int, idle_timeout_seconds: float,
                     metadata_only: bool = False) -> AsyncIterator[Obj]:
         """The events of one watch request, decoded as they arrive; ends when the server closes
         the stream (after `timeout_seconds`). An error status raises ApiError (410 Gone: the
-        resourceVersion is too old, list again)."""
+        resourceVersion is too old, list again); nothing read for `idle_timeout_seconds` (a hung
+        API server, a half-open connection) raises TimeoutError."""
         url = self._url(api_version, namespace, plural)
         params = {"watch": "true", "labelSelector": label_selector, "resourceVersion": resource_version,
                   "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
         headers = {"Accept": f"{METADATA},application/json" if metadata_only else "application/json"}
-        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=timeout_seconds + 30)
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=idle_timeout_seconds)
         for attempt in range(2):
             if self._watch_session is None:
                 await self._open_session()

@@ -6,6 +6,19 @@ from dataclasses import dataclass
 
 from strata_operator.allowlist import BaseUrlAllowList
 
+BOOKMARK_PERIOD_SECONDS = 60
+"""The API server sends a BOOKMARK on every watch that asked for them (allowWatchBookmarks) at least
+this often, and one shortly before the watch's own timeoutSeconds."""
+WATCH_IDLE_MARGIN_SECONDS = 15
+
+
+def watch_idle_timeout(server_timeout_seconds: float) -> float:
+    """How long a watch may stay silent before it is taken for dead and opened again: longer than the
+    API server ever leaves a live watch silent (its next bookmark, or the end of the watch), so only a
+    dead one is dropped. Without it a watch on a half-open connection (a hung API server, a dead peer
+    behind a NAT or load balancer) waits as long as its socket read timeout."""
+    return min(server_timeout_seconds, BOOKMARK_PERIOD_SECONDS) + WATCH_IDLE_MARGIN_SECONDS
+
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -37,7 +50,12 @@ class OperatorSettings:
     """Deadline of one kopf API request (watch requests use watch_server_timeout_seconds)."""
 
     watch_server_timeout_seconds: int = 300
-    """Server-side timeout of a watch; the stream is re-established after it, never silently stuck."""
+    """Server-side timeout of a watch (timeoutSeconds); the stream is re-established after it. A watch
+    silent for watch_idle_timeout_seconds is taken for dead before that."""
+
+    @property
+    def watch_idle_timeout_seconds(self) -> float:
+        return watch_idle_timeout(self.watch_server_timeout_seconds)
 
     metrics_host: str = "0.0.0.0"
     metrics_port: int | None = 8090

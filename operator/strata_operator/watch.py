@@ -19,6 +19,7 @@ import aiohttp
 
 from strata_operator import metrics
 from strata_operator.k8s import ApiError, Kube
+from strata_operator.settings import watch_idle_timeout
 
 Obj = dict[str, Any]
 EventHandler = Callable[[str, Obj], None]
@@ -59,6 +60,8 @@ class ListWatch:
     on_event: EventHandler
     metadata_only: bool = False
     timeout_seconds: int = 300
+    idle_timeout_seconds: float | None = None
+    """Seconds a watch may stay silent before it is taken for dead; None: watch_idle_timeout(timeout_seconds)."""
     known: dict[tuple[str, str], Obj] = field(default_factory=dict)
 
     async def run(self) -> None:
@@ -99,6 +102,8 @@ class ListWatch:
                                                label_selector=self.label_selector,
                                                resource_version=resource_version,
                                                timeout_seconds=self.timeout_seconds,
+                                               idle_timeout_seconds=self.idle_timeout_seconds
+                                               or watch_idle_timeout(self.timeout_seconds),
                                                metadata_only=self.metadata_only):
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":

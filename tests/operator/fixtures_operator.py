@@ -186,6 +186,8 @@ def operator(
                 f"http://127.0.0.1:{port}/healthz",
                 "--drift-interval",
                 "20",
+                "--watch-timeout",  # a watch silent for 15 + 15 s is dead: the outage drills wait that long
+                "15",
                 "--metrics-port",
                 str(metrics_port),
             ],

@@ -10,9 +10,13 @@ the figures are printed (pytest -s).
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +31,7 @@ from tests.operator.fixtures_operator import (
     routing_policy,
     secrets,
     wait_ready,
+    wait_until,
 )
 from tests.support.api_relay import ApiRelay
 
@@ -34,6 +39,36 @@ pytestmark = pytest.mark.operator
 
 CONVERGE_BOUND = 60.0
 """Seconds after the API server is back by which everything must have converged: a hang guard."""
+LEAN_WATCHES = ("deployments", "pods", "configmaps", "services", "poddisruptionbudgets")
+"""The operator's own list-then-watch loops (strata_operator.watch), by resource."""
+HANG_SECONDS = 40
+"""Longer than every client timeout of the session's operator: a watch silent for 30 s is dead
+(--watch-timeout 15 in fixtures_operator: min(15, 60) + 15), a request gives up after 30 s."""
+
+
+def watch_requests(operator: subprocess.Popen[bytes]) -> dict[str, float]:
+    """Watch requests the operator's lean watches got an answer to, by resource (its /metrics)."""
+    with urllib.request.urlopen(operator.metrics_url, timeout=5) as r:  # type: ignore[attr-defined]
+        text = r.read().decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("strata_operator_api_requests_total{") and 'verb="WATCH"' in line and 'code="200"' in line:
+            resource = re.search(r'resource="([^"]+)"', line)
+            if resource:
+                counts[resource.group(1)] = counts.get(resource.group(1), 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def gave_up(log: Path, offset: int) -> set[str]:
+    """The lean watches that logged a failure after `offset` in the operator's log."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    failed = set()
+    for line in lines:
+        if line.startswith("{") and (found := re.match(r"watching (\w+) failed", json.loads(line).get("msg", ""))):
+            failed.add(found.group(1))
+    return failed
 
 
 def drain_seconds(kubectl: Kubectl, namespace: str, name: str) -> Any:
@@ -125,4 +160,37 @@ def test_the_operator_converges_after_its_connections_are_cut_and_refused(
     took = wait_converged(kubectl, namespace, generation + 1, 0.81, "billing")
     print(f"\ncut {cut} connections, refused for {time.monotonic() - down - took:.1f}s; converged {took:.1f}s "
           f"after the API server came back; {operator_relay.stats()}")
+    assert operator.poll() is None and operator.pid == pid, "the operator exited"
+
+
+def test_the_operator_notices_a_hung_api_server_and_converges_after_it(
+        kubectl: Kubectl, namespace: str, operator: subprocess.Popen[bytes], operator_relay: ApiRelay) -> None:
+    """Black-holed: connections accepted and never answered; the ones open stay silent for good (half-open).
+    Longer than every client timeout of the operator (watch idle, request), so each must fire."""
+    generation = setup_ready(kubectl, namespace)
+    pid = operator.pid
+    before = watch_requests(operator)
+    assert set(LEAN_WATCHES) <= before.keys(), before
+    log = Path(operator.log_path)  # type: ignore[attr-defined]
+    logged = log.stat().st_size
+    hung = time.monotonic()
+    operator_relay.blackhole()
+    try:
+        make_changes(kubectl, namespace, threshold=0.83, created="ledger")
+        time.sleep(max(0.0, hung + HANG_SECONDS - time.monotonic()))
+        during = watch_requests(operator)
+        noticed = gave_up(log, logged)
+    finally:
+        operator_relay.resume()
+    resumed = time.monotonic()
+    assert during == before, "a watch request was answered while the API server hung"
+    # Nothing closed or answered: each lean watch took its silent stream for dead by itself.
+    assert set(LEAN_WATCHES) <= noticed, f"watches still waiting on a hung API server: {set(LEAN_WATCHES) - noticed}"
+    took = wait_converged(kubectl, namespace, generation + 1, 0.83, "ledger")
+    print(f"\nhung {resumed - hung:.1f}s; converged {took:.1f}s after the API server came back; "
+          f"{operator_relay.stats()}")
+    # Every lean watch watches again through a new connection.
+    wait_until(lambda: all(watch_requests(operator).get(r, 0) > before[r] for r in LEAN_WATCHES),
+               CONVERGE_BOUND, "every lean watch re-established")
+    print(f"every lean watch re-established {time.monotonic() - resumed:.1f}s after the API server came back")
     assert operator.poll() is None and operator.pid == pid, "the operator exited"

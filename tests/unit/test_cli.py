@@ -120,3 +120,11 @@ def test_check_says_whether_a_bge_embedder_s_weights_are_installed(tmp_path: Pat
     assert "(NOT INSTALLED, the runtime will not start: " in out and "fetch_models.py" in out
     assert runtime_main(["check", "--config", str(SAMPLE)]) == 0
     assert "embedder local multilingual-e5-small\n" in capsys.readouterr().out
+
+
+def test_the_operator_watch_timeout_and_the_idle_timeout_it_implies() -> None:
+    default = parse_settings([], env={})
+    assert (default.watch_server_timeout_seconds, default.watch_idle_timeout_seconds) == (300, 75)  # bookmark + 15
+    short = parse_settings(["--watch-timeout", "15"], env={})
+    assert (short.watch_server_timeout_seconds, short.watch_idle_timeout_seconds) == (15, 30)
+    assert parse_settings([], env={"STRATA_WATCH_TIMEOUT_SECONDS": "40"}).watch_idle_timeout_seconds == 55
