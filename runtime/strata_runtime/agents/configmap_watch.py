@@ -10,7 +10,8 @@ ConfigMap (``fieldSelector=metadata.name=...``, which is what lets RBAC grant ``
 * each ADDED/MODIFIED event hands the ConfigMap's ``data`` to the registry, which applies it through
   the same validated path as the file watcher (the file watch stays as the fallback);
 * a ``410 Gone`` (the resourceVersion is too old) drops the resourceVersion and lists again;
-* any other failure (API server unreachable or restarting, 403, a broken stream) is logged and retried
+* any other failure (API server unreachable or restarting, 403, a broken stream, a stream silent for
+  longer than the API server leaves a live one: hung, or a half-open connection) is logged and retried
   with exponential back-off; the definitions already served keep serving meanwhile;
 * a deleted ConfigMap is logged and changes nothing.
 
@@ -40,6 +41,10 @@ from strata_runtime.tasks import cancel_and_wait
 log = logging.getLogger("strata.agents")
 
 ENV_CONFIGMAP = "STRATA_AGENTS_CONFIGMAP"
+BOOKMARK_PERIOD_SECONDS = 60
+"""The API server sends a BOOKMARK at least this often on a watch that asked for them, and one
+shortly before the watch's timeoutSeconds: a live watch is never silent for longer."""
+IDLE_MARGIN_SECONDS = 15
 OnData = Callable[[dict[str, str]], Awaitable[object]]
 
 
@@ -80,6 +85,9 @@ class ConfigMapWatch:
         self.backoff_seconds = backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self.watch_seconds = watch_seconds
+        self.idle_timeout = min(watch_seconds, BOOKMARK_PERIOD_SECONDS) + IDLE_MARGIN_SECONDS
+        """Nothing read for this long (not even a bookmark): the watch is dead (a hung API server, a
+        half-open connection); it is dropped and opened again."""
         self.connect_timeout = connect_timeout
         self.resource_version: str | None = None
         """Where the next watch resumes; None: list first."""
@@ -167,7 +175,7 @@ class ConfigMapWatch:
         client = await self._http()
         url = self.target.url(watch="1", resourceVersion=self.resource_version, allowWatchBookmarks="true",
                               timeoutSeconds=str(self.watch_seconds))
-        timeout = httpx.Timeout(self.connect_timeout, read=self.watch_seconds + 30.0)
+        timeout = httpx.Timeout(self.connect_timeout, read=self.idle_timeout)
         async with client.stream("GET", url, headers=await self._headers(), timeout=timeout) as response:
             if response.status_code == 410:
                 raise Gone()
