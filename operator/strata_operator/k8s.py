@@ -141,6 +141,8 @@ class Kube:
         self.seconds: dict[str, float] = defaultdict(float)
         """Seconds spent in those requests (queueing for a connection slot excluded), by "METHOD kind"."""
         self._discovery_ttl = discovery_ttl
+        self.pool_renewals = 0
+        """Request pools dropped after a timeout (_drop_pooled_connections)."""
         self._discovery: dict[str, tuple[float, bool]] = {}
 
     @classmethod
@@ -153,15 +155,31 @@ class Kube:
     async def _open_session(self) -> None:
         """A new session from the current credentials (again after a 401: a rotated token)."""
         await self.close()
+        self._session = await self._request_session()
         headers = {"Authorization": f"Bearer {self._auth.token}"} if self._auth.token else {}
-        connector = aiohttp.TCPConnector(limit=self._max_in_flight, ssl=await self._auth.ssl_context(),
-                                         keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(
-            headers=headers, connector=connector, raise_for_status=False,
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS, connect=10))
         self._watch_session = aiohttp.ClientSession(
             headers=headers, connector=aiohttp.TCPConnector(limit=0, ssl=await self._auth.ssl_context()),
             raise_for_status=False)
+
+    async def _request_session(self) -> aiohttp.ClientSession:
+        headers = {"Authorization": f"Bearer {self._auth.token}"} if self._auth.token else {}
+        connector = aiohttp.TCPConnector(limit=self._max_in_flight, ssl=await self._auth.ssl_context(),
+                                         keepalive_timeout=60)
+        return aiohttp.ClientSession(
+            headers=headers, connector=connector, raise_for_status=False,
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS, connect=10))
+
+    async def _drop_pooled_connections(self, timed_out: aiohttp.ClientSession | None) -> None:
+        """After a request got no answer in time, every connection kept alive with it is suspect (a
+        hung API server, connections left half-open by a failover): a new pool for the requests from
+        now on, once for all the requests that timed out on the same one. Requests still in flight on
+        the old pool fail at once and are retried on the new one."""
+        async with self._reauth_lock:
+            if timed_out is None or timed_out is not self._session:
+                return
+            self._session = await self._request_session()
+            self.pool_renewals += 1
+        await timed_out.close()
 
     async def close(self) -> None:
         for session in (self._session, self._watch_session):
@@ -217,6 +235,7 @@ class Kube:
         for attempt in range(self.RETRIES):
             self.requests[what] += 1
             status = 0
+            sent_on = self._session
             try:
                 async with self._in_flight:
                     started = time.monotonic()
@@ -237,6 +256,8 @@ class Kube:
             except (aiohttp.ClientError, TimeoutError) as e:
                 error = ApiError(0, method, f"{version}/{url}", f"transport error: {type(e).__name__}")
                 error.__cause__ = e
+                if isinstance(e, TimeoutError):
+                    await self._drop_pooled_connections(sent_on)
             retriable = error.status in RETRIABLE_STATUSES
             if not retriable or attempt == self.RETRIES - 1:
                 raise error

@@ -71,6 +71,7 @@ class ListWatch:
             try:
                 if not resource_version:
                     resource_version = await self.relist()
+                    backoff = 1.0  # the API server answers again: a new failure backs off afresh
                 resource_version = await self.watch_once(resource_version)
                 backoff = 1.0
             except Gone:
