@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -65,6 +66,22 @@ RETRY_BASE_SECONDS = 5.0
 RETRY_MAX_SECONDS = 120.0
 
 log = logging.getLogger("strata.operator")
+
+
+class EndlessBackoffs:
+    """Delays between the retries of kopf's own API requests (its lists and watches, the peering
+    keep-alive) that never run out: kopf's default (1, 1, 2, 3, 5, 8, 13, 21) gives up after 54 s,
+    and a peering keep-alive that gives up once is never restarted: the operator runs on without
+    heartbeats, so its peer entry expires and a standby replica would start working beside it.
+    Iterated afresh by every request (not Sized: kopf then counts attempts without a total). The
+    price: stopped while the API server is away, the operator waits (trying to remove its peer
+    entry) until it is killed at the end of the pod's grace period; the entry then expires by itself."""
+
+    def __init__(self, first: tuple[float, ...] = (1, 1, 2, 3, 5, 8, 13, 21), then: float = 30.0):
+        self.first, self.then = first, then
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain(self.first, itertools.repeat(self.then))
 
 
 # ---- shared state ----------------------------------------------------------------------------
@@ -151,6 +168,7 @@ async def configure(op: Operator, *, settings: kopf.OperatorSettings, **_: Any) 
     settings.watching.inactivity_timeout = op.settings.watch_idle_timeout_seconds
     settings.networking.request_timeout = op.settings.request_timeout_seconds
     settings.networking.connect_timeout = 10
+    settings.networking.error_backoffs = EndlessBackoffs()  # an API server away for minutes is waited for
     settings.execution.max_workers = 4
     settings.batching.batch_window = 0.1  # collapse bursts of events per object to the latest
     kube = await Kube.connect(op.settings.kubeconfig, discovery_ttl=op.settings.keda_discovery_ttl_seconds)

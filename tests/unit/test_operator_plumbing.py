@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import logging
+from collections.abc import Sized
 from typing import Any
 
 import kopf
@@ -14,7 +16,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from strata_operator import metrics
-from strata_operator.handlers import register
+from strata_operator.handlers import EndlessBackoffs, register
 from strata_operator.logs import JsonFormatter
 from strata_operator.settings import OperatorSettings
 from strata_operator.tasks import Tasks
@@ -177,3 +179,13 @@ async def test_a_secret_the_operator_may_not_read_stalls_with_a_reason_and_is_re
     assert status["observedGeneration"] == 3
     [stalled] = [c for c in status["conditions"] if c["type"] == "Stalled"]
     assert stalled["reason"] == "SecretForbidden" and "'keys'" in stalled["message"]
+
+
+def test_kopf_retries_its_own_requests_for_as_long_as_the_api_server_is_away() -> None:
+    # kopf's default (1, 1, 2, 3, 5, 8, 13, 21) gave up after 54 s: a peering keep-alive that gives
+    # up once is never restarted. Each request iterates the schedule afresh, and it never ends.
+    backoffs = EndlessBackoffs()
+    assert not isinstance(backoffs, Sized)  # kopf then counts attempts without a total
+    assert list(itertools.islice(backoffs, 12)) == [1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30]
+    assert list(itertools.islice(backoffs, 3)) == [1, 1, 2]
+    assert sum(itertools.islice(backoffs, 4000)) > 24 * 3600  # a day away, still retrying
