@@ -17,11 +17,13 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from strata_operator.cli import parse_settings
 from strata_operator.k8s import Kube
 from strata_operator.watch import Gone, ListWatch
 from tests.operator.fixtures_operator import (
@@ -41,6 +43,8 @@ from tests.support.api_relay import ApiRelay
 pytestmark = pytest.mark.operator
 
 CONVERGE_BOUND = 60.0
+PEERING, OPERATOR_POD_NAME = "strata", "test-operator-0"  # fixtures_operator's --peering and POD_NAME
+PEERING_LIFETIME = 60  # kopf's default: a peer renews its entry 5 to 10 s before it expires
 """Seconds after the API server is back by which everything must have converged: a hang guard."""
 LEAN_WATCHES = ("deployments", "pods", "configmaps", "services", "poddisruptionbudgets")
 """The operator's own list-then-watch loops (strata_operator.watch), by resource."""
@@ -60,6 +64,16 @@ def watch_requests(operator: subprocess.Popen[bytes]) -> dict[str, float]:
             if resource:
                 counts[resource.group(1)] = counts.get(resource.group(1), 0.0) + float(line.rsplit(" ", 1)[1])
     return counts
+
+
+def heartbeat(kubectl: Kubectl) -> float | None:
+    """When the session's operator last renewed its entry in the kopf peering (epoch seconds)."""
+    peering = get_json(kubectl, "clusterkopfpeering", PEERING) or {}
+    priority = parse_settings([], env={"POD_NAME": OPERATOR_POD_NAME}).priority  # as fixtures_operator starts it
+    seen = [datetime.fromisoformat(str(peer["lastseen"])).timestamp()
+            for peer in (peering.get("status") or {}).values()
+            if isinstance(peer, dict) and peer.get("priority") == priority and peer.get("lastseen")]
+    return max(seen) if seen else None
 
 
 def gave_up(log: Path, offset: int) -> set[str]:
@@ -160,9 +174,15 @@ def test_the_operator_converges_after_its_connections_are_cut_and_refused(
         time.sleep(max(0.0, down + 10 - time.monotonic()))  # ~10 s with every connection refused
     finally:
         operator_relay.resume()
+    resumed_at = time.time()
     took = wait_converged(kubectl, namespace, generation + 1, 0.81, "billing")
     print(f"\ncut {cut} connections, refused for {time.monotonic() - down - took:.1f}s; converged {took:.1f}s "
           f"after the API server came back; {operator_relay.stats()}")
+    # Its kopf peering keep-alive (the leader election of the replicas) renews its entry again; it
+    # renews every 50-55 s, so this waits for the next one.
+    wait_until(lambda: (heartbeat(kubectl) or 0.0) > resumed_at, PEERING_LIFETIME + 15,
+               "a peering heartbeat after the outage")
+    print(f"peering heartbeat renewed {time.time() - resumed_at:.1f}s after the API server came back")
     assert operator.poll() is None and operator.pid == pid, "the operator exited"
 
 
