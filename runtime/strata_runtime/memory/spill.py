@@ -26,16 +26,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import asyncpg
 import orjson
 
 from strata_runtime.memory.state import SessionState, Turn
 from strata_runtime.stores.health import StoreUnavailable
-from strata_runtime.stores.sql import SqlConnector
+from strata_runtime.stores.sql import CONNECTION_FAILURES, SqlConnector
 
 T = TypeVar("T")
-_CONNECTION_FAILURES = (OSError, asyncio.TimeoutError, asyncpg.exceptions.PostgresConnectionError,
-                        asyncpg.exceptions.InterfaceError)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS strata_session_spill (
@@ -98,7 +95,7 @@ class SpillStore:
     async def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
         try:
             return await op(await self._db())
-        except _CONNECTION_FAILURES as e:
+        except CONNECTION_FAILURES as e:
             self.sql.report_failure(e)
             raise StoreUnavailable("session history store (SQL) unreachable; retry shortly",
                                    retry_after_seconds=self.sql.config.recover_interval_seconds) from e

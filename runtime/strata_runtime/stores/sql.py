@@ -37,11 +37,21 @@ class SqlDatabase(Protocol):
     async def close(self) -> None: ...
 
 
-# A pooled connection whose server went away (Postgres restarted): asyncpg discards it when it
-# is released, so one retry runs on a fresh connection. Every statement of the runtime is
-# idempotent (upserts, ON CONFLICT DO NOTHING, deletes), so re-running one is safe.
+# A pooled connection whose server went away (Postgres restarted, or its backend terminated by
+# pg_terminate_backend, a failover, a pooler): asyncpg discards it when it is released, so one retry
+# runs on a fresh connection. Every statement of the runtime is idempotent (upserts, ON CONFLICT DO
+# NOTHING, deletes), so re-running one is safe. A backend terminated while its connection was idle
+# or between two messages of a statement leaves asyncpg's protocol mid-operation: the next use
+# raises InternalClientError ("cannot switch to state N; another operation (M) is in progress"),
+# and the server's own notice of it arrives as AdminShutdownError (57P01) or CrashShutdownError.
 _STALE_CONNECTION = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError,
-                     ConnectionResetError, BrokenPipeError)
+                     asyncpg.exceptions.InternalClientError, asyncpg.exceptions.AdminShutdownError,
+                     asyncpg.exceptions.CrashShutdownError, ConnectionResetError, BrokenPipeError)
+
+# What a failed statement raises when Postgres (or the connection to it) failed, not the statement:
+# callers answer it with StoreUnavailable (503 + Retry-After), never as a bug of their own.
+CONNECTION_FAILURES = (OSError, asyncio.TimeoutError, asyncpg.exceptions.PostgresConnectionError,
+                       asyncpg.exceptions.CannotConnectNowError, *_STALE_CONNECTION)
 
 T = TypeVar("T")
 
