@@ -9,6 +9,7 @@ SIGKILLed server comes back with every write it acknowledged.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -94,8 +95,25 @@ class RedisServer:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP: the server hangs; its sockets stay open and connects still complete (the kernel
+        accepts them), but nothing is answered until `resume()`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        """A clean restart on the same port (SHUTDOWN on SIGTERM, then start): every client
+        connection is closed by the server and the data comes back from the append-only file."""
+        self.stop()
+        self.start()
+
     def stop(self) -> None:
         if self.process is not None:
+            self.resume()  # a paused server does not act on SIGTERM
             stop_process(self.process, 10)
 
 
@@ -172,7 +190,33 @@ class PostgresServer:
         """`pg_ctl stop -m immediate`: every backend is killed, no checkpoint (recovery on start)."""
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
+    def _processes(self) -> list[int]:
+        """The postmaster and every process it forked (backends, checkpointer, walwriter, ...)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def pause(self) -> None:
+        """SIGSTOP to the whole server: statements in flight and new connections hang, nothing fails."""
+        for pid in self._processes():
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            for pid in self._processes():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():  # a drill may end while it is down
+            self.resume()
             self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
         shutil.rmtree(self.root, ignore_errors=True)

@@ -49,6 +49,11 @@ class SqlStoreConfig(ConfigModel):
     )
     sqlite_path: str = Field("./strata.db", description="SQLite file used when Postgres is not configured.")
     connect_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    command_timeout_seconds: float = Field(
+        5.0, gt=0, le=600, description="Longest wait for one Postgres statement, including the wait for a pooled "
+        "connection: past it the request that needed it gets 503 + Retry-After and Postgres counts as unreachable "
+        "until the next probe (a hung server is not waited on)."
+    )
     recover_interval_seconds: float = Field(5.0, gt=0, le=3600)
     max_connections: int = Field(10, ge=1, le=1000, description="Postgres connections in the pool.")
 

@@ -62,31 +62,53 @@ _SCHEMA_LOCK_KEY = 0x5374726174610001
 
 
 class PostgresDatabase:
+    """Every statement runs on a pooled connection within `command_timeout` seconds, the wait for the
+    connection included: a hung server (stopped, partitioned, a stuck failover) fails the statement
+    with TimeoutError instead of holding the request until the server comes back."""
+
     dialect = "postgresql"
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, command_timeout: float = 5.0):
         self._pool = pool
+        self.command_timeout = command_timeout
 
     @classmethod
-    async def connect(cls, dsn: str, connect_timeout: float, max_connections: int) -> PostgresDatabase:
+    async def connect(cls, dsn: str, connect_timeout: float, max_connections: int,
+                      command_timeout: float = 5.0) -> PostgresDatabase:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_connections, timeout=connect_timeout,
-                                         command_timeout=30)
-        return cls(pool)
+                                         command_timeout=command_timeout)
+        return cls(pool, command_timeout)
 
-    async def _retry_once(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """`op` on a pooled connection, the wait for it included, within `command_timeout`. A connection
+        whose statement timed out is closed, not handed back: the pool's release would first wait (as
+        long again) for the hung server to confirm the statement's cancellation and reset the session."""
+        deadline = asyncio.get_running_loop().time() + self.command_timeout
+        async with asyncio.timeout_at(deadline):
+            conn = await self._pool.acquire()
         try:
-            return await call()
+            async with asyncio.timeout_at(deadline):
+                return await op(conn)
+        except TimeoutError:
+            conn.terminate()
+            raise
+        finally:
+            await self._pool.release(conn)  # at once for a closed connection
+
+    async def _retry_once(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        try:
+            return await self._run(op)
         except _STALE_CONNECTION as e:
             log.info("postgres connection was stale; retrying once", extra={"error": type(e).__name__})
-            return await call()
+            return await self._run(op)
 
     async def execute(self, query: str, *args: Any) -> None:
-        await self._retry_once(lambda: self._pool.execute(query, *args))
+        await self._retry_once(lambda conn: conn.execute(query, *args))
 
     async def apply_schema(self, statements: Sequence[str]) -> None:
         """Run idempotent DDL atomically, serialised with every other pod's schema changes."""
-        async def apply() -> None:
-            async with self._pool.acquire() as conn, conn.transaction():
+        async def apply(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
                 for statement in statements:
                     await conn.execute(statement)
@@ -95,13 +117,13 @@ class PostgresDatabase:
 
     async def executemany(self, query: str, rows: Iterable[Sequence[Any]]) -> None:
         batch = list(rows)
-        await self._retry_once(lambda: self._pool.executemany(query, batch))
+        await self._retry_once(lambda conn: conn.executemany(query, batch))
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self._retry_once(lambda: self._pool.fetch(query, *args))]
+        return [dict(r) for r in await self._retry_once(lambda conn: conn.fetch(query, *args))]
 
     async def ping(self) -> None:
-        await self._retry_once(lambda: self._pool.fetchval("SELECT 1"))
+        await self._retry_once(lambda conn: conn.fetchval("SELECT 1"))
 
     def pool_stats(self) -> dict[str, int]:
         return {"size": self._pool.get_size(), "idle": self._pool.get_idle_size(), "max": self._pool.get_max_size()}
@@ -222,7 +244,8 @@ class SqlConnector:
             if not self.dsn:
                 raise RuntimeError(f"environment variable {self.config.dsn_env} is not set")
             self._postgres = await asyncio.wait_for(
-                PostgresDatabase.connect(self.dsn, self.config.connect_timeout_seconds, self.config.max_connections),
+                PostgresDatabase.connect(self.dsn, self.config.connect_timeout_seconds, self.config.max_connections,
+                                         self.config.command_timeout_seconds),
                 timeout=self.config.connect_timeout_seconds + 1,
             )
         await self._postgres.ping()

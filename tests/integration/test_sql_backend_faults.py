@@ -1,6 +1,10 @@
-"""Postgres backends terminated under the SQL store (pg_terminate_backend: a failover, an operator, a
-pooler): a statement either succeeds (retried once on a fresh connection) or fails as
-StoreUnavailable (503 + Retry-After), never with a client error the callers do not know.
+"""Postgres failing under the SQL store without dying outright.
+
+* Backends terminated (pg_terminate_backend: a failover, an operator, a pooler): a statement either
+  succeeds (retried once on a fresh connection) or fails as StoreUnavailable (503 + Retry-After),
+  never with a client error the callers do not know.
+* The server hung (SIGSTOP): a statement fails with StoreUnavailable once `commandTimeoutSeconds`
+  is spent, the wait for a pooled connection included, instead of waiting for the server.
 
 On a private Postgres (tests/support/stores.py), never the shared one.
 """
@@ -73,4 +77,34 @@ async def test_backends_terminated_at_any_moment_fail_as_store_unavailable_or_no
         assert outcomes["ok"] > 0
     finally:
         await admin.close()
+        await connector.close()
+
+
+async def test_a_hung_server_fails_statements_as_store_unavailable_instead_of_waiting_for_it(
+        postgres: PostgresServer, tmp_path: Path) -> None:
+    connector = SqlConnector(SqlStoreConfig(backend="postgresql", dsn_env="PG", max_connections=2,
+                                            command_timeout_seconds=1.0, recover_interval_seconds=0.2,
+                                            sqlite_path=str(tmp_path / "unused.db")), {"PG": postgres.dsn})
+    await connector.start()
+    spill = SpillStore(connector)
+    try:
+        assert await spill.load("t", "s") is None
+        postgres.pause()
+        try:
+            # More callers than connections: some wait for the pool, some for a statement; none for long.
+            # (The outer bound only keeps a broken runtime from hanging the test: the server stays stopped.)
+            async with asyncio.timeout(30):
+                outcomes = await asyncio.gather(*(spill.load("t", f"s{i}") for i in range(5)),
+                                                return_exceptions=True)
+        finally:
+            postgres.resume()
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+        assert connector.health.state == "down"
+        for _ in range(100):  # the recovery probe brings it back by itself
+            if connector.health.state == "ok":
+                break
+            await asyncio.sleep(0.1)
+        assert await spill.load("t", "s") is None
+    finally:
+        postgres.resume()
         await connector.close()
