@@ -20,6 +20,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,9 @@ class Outcome:
     break_times: list[float] = field(default_factory=list)  # wall-clock time of each
     unexpected: list[str] = field(default_factory=list)
     readyz: Counter[int] = field(default_factory=Counter)
+    stream_error_codes: Counter[str] = field(default_factory=Counter)  # code of each `error` event
+    overdue: list[str] = field(default_factory=list)  # requests cut at the Load's deadline
+    slowest_seconds: float = 0.0  # the longest request timed against the deadline (for the record)
 
     @property
     def completed(self) -> int:
@@ -97,7 +101,7 @@ class Outcome:
         return {"requests": self.requests, "acknowledged": len(self.acked), "completed": self.completed,
                 "refused_503": self.refused, "connection_close": self.connection_close,
                 "resumed": sum(1 for a in self.acked if a.resumes), "unexpected": len(self.unexpected),
-                "unacknowledged_breaks": self.unacknowledged_breaks}
+                "unacknowledged_breaks": self.unacknowledged_breaks, "overdue": len(self.overdue)}
 
 
 def _error_code(body: bytes) -> str:
@@ -120,13 +124,18 @@ def _events(lines: list[str]) -> tuple[str, str, str | None]:
 
 
 class Load:
-    """`clients` concurrent clients, one session each, one turn at a time, for `seconds`."""
+    """`clients` concurrent clients, one session each, one turn at a time, for `seconds`.
+
+    With `deadline_seconds`, a request (a new turn or a resume, from sending it to the end of its
+    answer) still running after that long is cut by the client and recorded in `overdue`: a store
+    that hangs must make requests fail or finish, never wait on it."""
 
     def __init__(self, bases: list[str], *, clients: int, think_seconds: float = 0.0,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, deadline_seconds: float | None = None):
         self.bases = bases
         self.clients = clients
         self.think_seconds = think_seconds
+        self.deadline_seconds = deadline_seconds
         self.outcome = Outcome()
         self.stopped = False  # stop(): each client ends after its current turn
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=2.0), headers=headers,
@@ -173,7 +182,8 @@ class Load:
         last_id: list[str] = []
         self.outcome.requests += 1
         try:
-            async with self.http.stream("POST", f"{random.choice(self.bases)}/api/v1/query", json=body) as resp:
+            async with self._deadline(f"new turn {message!r}"), \
+                    self.http.stream("POST", f"{random.choice(self.bases)}/api/v1/query", json=body) as resp:
                 self._note_connection(resp)
                 if resp.status_code == 503:
                     self.outcome.refused_codes[_error_code(await resp.aread())] += 1
@@ -187,7 +197,7 @@ class Load:
                     return
                 if await self._read(resp, session_id, message, acked, last_id):
                     return
-        except httpx.TransportError as e:
+        except (httpx.TransportError, TimeoutError) as e:
             if not acked:
                 self.outcome.unacknowledged_breaks += 1
                 self.outcome.break_kinds[type(e).__name__] += 1
@@ -195,6 +205,22 @@ class Load:
                 return
         if acked:
             await self._resume(acked[0], last_id)
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, what: str) -> AsyncIterator[None]:
+        """Cut the request after `deadline_seconds` (TimeoutError, noted in `overdue`)."""
+        if self.deadline_seconds is None:
+            yield
+            return
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.deadline_seconds):
+                yield
+        except TimeoutError:
+            self.outcome.overdue.append(what)
+            raise
+        finally:
+            self.outcome.slowest_seconds = max(self.outcome.slowest_seconds, time.monotonic() - started)
 
     def _note_connection(self, resp: httpx.Response) -> None:
         if resp.headers.get("connection", "").lower() == "close":
@@ -222,6 +248,7 @@ class Load:
                 acked[0].done = True
                 return True
             elif event == "error":
+                self.outcome.stream_error_codes[str(payload.get("error", {}).get("code"))] += 1
                 if payload.get("error", {}).get("code") not in ("store_unavailable", "unavailable", "draining"):
                     self.outcome.unexpected.append(f"stream error: {payload}")
                 return False
@@ -236,8 +263,9 @@ class Load:
             self.outcome.requests += 1
             headers = {"Last-Event-ID": last_id[0] if last_id else f"{turn.turn_seq}:-1"}
             try:
-                async with self.http.stream("POST", f"{random.choice(self.bases)}/api/v1/query", json=body,
-                                            headers=headers) as resp:
+                async with self._deadline(f"resume of {turn}"), \
+                        self.http.stream("POST", f"{random.choice(self.bases)}/api/v1/query", json=body,
+                                         headers=headers) as resp:
                     self._note_connection(resp)
                     if resp.status_code in (503, 502):
                         await resp.aread()
@@ -247,7 +275,7 @@ class Load:
                         return
                     if await self._read(resp, turn.session_id, turn.message, [turn], last_id):
                         return
-            except httpx.TransportError:
+            except (httpx.TransportError, TimeoutError):
                 continue
         self.outcome.unexpected.append(f"answer never completed: {turn}")
 
