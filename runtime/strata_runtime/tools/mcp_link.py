@@ -43,6 +43,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent, Tool
 from mcp_types import RequestParamsMeta
 from mcp_types.jsonrpc import CONNECTION_CLOSED
+from pydantic import ValidationError
 
 from strata_runtime.config import McpServerConfig
 from strata_runtime.metrics import McpServerSnapshot
@@ -60,6 +61,10 @@ _MAX_ERROR_CHARS = 500
 # it has arrived) travels in it up to twice (text and structured content) and JSON-escaped; the SDK's
 # default cap (1 MiB) failed results well under the tool's own cap.
 _MAX_SSE_EVENT_BYTES = 8 * 1024 * 1024
+# A JSON (not SSE) answer is one message too, with the same cap; the SDK reads it whole otherwise.
+_MAX_BODY_BYTES = _MAX_SSE_EVENT_BYTES
+_TOO_LARGE = "answer is over the runtime's cap of"  # in the SDK's error for a JSON answer cut at the cap
+_SSE_TOO_LARGE = "SSE stream failed: Server-sent event exceeded the"  # the SDK's, for an SSE event over its cap
 # Closing a link cancels its task once, then gives the SDK's shielded shutdown of a stdio child this
 # long (stdin closed, 2 s to exit, SIGTERM, 2 s, SIGKILL, 2 s to reap) before cancelling again: a
 # second cancellation inside that shutdown abandons the child alive and the close hangs on its pipe.
@@ -220,9 +225,11 @@ class McpServerLink:
         # reads wait long: the server may hold a stream open; each call has its own deadline anyway
         timeout = httpx2.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds,
                                  read=max(300.0, config.timeout_seconds))
-        async with httpx2.AsyncClient(headers=headers, timeout=timeout, follow_redirects=False) as http:
-            transport = streamable_http_client(config.url, http_client=http, max_sse_event_size=_MAX_SSE_EVENT_BYTES)
-            async with Client(transport, read_timeout_seconds=config.timeout_seconds, cache=None) as client:
+        capped = _CappedBodies(httpx2.AsyncHTTPTransport(), _MAX_BODY_BYTES)
+        async with httpx2.AsyncClient(headers=headers, timeout=timeout, follow_redirects=False,
+                                      transport=capped) as http:
+            streams = streamable_http_client(config.url, http_client=http, max_sse_event_size=_MAX_SSE_EVENT_BYTES)
+            async with Client(streams, read_timeout_seconds=config.timeout_seconds, cache=None) as client:
                 yield client
 
     def _resolve(self, refs: Mapping[str, str], field: str) -> dict[str, str]:
@@ -237,9 +244,18 @@ class McpServerLink:
         return values
 
     def _specs(self, tools: list[Tool]) -> list[ToolSpec]:
-        """The tools this client can call: not those the server runs only as tasks."""
-        return [self._spec(tool) for tool in tools
-                if tool.execution is None or tool.execution.task_support != "required"]
+        """The tools this client can call: not those the server runs only as tasks, and of several tools
+        with one name only the first (a call names the tool: it could not say which one it means)."""
+        specs: dict[str, ToolSpec] = {}
+        for tool in tools:
+            if tool.execution is not None and tool.execution.task_support == "required":
+                continue
+            if tool.name in specs:
+                log.warning("MCP server lists a tool name twice; the first is kept",
+                            extra={"server": self.name, "tool": tool.name[:200]})
+                continue
+            specs[tool.name] = self._spec(tool)
+        return list(specs.values())
 
     def _spec(self, tool: Tool) -> ToolSpec:
         annotations = tool.annotations
@@ -283,8 +299,14 @@ class McpServerLink:
         except TimeoutError:
             return ToolOutcome.failure(ErrorCode.TIMEOUT, f"MCP tool {tool!r} on {self.name!r} gave no answer "
                                        f"within {within:.1f}s"), False
+        except (ValidationError, RuntimeError) as e:  # not a CallToolResult, or not of the tool's outputSchema
+            return ToolOutcome.failure(ErrorCode.INVALID_RESULT, f"MCP server {self.name!r} answered "
+                                       f"{tool!r} with an invalid result: {_describe(e)}"), False
         except MCPError as e:
             message = str(e.message)[:_MAX_ERROR_CHARS]
+            if _TOO_LARGE in message or message.startswith(_SSE_TOO_LARGE):  # cut at the cap: this call's failure
+                return ToolOutcome.failure(ErrorCode.RESULT_TOO_LARGE, f"MCP server {self.name!r}: the answer "
+                                           f"to {tool!r} is larger than {_MAX_BODY_BYTES} bytes"), False
             if _connection_gone(e):
                 return self._lost_during_call(client, "closed the connection during the call"), False
             session = await self._probe_session(client, deadline)
@@ -309,7 +331,7 @@ class McpServerLink:
         try:
             async with asyncio.timeout(within):
                 await client.list_tools()
-        except TimeoutError:
+        except (TimeoutError, ValidationError):  # no time left, or a list the SDK refuses: it answered
             return "alive"
         except MCPError as e:
             return "gone" if _connection_gone(e) else "forgotten"
@@ -341,6 +363,45 @@ class McpServerLink:
         return {"name": self.name, "transport": self.config.transport, "state": self.state,
                 "health": self.health, "tools": len(self.tools), "connects": self.connects,
                 "reconnects": self.reconnects, "last_error": self.last_error}
+
+
+class _BodyTooLarge(httpx2.StreamError):
+    """A JSON answer over the cap (a StreamError: the SDK fails that one request with it, not the session)."""
+
+
+class _CappedBodies(httpx2.AsyncBaseTransport):
+    """Reads of a non-SSE answer stop at `cap` bytes (the SDK caps SSE events itself, JSON bodies not)."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, cap: int):
+        self._inner = inner
+        self._cap = cap
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self._inner.handle_async_request(request)
+        if response.headers.get("content-type", "").lower().startswith("text/event-stream"):
+            return response
+        return httpx2.Response(status_code=response.status_code, headers=response.headers,
+                               stream=_CappedStream(response.stream, self._cap), extensions=response.extensions)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _CappedStream(httpx2.AsyncByteStream):
+    def __init__(self, inner: Any, cap: int):
+        self._inner = inner
+        self._cap = cap
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for piece in self._inner:
+            size += len(piece)
+            if size > self._cap:
+                raise _BodyTooLarge(f"the MCP server's {_TOO_LARGE} {self._cap} bytes")
+            yield piece
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def _connection_gone(error: MCPError) -> bool:
