@@ -34,9 +34,12 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import httpx2
+import mcp.client.stdio as sdk_stdio
+from anyio.streams.text import TextReceiveStream
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -70,6 +73,10 @@ _SSE_TOO_LARGE = "SSE stream failed: Server-sent event exceeded the"  # the SDK'
 # second cancellation inside that shutdown abandons the child alive and the close hangs on its pipe.
 _CLOSE_GRACE_SECONDS = 10.0
 _MAX_STDERR_LINE = 4000
+# One line of a stdio server's stdout is one message: the SDK gathers a line however long it grows (a
+# server writing without a newline filled the runtime's memory); past this many characters the line
+# ends the connection (`_BoundedLines`).
+_MAX_STDOUT_LINE = _MAX_SSE_EVENT_BYTES
 _STDERR_LINES_PER_SECOND = 20.0
 _STDERR_BURST_LINES = 200
 
@@ -402,6 +409,32 @@ class _CappedStream(httpx2.AsyncByteStream):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class StdoutLineTooLong(ConnectionError):
+    """A stdio server wrote a line over `_MAX_STDOUT_LINE` characters (a ConnectionError: the SDK's reader
+    ends the session on it, as on a broken pipe; the link then starts a new child)."""
+
+
+@dataclass(eq=False)
+class _BoundedLines(TextReceiveStream):
+    """The SDK's stdout reader (`mcp.client.stdio` reads through `TextReceiveStream`) with a bound on the
+    characters since the last newline."""
+
+    _since_newline: int = field(default=0, init=False)
+
+    async def receive(self) -> str:
+        text = await super().receive()
+        newline = text.rfind("\n")
+        self._since_newline = len(text) - newline - 1 if newline >= 0 else self._since_newline + len(text)
+        if self._since_newline > _MAX_STDOUT_LINE:
+            # closed first: the SDK's reader drains stdout before it ends the session, which would never end
+            await self.transport_stream.aclose()
+            raise StdoutLineTooLong(f"the MCP server wrote a line over {_MAX_STDOUT_LINE} characters on stdout")
+        return text
+
+
+sdk_stdio.TextReceiveStream = _BoundedLines  # type: ignore[attr-defined]  # the SDK has no hook for it
 
 
 def _connection_gone(error: MCPError) -> bool:
