@@ -30,7 +30,8 @@ from tests.support.raw_upstream import CHUNKED_END, RawConnection, RawUpstream, 
 pytestmark = pytest.mark.integration
 
 SECRET = "tk-live-5f1c0e7a9b3d4c2e8f6a"
-ENV = {"STRATA_INTERNAL_TOKEN": "internal-token-raw", "STRATA_KEY_ACME": "acme-key", "TOOL_SECRET": SECRET}
+ENV = {"STRATA_INTERNAL_TOKEN": "internal-token-raw", "STRATA_KEY_ACME": "acme-key", "TOOL_SECRET": SECRET,
+       "TOOL_MODE": "on"}
 INTERNAL = {"x-strata-internal-token": "internal-token-raw"}
 LIMIT = 30.0  # seconds: a generous bound on any one call, never a measurement
 TIMEOUT = 1.0  # the tools' own timeout (the slow cases must end on it)
@@ -188,6 +189,12 @@ async def _redirect_to(conn: RawConnection) -> None:
     await conn.send(_close(b"location: " + query["to"][0].encode(), b"content-length: 0", status=307))
 
 
+@case("short_header_echo")
+async def _short_header_echo(conn: RawConnection) -> None:
+    value = (conn.header(b"x-mode") or b"").decode()
+    await conn.send(_json({"on": value, "version": "on"}))
+
+
 @case("query_echo")
 async def _query_echo(conn: RawConnection) -> None:
     target = conn.head.split(b" ", 2)[1].decode()
@@ -255,6 +262,9 @@ def _tools(base: str) -> list[dict[str, Any]]:
 
 def _config(workdir: Path, base: str) -> dict[str, Any]:
     tools = _tools(base)
+    tools.append({"id": "short_secret_post", "name": "short_secret", "executor": "http",
+                  "target": f"{base}/case/short_header_echo", "allowedAgents": ["support"],
+                  "allowHosts": ["127.0.0.1"], "headersEnv": {"x-mode": "TOOL_MODE"}})
     tools.append({"id": "fixed_query_get", "name": "fixed_query", "executor": "http", "method": "GET",
                   "target": f"{base}/case/query_echo?format=json&v={{version}}", "allowedAgents": ["support"],
                   "allowHosts": ["127.0.0.1"]})
@@ -484,3 +494,8 @@ async def test_a_redirect_to_another_origin_does_not_carry_the_tools_secret_head
 async def test_a_get_tools_arguments_join_the_query_its_url_has(rig: Rig) -> None:
     answer = await rig.call("fixed_query_get", {"version": "2", "q": "weather", "n": 3})
     assert answer["result"] == {"query": {"format": ["json"], "v": ["2"], "q": ["weather"], "n": ["3"]}}
+
+
+async def test_a_short_header_value_is_not_taken_for_a_secret_and_the_answer_stays_whole(rig: Rig) -> None:
+    answer = await rig.call("short_secret_post")
+    assert answer["ok"] is True and answer["result"] == {"on": "on", "version": "on"}

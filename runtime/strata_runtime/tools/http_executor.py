@@ -43,6 +43,7 @@ MAX_REDIRECTS = 5
 ATTEMPTS = 3
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _REDACTED = b"[redacted]"
+_MIN_SECRET = 8
 
 
 class _Retryable(Exception):
@@ -69,10 +70,12 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 class _Secrets:
-    """The secret values a tool was sent; what it answers is scrubbed of them."""
+    """The secret values a tool was sent; what it answers is scrubbed of them. Values under 8 characters
+    are not secrets worth the name and are left alone (as `scrub` does): replacing "1" or "on" everywhere
+    would mangle every answer."""
 
     def __init__(self, values: list[str]):
-        self.values = [v for v in values if v]
+        self.values = [v for v in values if len(v) >= _MIN_SECRET]
         forms = set()
         for value in self.values:
             forms.add(value.encode())
