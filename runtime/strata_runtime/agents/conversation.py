@@ -523,13 +523,17 @@ class Conversations:
         if info is None or info.state != "producing" or not info.prompt:
             return
         body, depth, chain = loaded_prompt(info.prompt)
+        # The session as it is now: the turn was started on another pod, so this pod's copy (if any)
+        # predates at least its user turn, and an archive made from that copy would miss it.
+        loaded = await self.engine.l2(lambda s: s.load(tenant, session_id))
+        if loaded is None:
+            return
         state = self.engine.l1.get(tenant, session_id)
         if state is None:
-            loaded = await self.engine.l2(lambda s: s.load(tenant, session_id))
-            if loaded is None:
-                return
             state = loaded
             self.engine.l1.put(state)
+        else:
+            state.__dict__.update(loaded.__dict__)  # in place: other requests of the session hold it
         state.pending.add(seq)
         ctx = CallContext(tenant=tenant, agent_id=state.agent_id)
         log.info("taking over an interrupted stream", extra={"session_id": session_id, "seq": seq,

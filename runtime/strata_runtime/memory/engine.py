@@ -312,7 +312,8 @@ class MemoryEngine:
 
     async def _trim(self, state: SessionState, batch: list[Turn], summary: str) -> bool:
         last = batch[-1].seq
-        trimmed = await self._write(state, lambda s: s.trim(state.tenant, state.session_id, last_seq=last,
+        seqs = [t.seq for t in batch]
+        trimmed = await self._write(state, lambda s: s.trim(state.tenant, state.session_id, seqs=seqs,
                                                             summary=summary, ttl=self.ttl))
         if trimmed:
             for t in batch:

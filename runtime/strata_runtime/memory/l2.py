@@ -50,7 +50,7 @@ class SessionStore(Protocol):
     async def stream_info(self, tenant: str, session_id: str, seq: int, *, from_index: int) -> StreamInfo | None: ...
     async def claim(self, tenant: str, session_id: str, seq: int, *, owner: str, stale_seconds: float) -> str: ...
     async def get_turn(self, tenant: str, session_id: str, seq: int) -> Turn | None: ...
-    async def trim(self, tenant: str, session_id: str, *, last_seq: int, summary: str, ttl: int) -> bool: ...
+    async def trim(self, tenant: str, session_id: str, *, seqs: list[int], summary: str, ttl: int) -> bool: ...
     async def release(self, tenant: str, session_id: str, *, next_seq: int) -> bool: ...
     async def delete(self, tenant: str, session_id: str) -> bool: ...
 
@@ -141,7 +141,7 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'hb', ARGV[2])
 return 'claimed'
 """
 
-# KEYS: ckpt, turns. ARGV: last_seq, summary, ttl
+# KEYS: ckpt, turns, pending. ARGV: last_seq, summary, ttl, the batch's seqs...
 _TRIM = """
 -- A session released meanwhile (its keys dropped) is not recreated as a checkpoint without next_seq:
 -- loaded, that would restart the session at seq 0 and reissue sequence numbers.
@@ -149,10 +149,18 @@ if redis.call('HEXISTS', KEYS[1], 'next_seq') == 0 then return 0 end
 local upto = tonumber(redis.call('HGET', KEYS[1], 'archived_upto') or '-1')
 local last = tonumber(ARGV[1])
 if upto >= last then return 0 end
-local fields = redis.call('HKEYS', KEYS[2])
-for _, f in ipairs(fields) do
-  if tonumber(f) <= last then redis.call('HDEL', KEYS[2], f) end
+-- Only the batch's turns are removed, and only if they are every turn up to `last`: a batch made from
+-- a stale copy of the session (one that missed a turn another pod wrote) is refused, not trimmed past
+-- the turn it missed, which is in no batch.
+local batch = {}
+for i = 4, #ARGV do batch[tostring(tonumber(ARGV[i]))] = true end
+for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if tonumber(f) <= last and not batch[tostring(tonumber(f))] then return 0 end
 end
+for _, p in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if tonumber(p) <= last then return 0 end
+end
+for i = 4, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
 redis.call('HSET', KEYS[1], 'archived_upto', last, 'summary', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'archived_batches', 1)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
@@ -353,9 +361,11 @@ class RedisSessionStore:
         raw = await self.client.hget(self._keys(tenant, session_id)[1], str(seq))
         return Turn.from_json(raw) if raw else None
 
-    async def trim(self, tenant: str, session_id: str, *, last_seq: int, summary: str, ttl: int) -> bool:
-        keys = self._keys(tenant, session_id)[:2]
-        return bool(await self._trim(keys=keys, args=[last_seq, summary, ttl]))
+    async def trim(self, tenant: str, session_id: str, *, seqs: list[int], summary: str, ttl: int) -> bool:
+        """Drop an archived batch (`seqs`, ascending) from the buffer; False (nothing done) when the
+        session has another turn, or a pending one, up to the batch's last."""
+        keys = self._keys(tenant, session_id)
+        return bool(await self._trim(keys=keys, args=[max(seqs), summary, ttl, *seqs]))
 
     async def release(self, tenant: str, session_id: str, *, next_seq: int) -> bool:
         return bool(await self._release(keys=self._keys(tenant, session_id), args=[next_seq]))
@@ -522,12 +532,15 @@ class MemorySessionStore:
         raw = sess.turns.get(seq) if sess else None
         return Turn.from_json(raw) if raw else None
 
-    async def trim(self, tenant: str, session_id: str, *, last_seq: int, summary: str, ttl: int) -> bool:
+    async def trim(self, tenant: str, session_id: str, *, seqs: list[int], summary: str, ttl: int) -> bool:
         sess = self._get(tenant, session_id)
+        last_seq = max(seqs)
         if sess is None or int(sess.ckpt.get("archived_upto", "-1")) >= last_seq:
             return False
-        for seq in [s for s in sess.turns if s <= last_seq]:
-            del sess.turns[seq]
+        if any(s <= last_seq for s in (set(sess.turns) - set(seqs)) | sess.pending):
+            return False  # a stale copy's batch: it missed a turn (see _TRIM)
+        for seq in seqs:
+            sess.turns.pop(seq, None)
         sess.ckpt.update(archived_upto=str(last_seq), summary=summary,
                          archived_batches=str(int(sess.ckpt.get("archived_batches", "0")) + 1))
         return True
