@@ -1,6 +1,6 @@
 """Stores that do not simply die: a Redis or a Postgres that hangs (SIGSTOP), connections cut under the runtime
 (CLIENT KILL, a Redis restart, pg_terminate_backend), a Redis that refuses writes (OOM under
-noeviction, a demoted master answering READONLY).
+noeviction, a demoted master answering READONLY) and a paused Redis Cluster master.
 
 Each drill starts its own stores (tests/support/stores.py; never the shared ones of
 hack/services.sh) and runtime processes, runs bounded load through the fault, and checks:
@@ -17,6 +17,7 @@ hack/services.sh) and runtime processes, runs bounded load through the fault, an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -33,7 +34,7 @@ import pytest
 from tests.support.drill import Load, Outcome, audit, drill_config, start_runtimes, wait_ready
 from tests.support.fixtures import UpstreamServer
 from tests.support.runtime_process import RuntimeProcess
-from tests.support.stores import PostgresServer, RedisServer, redis_cli
+from tests.support.stores import PostgresServer, RedisCluster, RedisServer, redis_cli
 
 pytestmark = pytest.mark.chaos
 
@@ -43,6 +44,8 @@ CLIENTS = 12
 # hung store. Every stall below lasts longer than this, so a request that waits it out is caught.
 REQUEST_DEADLINE_SECONDS = 9.0
 STALL_SECONDS = 12.0
+CLUSTER_DEADLINE_SECONDS = 12.0  # see the Cluster drill
+CLUSTER_STALL_SECONDS = 16.0
 EXPECTED_CODES = {"store_unavailable"}
 TAIL_SECONDS = 2.0  # load after a fault ends (a burst with a fault lasts until then, at most `seconds`)
 FAULT_BURST_SECONDS = 45.0
@@ -56,11 +59,12 @@ def _shared_dsn() -> str:
 
 
 async def _burst(runtimes: list[RuntimeProcess], seconds: float, fault: Callable[[], Awaitable[None]] | None = None,
-                 *, think_seconds: float = 0.0, name: str = "burst") -> Outcome:
+                 *, think_seconds: float = 0.0, name: str = "burst",
+                 deadline_seconds: float = REQUEST_DEADLINE_SECONDS) -> Outcome:
     """Load for `seconds`, or with `fault` running beside it until TAIL_SECONDS after the fault ended
     (at most `seconds`); then the checks every drill shares."""
     load = Load([r.base_url for r in runtimes], clients=CLIENTS, think_seconds=think_seconds,
-                deadline_seconds=REQUEST_DEADLINE_SECONDS)
+                deadline_seconds=deadline_seconds)
     async def fault_then_tail() -> None:
         assert fault is not None
         try:
@@ -386,3 +390,45 @@ async def _until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
             if await asyncio.to_thread(predicate):
                 return
             await asyncio.sleep(0.1)
+
+
+# ----------------------------------------------------------------------------------- a paused Cluster master
+
+
+async def test_redis_cluster_master_paused_fails_requests_in_time_and_recovers(
+        tmp_path: Path, openai_upstream: UpstreamServer) -> None:
+    """One of three masters (no replicas) stopped: the others mark it failed and the cluster refuses
+    commands until it is back. Answers whose producer stalled are taken over by the other pod (this
+    drill lost an acknowledged user turn that way, see test_archive_stale_copy.py). The Cluster client
+    retries a failed command once after refreshing the topology from every node (each up to the
+    connect + socket timeouts), so a request may take several seconds more than on a standalone
+    Redis (8.7 s seen): the deadline and the stall are longer here."""
+    openai_upstream.control(chunks=4, chunk_delay_ms=30)
+    cluster = await asyncio.to_thread(RedisCluster(tmp_path).start)
+    config = drill_config(tmp_path, openai_upstream, redis_url=cluster.url, cluster=True)
+    runtimes = start_runtimes(config, tmp_path, 2, {"STRATA_TEST_POSTGRES_DSN": _shared_dsn()})
+    victim = cluster.nodes[1]
+
+    async def stall() -> None:
+        await asyncio.sleep(2.0)
+        victim.pause()
+        try:
+            await asyncio.sleep(CLUSTER_STALL_SECONDS)
+        finally:
+            victim.resume()
+        await asyncio.to_thread(cluster.wait_healthy)
+
+    try:
+        outcome = await _burst(runtimes, FAULT_BURST_SECONDS, stall, name="cluster master paused",
+                               deadline_seconds=CLUSTER_DEADLINE_SECONDS)
+        assert outcome.refused + outcome.unacknowledged_breaks + sum(1 for a in outcome.acked if a.resumes) > 0, \
+            "the stall was not felt: the drill proved nothing"
+        await _served_cleanly(runtimes, name="after SIGCONT (cluster)")
+    finally:
+        for node in cluster.nodes:
+            with contextlib.suppress(Exception):
+                node.resume()
+        _stop(runtimes)
+        cluster.stop()
+
+
