@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -157,3 +158,17 @@ async def test_another_tenant_never_sees_the_session_or_its_memories(services: S
                                          limit=5) == []
     assert [m.id for m in await engine.long_term.search(tenant="acme", agent_id="support",
                                                         query="card number 4242", limit=5)] == ["acme-note"]
+
+
+async def test_background_work_that_fails_unexpectedly_is_logged_with_its_traceback(
+        services: Services, caplog: pytest.LogCaptureFixture) -> None:
+    async def broken() -> None:
+        raise RuntimeError("not a failure the work expected")
+
+    with caplog.at_level(logging.ERROR, logger="strata.memory"):
+        task = _conv(services).engine.spawn(broken())
+        await asyncio.wait([task])
+        await asyncio.sleep(0)  # the task's done callbacks run
+    logged = [r for r in caplog.records if r.getMessage() == "background memory work failed"]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert str(logged[0].exc_info[1]) == "not a failure the work expected"

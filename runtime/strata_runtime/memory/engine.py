@@ -497,8 +497,15 @@ class MemoryEngine:
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
         return task
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        """Background work handles the failures it expects; anything else is logged here, with its
+        traceback (unlogged, it surfaced only as asyncio's "Task exception was never retrieved")."""
+        self._background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("background memory work failed", exc_info=error)
 
     def start_idle_loop(self, busy: Callable[[SessionState], bool]) -> None:
         interval = max(1.0, min(30.0, self.config.session_idle_seconds / 2))
