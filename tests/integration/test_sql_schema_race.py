@@ -47,3 +47,19 @@ async def test_pods_migrating_the_evolution_store_together_all_succeed(pods: lis
     results = await asyncio.gather(*(store.migrate() for store in stores), return_exceptions=True)
     assert not [r for r in results if isinstance(r, BaseException)]
     assert {await store.schema_version() for store in stores} == {2}
+
+
+async def test_a_schema_change_longer_than_the_statement_deadline_completes(pg_private_dsn: str) -> None:
+    """A statement is cut at `commandTimeoutSeconds`; DDL is not (an index built on a large table on
+    upgrade takes as long as it takes: cut, it would roll back and be retried forever)."""
+    connector = SqlConnector(SqlStoreConfig(backend="postgresql", dsn_env="PG", command_timeout_seconds=0.3),
+                             {"PG": pg_private_dsn})
+    await connector.start()
+    try:
+        db = connector.durable_db
+        with pytest.raises(TimeoutError):
+            await db.execute("SELECT pg_sleep(1)")
+        await db.apply_schema(["SELECT pg_sleep(1)", "CREATE TABLE IF NOT EXISTS slow_ddl (id int)"])
+        assert await db.fetch("SELECT count(*) AS n FROM slow_ddl") == [{"n": 0}]
+    finally:
+        await connector.close()

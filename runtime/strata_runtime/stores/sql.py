@@ -54,6 +54,7 @@ CONNECTION_FAILURES = (OSError, asyncio.TimeoutError, asyncpg.exceptions.Postgre
                        asyncpg.exceptions.CannotConnectNowError, *_STALE_CONNECTION)
 
 T = TypeVar("T")
+SCHEMA_TIMEOUT_SECONDS = 600.0
 
 # Postgres's CREATE ... IF NOT EXISTS is not safe against a concurrent creator of the same name: both
 # see it missing and one fails on a catalog unique index (pods starting together, or one pod's first
@@ -79,11 +80,11 @@ class PostgresDatabase:
                                          command_timeout=command_timeout)
         return cls(pool, command_timeout)
 
-    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """`op` on a pooled connection, the wait for it included, within `command_timeout`. A connection
+    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]], seconds: float | None = None) -> T:
+        """`op` on a pooled connection, the wait for it included, within `seconds` (`command_timeout`). A connection
         whose statement timed out is closed, not handed back: the pool's release would first wait (as
         long again) for the hung server to confirm the statement's cancellation and reset the session."""
-        deadline = asyncio.get_running_loop().time() + self.command_timeout
+        deadline = asyncio.get_running_loop().time() + (seconds or self.command_timeout)
         async with asyncio.timeout_at(deadline):
             conn = await self._pool.acquire()
         try:
@@ -95,25 +96,29 @@ class PostgresDatabase:
         finally:
             await self._pool.release(conn)  # at once for a closed connection
 
-    async def _retry_once(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _retry_once(self, op: Callable[[asyncpg.Connection], Awaitable[T]], seconds: float | None = None) -> T:
         try:
-            return await self._run(op)
+            return await self._run(op, seconds)
         except _STALE_CONNECTION as e:
             log.info("postgres connection was stale; retrying once", extra={"error": type(e).__name__})
-            return await self._run(op)
+            return await self._run(op, seconds)
 
     async def execute(self, query: str, *args: Any) -> None:
         await self._retry_once(lambda conn: conn.execute(query, *args))
 
     async def apply_schema(self, statements: Sequence[str]) -> None:
         """Run idempotent DDL atomically, serialised with every other pod's schema changes."""
+        # DDL gets longer than a statement: an index built on a large table on upgrade can take
+        # minutes, and cut at the statement deadline it would be rolled back and retried forever.
+        timeout = max(self.command_timeout, SCHEMA_TIMEOUT_SECONDS)
+
         async def apply(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY, timeout=timeout)
                 for statement in statements:
-                    await conn.execute(statement)
+                    await conn.execute(statement, timeout=timeout)
 
-        await self._retry_once(apply)
+        await self._retry_once(apply, timeout)
 
     async def executemany(self, query: str, rows: Iterable[Sequence[Any]]) -> None:
         batch = list(rows)
