@@ -130,17 +130,22 @@ def _stored(http: httpx.Client, at_least: int) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("stream", [True, False], ids=["stream", "buffered"])
-def test_an_echoed_api_key_reaches_neither_the_client_nor_the_cache_nor_the_log(
-        client: httpx.Client, runtime: RuntimeProcess, stream: bool) -> None:
-    model = "echo-key-stream" if stream else "echo-key"
+def _answered_then_replayed(client: httpx.Client, model: str, stream: bool) -> tuple[httpx.Response, httpx.Response]:
+    """The upstream's answer (a cache miss, then stored) and the same request again, replayed from the cache."""
     stores = client.get("/internal/cache/stats", headers=INTERNAL).json()["stores"]
     first = _post(client, model, stream=stream)
     assert first.status_code == 200 and first.headers["x-strata-cache"] == "miss"
     _stored(client, stores + 1)
     second = _post(client, model, stream=stream)
     assert second.headers["x-strata-cache"] == "hit_exact"
-    for response in (first, second):
+    return first, second
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "buffered"])
+def test_an_echoed_api_key_reaches_neither_the_client_nor_the_cache_nor_the_log(
+        client: httpx.Client, runtime: RuntimeProcess, stream: bool) -> None:
+    model = "echo-key-stream" if stream else "echo-key"
+    for response in _answered_then_replayed(client, model, stream):
         assert "Bearer [redacted]" in response.text
         assert not _leaks(response.text), response.text
     usage = client.get("/api/v1/usage", headers=ACME)
@@ -152,13 +157,7 @@ def test_an_echoed_api_key_reaches_neither_the_client_nor_the_cache_nor_the_log(
 def test_a_key_cut_between_events_or_escaped_reaches_neither_the_client_nor_the_cache_nor_the_log(
         client: httpx.Client, runtime: RuntimeProcess, stream: bool) -> None:
     model = "echo-key-events" if stream else "echo-key-escaped"
-    stores = client.get("/internal/cache/stats", headers=INTERNAL).json()["stores"]
-    first = _post(client, model, stream=stream)
-    assert first.status_code == 200 and first.headers["x-strata-cache"] == "miss"
-    _stored(client, stores + 1)
-    second = _post(client, model, stream=stream)
-    assert second.headers["x-strata-cache"] == "hit_exact"
-    for response in (first, second):
+    for response in _answered_then_replayed(client, model, stream):
         if stream:
             events = sse_events(response)
             text = "".join((e["choices"][0]["delta"].get("content") or "") for e in events[:-1] if e.get("choices"))

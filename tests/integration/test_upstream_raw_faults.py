@@ -854,6 +854,18 @@ async def _stored(cache: Any) -> list[bytes]:
     return [item.value for item in cache.memory._items.values()]
 
 
+async def _relayed_through_cache(upstream: RawUpstream, stored: bool = True) -> tuple[list[Any], list[bytes]]:
+    """The chunks the gateway relays for a streamed chat, and (with `stored`) what its cache stored of them."""
+    gateway, cache = await _cached_gateway(upstream)
+    try:
+        async with asyncio.timeout(LIMIT):
+            stream = await gateway.stream(chat("hi", stream=True), CTX)
+            relayed = [c async for c in stream.chunks]
+        return relayed, (await _stored(cache) if stored else [])
+    finally:
+        await close_gateway(gateway)
+
+
 def _logged(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
 
@@ -870,15 +882,8 @@ async def test_a_key_cut_anywhere_in_a_stream_is_redacted_for_the_caller_the_cac
                         chunk(delta_event(finish="stop")), chunk(DONE), CHUNKED_END)
 
     async with RawUpstream(script) as upstream:
-        gateway, cache = await _cached_gateway(upstream)
-        try:
-            with caplog.at_level(logging.DEBUG):
-                async with asyncio.timeout(LIMIT):
-                    stream = await gateway.stream(chat("hi", stream=True), CTX)
-                    relayed = [c async for c in stream.chunks]
-                stored = await _stored(cache)
-        finally:
-            await close_gateway(gateway)
+        with caplog.at_level(logging.DEBUG):
+            relayed, stored = await _relayed_through_cache(upstream)
     assert not upstream.script_errors, upstream.script_errors
     sent = b"".join(getattr(c, "raw", None) or orjson.dumps(c) for c in relayed).decode()
     deltas = [ch.get("delta") or {} for c in relayed for ch in c.get("choices") or ()]
@@ -900,14 +905,7 @@ async def test_a_key_cut_anywhere_in_a_stream_is_redacted_for_the_caller_the_cac
 async def test_a_key_sent_one_character_per_event_is_redacted_whole() -> None:
     events = [_delta(_json_text(c, slash=False)) for c in "you sent " + CUT_KEY + " ok"]
     async with RawUpstream(_sse(HELLO[0], *events, delta_event(finish="stop"))) as upstream:
-        gateway, cache = await _cached_gateway(upstream)
-        try:
-            async with asyncio.timeout(LIMIT):
-                stream = await gateway.stream(chat("hi", stream=True), CTX)
-                relayed = [c async for c in stream.chunks]
-            stored = await _stored(cache)
-        finally:
-            await close_gateway(gateway)
+        relayed, stored = await _relayed_through_cache(upstream)
     text = "".join((ch.get("delta") or {}).get("content") or "" for c in relayed for ch in c.get("choices") or ())
     assert text == "you sent [redacted] ok"
     assert not any(_cut_leaks(s.decode()) for s in stored)
@@ -917,13 +915,7 @@ async def test_a_held_back_key_prefix_goes_out_when_the_stream_ends_without_a_fi
     """Text that only looks like the start of the key is not lost: [DONE] releases it."""
     events = [_delta(_json_text("see sk")), _delta(_json_text("-proj"))]
     async with RawUpstream(_sse(HELLO[0], *events)) as upstream:  # [DONE], no finish_reason
-        gateway, _ = await _cached_gateway(upstream)
-        try:
-            async with asyncio.timeout(LIMIT):
-                stream = await gateway.stream(chat("hi", stream=True), CTX)
-                relayed = [c async for c in stream.chunks]
-        finally:
-            await close_gateway(gateway)
+        relayed, _ = await _relayed_through_cache(upstream, stored=False)
     text = "".join((ch.get("delta") or {}).get("content") or "" for c in relayed for ch in c.get("choices") or ())
     assert text == "see sk-proj"
 
