@@ -102,6 +102,14 @@ async def _served_cleanly(runtimes: list[RuntimeProcess], *, name: str, seconds:
     return outcome
 
 
+def _runtimes(tmp_path: Path, upstream: UpstreamServer, redis_url: str, count: int,
+              cluster: bool = False) -> list[RuntimeProcess]:
+    """`count` runtimes on `redis_url` and the shared Postgres; the upstream answers in 4 chunks 30 ms apart."""
+    upstream.control(chunks=4, chunk_delay_ms=30)
+    config = drill_config(tmp_path, upstream, redis_url=redis_url, cluster=cluster)
+    return start_runtimes(config, tmp_path, count, {"STRATA_TEST_POSTGRES_DSN": _shared_dsn()})
+
+
 def _stop(runtimes: list[RuntimeProcess]) -> None:
     for runtime in runtimes:
         runtime.stop()
@@ -112,10 +120,8 @@ def _stop(runtimes: list[RuntimeProcess]) -> None:
 
 async def test_redis_paused_longer_than_its_timeouts_fails_requests_in_time_and_recovers(
         tmp_path: Path, openai_upstream: UpstreamServer) -> None:
-    openai_upstream.control(chunks=4, chunk_delay_ms=30)
     redis = RedisServer(tmp_path).start()
-    config = drill_config(tmp_path, openai_upstream, redis_url=redis.url)
-    runtimes = start_runtimes(config, tmp_path, 2, {"STRATA_TEST_POSTGRES_DSN": _shared_dsn()})
+    runtimes = _runtimes(tmp_path, openai_upstream, redis.url, 2)
 
     async def stall() -> None:
         await asyncio.sleep(2.0)
@@ -207,10 +213,8 @@ async def test_redis_connections_killed_or_server_restarted_between_bursts_are_r
     """Every pooled connection is cut while idle (CLIENT KILL, then a clean restart on the same port):
     the next commands find them dead and retry on a fresh connection, so the next burst is served
     as if nothing had happened."""
-    openai_upstream.control(chunks=4, chunk_delay_ms=30)
     redis = RedisServer(tmp_path).start()
-    config = drill_config(tmp_path, openai_upstream, redis_url=redis.url)
-    runtimes = start_runtimes(config, tmp_path, 2, {"STRATA_TEST_POSTGRES_DSN": _shared_dsn()})
+    runtimes = _runtimes(tmp_path, openai_upstream, redis.url, 2)
     try:
         await _burst(runtimes, 3.0, name="before")
         killed = redis_cli(redis.port, "CLIENT", "KILL", "TYPE", "normal")
@@ -321,10 +325,8 @@ async def _refused_writes_drill(runtimes: list[RuntimeProcess], refuse: Callable
 
 async def test_redis_out_of_memory_refuses_turns_clearly_and_acknowledges_none_of_them(
         tmp_path: Path, openai_upstream: UpstreamServer) -> None:
-    openai_upstream.control(chunks=4, chunk_delay_ms=30)
     redis = RedisServer(tmp_path).start()
-    config = drill_config(tmp_path, openai_upstream, redis_url=redis.url)
-    runtimes = start_runtimes(config, tmp_path, 1, {"STRATA_TEST_POSTGRES_DSN": _shared_dsn()})
+    runtimes = _runtimes(tmp_path, openai_upstream, redis.url, 1)
 
     async def refuse() -> None:
         assert redis_cli(redis.port, "CONFIG", "SET", "maxmemory-policy", "noeviction") == "OK"
@@ -347,11 +349,9 @@ async def test_redis_demoted_to_a_read_only_replica_refuses_turns_clearly(
     paused while the replica catches up, as Sentinel's and Cluster's manual failovers do), with the
     same data: reads answer, writes get READONLY. Turns are refused, none acknowledged; once it is a
     master again the runtime serves by itself."""
-    openai_upstream.control(chunks=4, chunk_delay_ms=30)
     redis = RedisServer(tmp_path).start()
     other = RedisServer(tmp_path).start()
-    config = drill_config(tmp_path, openai_upstream, redis_url=redis.url)
-    runtimes = start_runtimes(config, tmp_path, 1, {"STRATA_TEST_POSTGRES_DSN": _shared_dsn()})
+    runtimes = _runtimes(tmp_path, openai_upstream, redis.url, 1)
 
     def replication(port: int) -> dict[str, str]:
         lines = redis_cli(port, "INFO", "replication").splitlines()
@@ -403,10 +403,8 @@ async def test_redis_cluster_master_paused_fails_requests_in_time_and_recovers(
     retries a failed command once after refreshing the topology from every node (each up to the
     connect + socket timeouts), so a request may take several seconds more than on a standalone
     Redis (8.7 s seen): the deadline and the stall are longer here."""
-    openai_upstream.control(chunks=4, chunk_delay_ms=30)
     cluster = await asyncio.to_thread(RedisCluster(tmp_path).start)
-    config = drill_config(tmp_path, openai_upstream, redis_url=cluster.url, cluster=True)
-    runtimes = start_runtimes(config, tmp_path, 2, {"STRATA_TEST_POSTGRES_DSN": _shared_dsn()})
+    runtimes = _runtimes(tmp_path, openai_upstream, cluster.url, 2, cluster=True)
     victim = cluster.nodes[1]
 
     async def stall() -> None:

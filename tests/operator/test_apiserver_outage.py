@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import time
@@ -222,30 +223,51 @@ def test_the_operator_notices_a_hung_api_server_and_converges_after_it(
     assert operator.poll() is None and operator.pid == pid, "the operator exited"
 
 
+def compact_etcd() -> None:
+    """Compact the control plane's etcd up to its current revision, as the API server does every 5
+    minutes: on a control plane younger than that, revision 1 is still there and a watch from it is
+    answered from etcd's history instead of 410 Gone."""
+    etcd = f"http://127.0.0.1:{os.environ.get('STRATA_ETCD_CLIENT_PORT', '12379')}/v3/kv"
+
+    def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(f"{etcd}/{path}", data=json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+
+    revision = post("range", {"key": "AA=="})["header"]["revision"]  # any key: the header has the revision
+    post("compaction", {"revision": revision, "physical": True})
+
+
 async def test_a_lean_watch_resumed_from_a_resource_version_the_server_dropped_lists_again(
         kubectl: Kubectl, namespace: str, kubeconfig: str) -> None:
     """After an outage the resourceVersion a watch resumes from may be gone from the API server (410
     Gone, as the real server sends it); the list that follows reports what changed meanwhile, a
-    deletion included (ListWatch.run goes from one to the other: tests/unit/test_list_watch.py)."""
-    def config_maps(*names: str) -> list[dict[str, Any]]:
-        return [{"apiVersion": "v1", "kind": "ConfigMap",
+    deletion included (ListWatch.run goes from one to the other: tests/unit/test_list_watch.py).
+    The objects are Events: the API server answers their watches from etcd, so once etcd is
+    compacted the old revision is gone for certain. A watch of a kind it caches is answered from its
+    watch cache, which on a young control plane still reaches back to revision 1 (no 410 at all)."""
+    def events_named(*names: str) -> list[dict[str, Any]]:
+        return [{"apiVersion": "v1", "kind": "Event", "type": "Normal", "reason": "Drill", "message": "drill",
+                 "involvedObject": {"kind": "ConfigMap", "name": n, "namespace": namespace},
                  "metadata": {"name": n, "namespace": namespace, "labels": {"strata-drill": "gone"}}} for n in names]
 
-    await asyncio.to_thread(apply_yaml, kubectl, namespace, *config_maps("kept", "deleted"))
-    events: list[tuple[str, str]] = []
+    await asyncio.to_thread(apply_yaml, kubectl, namespace, *events_named("kept", "deleted"))
+    seen: list[tuple[str, str]] = []
     kube = await Kube.connect(kubeconfig)
     try:
-        watch = ListWatch(kube, "v1", "configmaps", namespace, "strata-drill=gone",
-                          lambda kind, obj: events.append((kind, obj["metadata"]["name"])), metadata_only=True,
+        watch = ListWatch(kube, "v1", "events", namespace, "strata-drill=gone",
+                          lambda kind, obj: seen.append((kind, obj["metadata"]["name"])), metadata_only=True,
                           timeout_seconds=15)
         await watch.relist()
-        assert sorted(events) == [("ADDED", "deleted"), ("ADDED", "kept")]
-        await asyncio.to_thread(kubectl, "-n", namespace, "delete", "configmap", "deleted")
-        await asyncio.to_thread(apply_yaml, kubectl, namespace, *config_maps("created"))
-        events.clear()
+        assert sorted(seen) == [("ADDED", "deleted"), ("ADDED", "kept")]
+        await asyncio.to_thread(kubectl, "-n", namespace, "delete", "event", "deleted")
+        await asyncio.to_thread(apply_yaml, kubectl, namespace, *events_named("created"))
+        seen.clear()
+        await asyncio.to_thread(compact_etcd)
         with pytest.raises(Gone):
-            await watch.watch_once("1")  # long compacted away
+            await watch.watch_once("1")  # compacted away
         await watch.relist()
-        assert sorted(events) == [("ADDED", "created"), ("ADDED", "kept"), ("DELETED", "deleted")]
+        assert sorted(seen) == [("ADDED", "created"), ("ADDED", "kept"), ("DELETED", "deleted")]
     finally:
         await kube.close()
