@@ -5,8 +5,10 @@ another pod with Last-Event-ID: no gap, no duplicate, every turn in the shared h
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import subprocess
+import time
 from collections.abc import Callable
 
 import pytest
@@ -40,7 +42,24 @@ def kill_9(kube: Kube, pod: str) -> None:
     subprocess.run(["docker", "exec", node, "sh", "-c", script], check=True, capture_output=True, timeout=60)
 
 
+def wait_routed_to(kube: Kube, pods: int, timeout: float = 120) -> None:
+    """Until the NodePort Service routes to `pods` ready pods. The load's connections stay on the pod
+    they first reached (keep-alive), so a load started while the Service knew fewer pods never
+    reaches the others, and deleting or killing them interrupts nothing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        slices = json.loads(kube.run("get", "endpointslices", "-n", "strata-e2e", "-o", "json",
+                                     "-l", f"kubernetes.io/service-name={NAME}-e2e-nodeport"))
+        ready = sum(1 for s in slices["items"] for e in s.get("endpoints") or ()
+                    if (e.get("conditions") or {}).get("ready"))
+        if ready >= pods:
+            return
+        assert time.monotonic() < deadline, f"the Service routes to {ready} ready pods, not {pods}"
+        time.sleep(0.5)
+
+
 async def test_streams_resume_on_another_pod_after_delete_and_kill_9(kube: Kube, base_url: str) -> None:
+    await asyncio.to_thread(wait_routed_to, kube, 3)
     upstream_control(chunk_delay_ms=120)  # each answer streams for about a second
     load = Load([base_url], clients=50, headers=AUTH)
     try:
