@@ -5,19 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from strata_operator.allowlist import BaseUrlAllowList
-
-BOOKMARK_PERIOD_SECONDS = 60
-"""The API server sends a BOOKMARK on every watch that asked for them (allowWatchBookmarks) at least
-this often, and one shortly before the watch's own timeoutSeconds."""
-WATCH_IDLE_MARGIN_SECONDS = 15
-
-
-def watch_idle_timeout(server_timeout_seconds: float) -> float:
-    """How long a watch may stay silent before it is taken for dead and opened again: longer than the
-    API server ever leaves a live watch silent (its next bookmark, or the end of the watch), so only a
-    dead one is dropped. Without it a watch on a half-open connection (a hung API server, a dead peer
-    behind a NAT or load balancer) waits as long as its socket read timeout."""
-    return min(server_timeout_seconds, BOOKMARK_PERIOD_SECONDS) + WATCH_IDLE_MARGIN_SECONDS
+from strata_runtime.agents.configmap_watch import watch_idle_timeout
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import aiohttp
 
 from strata_operator import metrics
 from strata_operator.k8s import ApiError, Kube
-from strata_operator.settings import watch_idle_timeout
+from strata_runtime.agents.configmap_watch import watch_idle_timeout
 
 Obj = dict[str, Any]
 EventHandler = Callable[[str, Obj], None]

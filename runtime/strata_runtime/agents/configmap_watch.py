@@ -45,6 +45,16 @@ BOOKMARK_PERIOD_SECONDS = 60
 """The API server sends a BOOKMARK at least this often on a watch that asked for them, and one
 shortly before the watch's timeoutSeconds: a live watch is never silent for longer."""
 IDLE_MARGIN_SECONDS = 15
+
+
+def watch_idle_timeout(server_timeout_seconds: float) -> float:
+    """How long a watch (with bookmarks) may stay silent before it is taken for dead and opened again:
+    longer than the API server ever leaves a live one silent, so only a dead one is dropped. Without
+    it a watch on a half-open connection (a hung API server, a dead peer behind a load balancer)
+    waits as long as its socket read timeout. The operator's watches use it too."""
+    return min(server_timeout_seconds, BOOKMARK_PERIOD_SECONDS) + IDLE_MARGIN_SECONDS
+
+
 OnData = Callable[[dict[str, str]], Awaitable[object]]
 
 
@@ -85,7 +95,7 @@ class ConfigMapWatch:
         self.backoff_seconds = backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self.watch_seconds = watch_seconds
-        self.idle_timeout = min(watch_seconds, BOOKMARK_PERIOD_SECONDS) + IDLE_MARGIN_SECONDS
+        self.idle_timeout = watch_idle_timeout(watch_seconds)
         """Nothing read for this long (not even a bookmark): the watch is dead (a hung API server, a
         half-open connection); it is dropped and opened again."""
         self.connect_timeout = connect_timeout
