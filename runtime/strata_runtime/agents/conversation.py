@@ -533,7 +533,7 @@ class Conversations:
             state = loaded
             self.engine.l1.put(state)
         else:
-            state.__dict__.update(loaded.__dict__)  # in place: other requests of the session hold it
+            state.adopt(loaded)
         state.pending.add(seq)
         ctx = CallContext(tenant=tenant, agent_id=state.agent_id)
         log.info("taking over an interrupted stream", extra={"session_id": session_id, "seq": seq,

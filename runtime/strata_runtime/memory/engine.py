@@ -150,7 +150,7 @@ class MemoryEngine:
             state.pending.add(turn.seq + 1)
             return turn
         fresh = await self.reload(state.tenant, state.session_id, state.agent_id)
-        state.__dict__.update(fresh.__dict__)
+        state.adopt(fresh)
         self.l1.put(state)
         return None
 
@@ -323,7 +323,7 @@ class MemoryEngine:
             state.archived_batches += 1
         else:
             fresh = await self.reload(state.tenant, state.session_id, state.agent_id)
-            state.__dict__.update(fresh.__dict__)
+            state.adopt(fresh)
         return trimmed
 
     # ----------------------------------------------------------------------------- parked archives

@@ -76,6 +76,11 @@ class SessionState:
     last_used: float = field(default_factory=time.monotonic)
     archive: ArchiveProgress = field(default_factory=ArchiveProgress)
 
+    def adopt(self, fresh: SessionState) -> None:
+        """Take `fresh`'s contents (the session as L2 has it) in place: other requests of the session
+        hold this object."""
+        self.__dict__.update(fresh.__dict__)
+
     def buffered(self) -> list[Turn]:
         return [self.turns[s] for s in sorted(self.turns)]
 
