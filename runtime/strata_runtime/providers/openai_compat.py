@@ -19,8 +19,6 @@ that could be the start of the key is held back until the next delta says whethe
 
 from __future__ import annotations
 
-import datetime as dt
-import email.utils
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +40,7 @@ from strata_runtime.providers.http import (
 )
 from strata_runtime.providers.proxy import proxy_for
 from strata_runtime.providers.redaction import MIN_SECRET, KeyRedactor
-from strata_runtime.providers.upstream_errors import UpstreamErrorInfo, parse_error
+from strata_runtime.providers.upstream_errors import UpstreamErrorInfo, parse_error, retry_after_seconds
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -178,7 +176,7 @@ class OpenAICompatProvider:
             info = parse_error(orjson.loads(raw), self._secrets) if raw else UpstreamErrorInfo()
         except orjson.JSONDecodeError:
             info = UpstreamErrorInfo()
-        retry_after = _retry_after(response.header(b"retry-after"))
+        retry_after = retry_after_seconds(response.header(b"retry-after"))
         code = info.code or info.type
         message = f"{self.name} upstream answered HTTP {response.status}" + (f" ({code})" if code else "")
         return ProviderError(message, status=response.status, retry_after=retry_after, upstream=info,
@@ -356,23 +354,6 @@ def _event_data(event: bytes) -> bytes | None:
         return event[6:]
     lines = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(lines) if lines else None
-
-
-def _retry_after(header: bytes | None) -> float | None:
-    """Seconds to wait from a `Retry-After` header: delay-seconds or an HTTP-date (RFC 9110 10.2.3)."""
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(header.decode("latin-1"))
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 def _content_ok(content: Any) -> bool:

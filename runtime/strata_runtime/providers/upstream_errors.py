@@ -14,6 +14,8 @@ sk-...") or anything else. So:
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -109,3 +111,22 @@ def _looks_random(token: str) -> bool:
     classes = sum((any(c.islower() for c in token), any(c.isupper() for c in token),
                    any(c.isdigit() for c in token)))
     return classes >= 2 and len(set(token)) >= 12
+
+
+def retry_after_seconds(value: str | bytes | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delay-seconds or an HTTP-date (RFC 9110 10.2.3);
+    None when absent or junk. Upstreams (the gateway) and tool servers send both forms."""
+    if not value:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import string
 import time
@@ -31,7 +30,8 @@ from urllib.parse import SplitResult, quote, urlencode, urljoin, urlsplit, urlun
 import httpx
 import orjson
 
-from strata_runtime.providers.upstream_errors import scrub
+from strata_runtime.providers.redaction import MIN_SECRET
+from strata_runtime.providers.upstream_errors import retry_after_seconds, scrub
 from strata_runtime.tools.cascade import CHAIN_HEADER, DEPTH_HEADER
 from strata_runtime.tools.contract import CallContext, ErrorCode, ExecutorKind, ToolOutcome, ToolSpec
 from strata_runtime.tools.ssrf import SsrfRefused, resolve_checked
@@ -43,7 +43,6 @@ MAX_REDIRECTS = 5
 ATTEMPTS = 3
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _REDACTED = b"[redacted]"
-_MIN_SECRET = 8
 
 
 class _Retryable(Exception):
@@ -53,29 +52,13 @@ class _Retryable(Exception):
         self.retry_after = retry_after  # seconds the tool asked us to wait (Retry-After), if it said
 
 
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """A `Retry-After` value in seconds from now (delay-seconds or an HTTP-date); None when absent or junk."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
 class _Secrets:
     """The secret values a tool was sent; what it answers is scrubbed of them. Values under 8 characters
     are not secrets worth the name and are left alone (as `scrub` does): replacing "1" or "on" everywhere
     would mangle every answer."""
 
     def __init__(self, values: list[str]):
-        self.values = [v for v in values if len(v) >= _MIN_SECRET]
+        self.values = [v for v in values if len(v) >= MIN_SECRET]
         forms = set()
         for value in self.values:
             forms.add(value.encode())
