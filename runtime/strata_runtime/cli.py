@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config:
         parser.error("--config FILE is required (or set STRATA_CONFIG)")
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, os.environ)
     except ConfigError as e:
         print(f"strata-runtime: {e}", file=sys.stderr)
         return INVALID

@@ -130,7 +130,7 @@ class ResumingClient:
                             first = True
                             continue
                         result.turn_seq = users[-1]["seq"] + 1
-                    last = result.ids[-1] if result.ids else f"{result.turn_seq}:-1"
+                    last = result.ids[-1] if result.ids else f"{result.turn_seq}:-1"  # as `start`'s id
                     result.reconnects += 1
                     if await self._read(base, body, result, last):
                         return result

@@ -145,3 +145,12 @@ def test_a_stream_resumed_with_last_event_id_continues_without_repeating(runtime
     assert [e[0] for e in rest] == [c[0] for c in chunks[3:]] + [full[-1][0]]
     assert "".join(str(c[2]["delta"]) for c in chunks[:3] + [e for e in rest if e[1] == "chunk"]) == \
         "echo: one two three four five six"
+    assert len(runtime.get(f"/api/v1/sessions/{sid}", headers=_auth("acme"))[1]["turns"]) == 2
+
+    # A client that lost the stream right after `start` resumes from the id that event carried
+    # (a generic SSE client sends the last id it saw): the whole answer, and still one turn.
+    start_id = full[0][0]
+    assert full[0][1] == "start" and start_id == f"{full[0][2]['turn_seq']}:-1"
+    again = stream(start_id)
+    assert [e[0] for e in again] == [c[0] for c in chunks] + [full[-1][0]]
+    assert len(runtime.get(f"/api/v1/sessions/{sid}", headers=_auth("acme"))[1]["turns"]) == 2

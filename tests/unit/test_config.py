@@ -144,3 +144,37 @@ def test_the_local_embedder_only_accepts_the_model_it_ships() -> None:
 def test_an_openai_embedder_needs_a_base_url() -> None:
     with pytest.raises(ConfigError, match="needs baseUrl"):
         parse_config(_minimal(embedder={"provider": "openai", "model": "text-embedding-3-small"}))
+
+
+def _write(tmp_path: Path, raw: dict[str, object]) -> Path:
+    import yaml
+
+    path = tmp_path / "runtime.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_the_agent_manager_environment_variables_override_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, _minimal(agentManager={"agentIdleSeconds": 900, "llmParsing": {"model": "m"}}))
+    env = {"AGENT_IDLE_TIMEOUT": "45", "AGENT_CLEANUP_INTERVAL": " 7.5 ", "ENABLE_LLM_PARSING": "True"}
+    manager = load_config(path, env).agent_manager
+    assert (manager.agent_idle_seconds, manager.agent_cleanup_interval_seconds) == (45.0, 7.5)
+    assert manager.llm_parsing.enabled and manager.llm_parsing.model == "m"  # the rest of the section kept
+    assert load_config(path, {"ENABLE_LLM_PARSING": "0", "AGENT_IDLE_TIMEOUT": ""}).agent_manager \
+        .agent_idle_seconds == 900.0
+    assert load_config(path, {}).agent_manager.agent_idle_seconds == 900.0
+    assert load_config(path).agent_manager.agent_idle_seconds == 900.0  # no environment given: the file alone
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"AGENT_IDLE_TIMEOUT": "five minutes"}, "AGENT_IDLE_TIMEOUT='five minutes': expected a number of seconds"),
+    ({"ENABLE_LLM_PARSING": "maybe"}, "ENABLE_LLM_PARSING='maybe': expected true or false"),
+    ({"AGENT_CLEANUP_INTERVAL": "-1"},
+     "agentManager.agentCleanupIntervalSeconds (set by the environment variable AGENT_CLEANUP_INTERVAL): "
+     "Input should be greater than 0"),
+])
+def test_a_bad_environment_value_is_an_invalid_config_naming_the_variable(tmp_path: Path, env: dict[str, str],
+                                                                          says: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(_write(tmp_path, _minimal()), env)
+    assert says in str(raised.value)

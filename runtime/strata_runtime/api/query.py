@@ -1,13 +1,14 @@
 """`POST /api/v1/query`: one agent conversation turn, as JSON or as a resumable SSE stream.
 
-SSE events: ``start`` (no id), ``chunk`` (id ``<seq>:<index>``, data ``{"delta": ...}``), then
-``done`` (id ``<seq>:<chunks>``, data = the JSON response) or ``error``. An agent with tools also
-sends ``tool_call`` (``{id, tool, arguments, step}``), ``tool_result`` (``{id, tool, ok, result,
-error}``) and ``status`` (``{status: max_tool_steps}``) events, numbered in the same ``<seq>:<index>``
-sequence as the chunks. The JSON answer lists the calls in ``tool_calls`` and a turn stopped by
-``maxToolSteps`` has ``status: max_tool_steps``. To resume, send the
-same request again to any pod with the ``Last-Event-ID`` header: no new turn is started, the
-stream continues after that event. A client that already received ``done`` gets 204.
+SSE events: ``start`` (id ``<seq>:-1``: a client that loses the stream before the first chunk resumes
+from it like from any other event, without sending the turn again), ``chunk`` (id ``<seq>:<index>``,
+data ``{"delta": ...}``), then ``done`` (id ``<seq>:<chunks>``, data = the JSON response) or ``error``.
+An agent with tools also sends ``tool_call`` (``{id, tool, arguments, step}``), ``tool_result``
+(``{id, tool, ok, result, error}``) and ``status`` (``{status: max_tool_steps}``) events, numbered in
+the same ``<seq>:<index>`` sequence as the chunks. The JSON answer lists the calls in ``tool_calls``
+and a turn stopped by ``maxToolSteps`` has ``status: max_tool_steps``. To resume, send the same
+request again to any pod with the ``Last-Event-ID`` header: no new turn is started, the stream
+continues after that event. A client that already received ``done`` gets 204.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ async def query(request: Request, services: ServicesDep, caller: PublicCaller,
         raise ServiceUnavailable("the turn ended without an answer")
 
     head = _sse("start", {"session_id": body.session_id, "agent_id": agent.id, "config_hash": agent.config_hash,
-                          "turn_seq": started.seq, "routing": decision.summary()})
+                          "turn_seq": started.seq, "routing": decision.summary()}, f"{started.seq}:-1")
     return SSEResponse(_events(conv, tenant, body, started.seq, 0, agent_id=agent.id, config_hash=agent.config_hash,
                                head=head), headers=SSE_HEADERS)
 

@@ -12,6 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from strata_runtime.config.agents import AgentConfig
+from strata_runtime.config.environment import BadEnvironmentValue, with_environment
 from strata_runtime.config.runtime import RuntimeConfig
 
 
@@ -19,30 +20,40 @@ class ConfigError(Exception):
     """The config file is missing, unreadable or invalid; the message says where."""
 
 
-def load_config(path: str | Path) -> RuntimeConfig:
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> RuntimeConfig:
+    """The config file, with the settings `env` overrides (config/environment.py) when it is given."""
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-    return parse_config(raw if raw is not None else {}, source=str(path))
+    raw = raw if raw is not None else {}
+    if env is None or not isinstance(raw, dict):
+        return parse_config(raw, source=str(path))
+    try:
+        raw, set_by = with_environment(raw, env)
+    except BadEnvironmentValue as e:
+        raise ConfigError(f"environment: {e}") from None
+    return parse_config(raw, source=str(path), set_by=set_by)
 
 
-def parse_config(raw: Any, *, source: str = "config") -> RuntimeConfig:
+def parse_config(raw: Any, *, source: str = "config", set_by: Mapping[str, str] | None = None) -> RuntimeConfig:
+    """`set_by`: field path -> the environment variable that set it, named in an error about it."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
     try:
         return RuntimeConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"{source} is invalid:\n{describe_validation_error(e)}") from None
+        raise ConfigError(f"{source} is invalid:\n{describe_validation_error(e, set_by or {})}") from None
 
 
-def describe_validation_error(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError, set_by: Mapping[str, str] | None = None) -> str:
     lines = []
     for item in error.errors(include_url=False, include_input=False):
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"  {where}: {item['msg']}")
+        origin = f" (set by the environment variable {set_by[where]})" if set_by and where in set_by else ""
+        lines.append(f"  {where}{origin}: {item['msg']}")
     return "\n".join(lines)
 
 
