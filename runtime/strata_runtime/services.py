@@ -33,6 +33,7 @@ from strata_runtime.tools.ledger import ToolLedger
 from strata_runtime.tools.loop import ToolLoop
 from strata_runtime.tools.registry import ToolRegistry
 from strata_runtime.tools.wiring import ServedAgents, build_tools
+from strata_runtime.usage.history import UsageHistory
 
 log = logging.getLogger("strata.runtime")
 
@@ -169,8 +170,10 @@ def _add_router(services: Services) -> None:
 
 
 def _add_gateway(services: Services) -> None:
-    """The LLM gateway: after the cache and stores, so it is closed (usage flushed) before them."""
+    """The LLM gateway: after the cache and stores, so it is closed (usage flushed and rolled up into the
+    SQL usage history) before them."""
     services.gateway = Gateway(services.config, services.env, services.redis, services.metrics,
                                cache=services.cache, embedder=services.embedder,
-                               is_closing=lambda: services.closing)
+                               is_closing=lambda: services.closing,
+                               usage_history=UsageHistory(services.sql, services.redis.prefix))
     services.lifecycle.append(services.gateway)

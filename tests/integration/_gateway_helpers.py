@@ -9,6 +9,7 @@ from strata_runtime.config import parse_config
 from strata_runtime.gateway.gateway import Gateway
 from strata_runtime.metrics import Metrics
 from strata_runtime.stores.redis import RedisConnector
+from strata_runtime.usage.history import UsageHistory
 
 
 def env_url(name: str) -> str:
@@ -22,7 +23,7 @@ def model(name: str, base_url: str, **extra: Any) -> dict[str, Any]:
 
 
 async def make_gateway(models: list[dict[str, Any]], *, redis: str = "memory", prefix: str = "strata",
-                       **overrides: Any) -> Gateway:
+                       usage_history: UsageHistory | None = None, **overrides: Any) -> Gateway:
     redis_config: dict[str, Any] = {"backend": "memory"}
     if redis != "memory":
         cluster = redis == "cluster"
@@ -32,7 +33,7 @@ async def make_gateway(models: list[dict[str, Any]], *, redis: str = "memory", p
                            **overrides})
     connector = RedisConnector(config.stores.redis, {})
     await connector.start()
-    gateway = Gateway(config, {}, connector, Metrics())
+    gateway = Gateway(config, {}, connector, Metrics(), usage_history=usage_history)
     gateway._test_redis = connector  # type: ignore[attr-defined]
     await gateway.start()
     return gateway

@@ -102,3 +102,9 @@ class UsageConfig(ConfigModel):
     """Usage accounting (tokens and cost per tenant, agent, model and day)."""
 
     ttl_days: int = Field(90, ge=1, le=3650, description="Lifetime of the per-day usage hashes in Redis.")
+    rollup_interval_seconds: float = Field(
+        60.0, ge=1, le=86400, description="How often the day totals are copied into the relational store's "
+        "usage history (table strata_usage_daily), which answers for days Redis no longer holds and keeps "
+        "in-process usage across restarts; a final copy is made at shutdown. Up to this long of usage is lost "
+        "when a pod without Redis is killed."
+    )

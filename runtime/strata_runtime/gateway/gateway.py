@@ -44,6 +44,7 @@ from strata_runtime.providers.openai_compat import drop_null_usage, rename_model
 from strata_runtime.ratelimit import RateLimiter, Reservation
 from strata_runtime.stores.redis import RedisConnector
 from strata_runtime.usage import UsageEvent, UsageRecorder, token_count
+from strata_runtime.usage.history import UsageHistory
 
 log = logging.getLogger("strata.gateway")
 
@@ -102,14 +103,15 @@ class _Call:
 class Gateway:
     def __init__(self, config: RuntimeConfig, env: Mapping[str, str], redis: RedisConnector, metrics: Metrics,
                  *, cache: ResponseCache | None = None, embedder: Embedder | None = None,
-                 is_closing: Callable[[], bool] = lambda: False):
+                 is_closing: Callable[[], bool] = lambda: False, usage_history: UsageHistory | None = None):
         self.config = config
         self.metrics = metrics
         self.routes: dict[str, ModelRoute] = build_routes(list(config.models), env)
         self.upstreams = UpstreamCaller(self.routes, metrics)
         self.limiter = RateLimiter(config.rate_limits, redis,
                                    on_limited=lambda scope: metrics.rate_limited.labels(scope).inc())
-        self.usage = UsageRecorder(redis, config.usage.ttl_days)
+        self.usage = UsageRecorder(redis, config.usage.ttl_days, history=usage_history,
+                                   rollup_interval_seconds=config.usage.rollup_interval_seconds)
         self.cache = cache
         self.embedder = embedder
         self.embedding_queue = EmbeddingQueue(embedder, config.server.limits.embeddings) if embedder else None

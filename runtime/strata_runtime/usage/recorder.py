@@ -3,8 +3,16 @@
 Recording never delays a response: `record` only adds to an in-process table of pending
 increments; a background task flushes that table every `FLUSH_SECONDS` as ONE pipeline
 of HINCRBY / HINCRBYFLOAT (+ EXPIRE per day key), and `close` flushes what is left.
-A day is one key, so Redis Cluster needs no hash tag. While Redis is degraded the
-increments go to an in-memory table, which reads merge with Redis' numbers.
+A day is one key, so Redis Cluster needs no hash tag. While Redis is degraded (or when it
+is not configured) the increments go to an in-process table, which reads merge with Redis' numbers.
+
+With a usage history (`usage/history.py`), a second task copies the day totals into the relational
+store every `usage.rollupIntervalSeconds` and once more at `close`: the shared Redis hashes of the
+days this process wrote (and always today's and yesterday's, so a day whose writer died is copied
+by another pod) as source `redis`, and the in-process table as this process' own source. A query
+takes, per field, the larger of Redis' value and the `redis` row (the hash only grows while it
+lives, so the larger one is the newer; the row alone answers once the hash expired), plus the rows
+of every other process and this process' in-process table (its own rows are older copies of it).
 
 Tenant and agent ids cannot contain ':' (callers validate them), and the metric is the
 last segment, so a field splits unambiguously even when a model name has ':' in it.
@@ -21,6 +29,7 @@ from typing import Any
 
 from strata_runtime.stores.redis import RedisConnector, is_redis_failure
 from strata_runtime.tasks import cancel_and_wait
+from strata_runtime.usage.history import SHARED_SOURCE, UsageHistory, local_source, merge_days
 
 log = logging.getLogger("strata.usage")
 
@@ -30,6 +39,7 @@ INT_METRICS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cach
                "saved_prompt_tokens", "saved_completion_tokens")
 FLOAT_METRICS = ("cost", "saved_cost", "latency_ms_sum")
 MAX_RANGE_DAYS = 366
+FINAL_ROLLUP_SECONDS = 10.0  # the roll-up at close: bounded, so a hung database never holds the shutdown
 
 
 @dataclass
@@ -76,13 +86,21 @@ def today() -> str:
 
 
 class UsageRecorder:
-    def __init__(self, redis: RedisConnector, ttl_days: int):
+    def __init__(self, redis: RedisConnector, ttl_days: int, *, history: UsageHistory | None = None,
+                 rollup_interval_seconds: float = 60.0):
         self.redis = redis
         self.ttl_seconds = ttl_days * 86400
+        self.history = history
+        self.rollup_interval_seconds = rollup_interval_seconds
+        self.source = local_source()
         self._pending: dict[tuple[str, str], float] = defaultdict(float)
         self._memory: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._dirty_shared: set[str] = set()  # days written to Redis since the last roll-up
+        self._dirty_local: set[str] = set()  # days of the in-process table changed since the last roll-up
         self._task: asyncio.Task[None] | None = None
+        self._rollup_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._rollup_lock = asyncio.Lock()
 
     def record(self, event: UsageEvent) -> None:
         day = event.day or today()
@@ -106,11 +124,30 @@ class UsageRecorder:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._flush_forever(), name="usage-flush")
+        if self.history is not None:
+            self._rollup_task = asyncio.create_task(self._rollup_forever(), name="usage-rollup")
 
     async def close(self) -> None:
+        await cancel_and_wait(self._rollup_task)
+        self._rollup_task = None
         await cancel_and_wait(self._task)
         self._task = None
         await self.flush()
+        if self.history is not None:
+            try:
+                async with asyncio.timeout(FINAL_ROLLUP_SECONDS):
+                    await self.rollup()
+            except Exception as e:
+                log.warning("usage: the final roll-up into the usage history failed",
+                            extra={"error": str(e) or type(e).__name__})
+
+    async def _rollup_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.rollup_interval_seconds)
+            try:
+                await self.rollup()
+            except Exception as e:  # the days stay marked: the next pass copies them
+                log.warning("usage roll-up failed; retrying next interval", extra={"error": str(e) or type(e).__name__})
 
     async def _flush_forever(self) -> None:
         while True:
@@ -140,6 +177,7 @@ class UsageRecorder:
                     for key in days:
                         pipe.expire(key, self.ttl_seconds)
                     await pipe.execute()
+                    self._dirty_shared.update(day for day, _ in batch)
                     return
                 except Exception as e:
                     if not is_redis_failure(e):
@@ -148,6 +186,44 @@ class UsageRecorder:
                     self.redis.report_failure(e)
             for (day, fld), value in batch.items():
                 self._memory[day][fld] += value
+                self._dirty_local.add(day)
+
+    async def rollup(self) -> None:
+        """Copy the day totals into the usage history (see the module docstring). Idempotent: a pass
+        run twice, or by several pods at once, writes the same totals; the days of a failed pass are
+        copied by the next one."""
+        if self.history is None:
+            return
+        history = self.history
+        await self.flush()
+        async with self._rollup_lock:
+            local, self._dirty_local = self._dirty_local, set()
+            shared, self._dirty_shared = self._dirty_shared, set()
+            try:
+                if local:
+                    await history.write(self.source, {day: dict(self._memory[day]) for day in sorted(local)})
+                local = set()
+                client = self.redis.client
+                if client is not None:
+                    now = dt.datetime.now(dt.UTC).date()
+                    days = sorted(shared | {now.isoformat(), (now - dt.timedelta(days=1)).isoformat()})
+                    try:
+                        pipe = client.pipeline(transaction=False)
+                        for day in days:
+                            pipe.hgetall(self.redis.key("usage", day))
+                        hashes = await pipe.execute()
+                    except Exception as e:
+                        if not is_redis_failure(e):
+                            raise
+                        self.redis.report_failure(e)
+                        raise
+                    await history.write(SHARED_SOURCE, {
+                        day: {k.decode(): float(v) for k, v in fields.items()}
+                        for day, fields in zip(days, hashes, strict=True) if fields})
+                    shared = set()  # (while Redis is unreachable they wait for it)
+            finally:
+                self._dirty_local |= local
+                self._dirty_shared |= shared
 
     async def query(self, q: UsageQuery) -> dict[str, Any]:
         await self.flush()
@@ -166,10 +242,17 @@ class UsageRecorder:
                     raise
                 self.redis.report_failure(e)
                 raw = {}
-        for day in days:
-            for fld, value in self._memory.get(day, {}).items():
-                bucket = raw.setdefault(day, {})
-                bucket[fld] = bucket.get(fld, 0.0) + value
+        if self.history is not None:
+            others: list[tuple[str, dict[str, float]]] = []
+            for row in await self.history.read(q.start, q.end, tenant=q.tenant, agent=q.agent, model=q.model):
+                if row.source == SHARED_SOURCE:
+                    bucket = raw.setdefault(row.day, {})
+                    for fld, value in row.fields.items():
+                        bucket[fld] = max(bucket.get(fld, 0.0), value)
+                elif row.source != self.source:
+                    others.append((row.day, row.fields))
+            merge_days(raw, others)
+        merge_days(raw, ((day, self._memory[day]) for day in days if day in self._memory))
         return _aggregate(raw, q)
 
 
