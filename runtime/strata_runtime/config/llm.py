@@ -101,7 +101,8 @@ class RateLimitsConfig(ConfigModel):
 class UsageConfig(ConfigModel):
     """Usage accounting (tokens and cost per tenant, agent, model and day)."""
 
-    ttl_days: int = Field(90, ge=1, le=3650, description="Lifetime of the per-day usage hashes in Redis.")
+    ttl_days: int = Field(90, ge=1, le=3650, description="Lifetime of the per-day usage hashes in Redis (older days "
+                          "are answered from the usage history in the SQL store).")
     rollup_interval_seconds: float = Field(
         60.0, ge=1, le=86400, description="How often the day totals are copied into the relational store's "
         "usage history (table strata_usage_daily), which answers for days Redis no longer holds and keeps "
