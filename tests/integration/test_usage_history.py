@@ -148,6 +148,24 @@ async def test_pods_rolling_up_the_same_redis_days_at_once_never_double_count(
         await redis.close()
 
 
+async def test_a_roll_up_rewrites_only_the_rows_that_changed_since_the_last_one(
+        make_sql: MakeSql, redis_url: str, key_prefix: str) -> None:
+    redis = await _redis(redis_url, key_prefix.rstrip(":"))
+    pod = await _recorder(redis, await make_sql())
+    today = _days_ago(0)
+    try:
+        for tenant in ("acme", "globex"):
+            pod.record(_events(tenant, today, 1)[0])
+        assert await pod.rollup() == 2
+        assert await pod.rollup() == 0  # nothing new: an idle pod writes nothing
+        pod.record(_events("globex", today, 1)[0])
+        assert await pod.rollup() == 1
+        assert _totals(await pod.query(UsageQuery(start=today, end=today)))["requests"] == 3
+    finally:
+        await pod.close()
+        await redis.close()
+
+
 async def test_pods_without_redis_keep_their_own_counts_and_see_each_others_after_a_roll_up(
         make_sql: MakeSql) -> None:
     redis = await _redis(None, "strata")

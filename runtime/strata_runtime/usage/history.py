@@ -72,9 +72,12 @@ class HistoryRow:
     fields: dict[str, float]  # `{tenant}:{agent}:{model}:{metric}` -> value, as in the Redis hashes
 
 
-def rows_of(fields: Mapping[str, float]) -> dict[tuple[str, str, str], dict[str, float]]:
+RowKey = tuple[str, str, str]  # (tenant, agent, model)
+
+
+def rows_of(fields: Mapping[str, float]) -> dict[RowKey, dict[str, float]]:
     """The counters of one day hash (or in-process day table), per (tenant, agent, model)."""
-    out: dict[tuple[str, str, str], dict[str, float]] = {}
+    out: dict[RowKey, dict[str, float]] = {}
     for fld, value in fields.items():
         head, _, metric = fld.rpartition(":")
         tenant, _, rest = head.partition(":")
@@ -109,12 +112,13 @@ class UsageHistory:
             raise StoreUnavailable("usage history store (SQL) unreachable; retry shortly",
                                    retry_after_seconds=self.sql.config.recover_interval_seconds) from e
 
-    async def write(self, source: str, days: Mapping[str, Mapping[str, float]]) -> int:
-        """Store the day totals of `source` (`{day: {field: value}}`); returns the rows written."""
+    async def write(self, source: str, days: Mapping[str, Mapping[RowKey, Mapping[str, float]]]) -> int:
+        """Store the day totals of `source` (`{day: {(tenant, agent, model): {metric: value}}}`, see
+        `rows_of`); returns the rows written."""
         now = time.time()
         rows: list[tuple[Any, ...]] = []
-        for day, fields in days.items():
-            for (tenant, agent, model), metrics in rows_of(fields).items():
+        for day, day_rows in days.items():
+            for (tenant, agent, model), metrics in day_rows.items():
                 rows.append((day, self.scope, source, tenant, agent, model,
                              *(metrics[m] if m in _FLOAT_METRICS else int(metrics[m]) for m in METRICS), now))
         if rows:

@@ -29,7 +29,7 @@ from typing import Any
 
 from strata_runtime.stores.redis import RedisConnector, is_redis_failure
 from strata_runtime.tasks import cancel_and_wait
-from strata_runtime.usage.history import SHARED_SOURCE, UsageHistory, local_source, merge_days
+from strata_runtime.usage.history import SHARED_SOURCE, RowKey, UsageHistory, local_source, merge_days, rows_of
 
 log = logging.getLogger("strata.usage")
 
@@ -97,6 +97,7 @@ class UsageRecorder:
         self._memory: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self._dirty_shared: set[str] = set()  # days written to Redis since the last roll-up
         self._dirty_local: set[str] = set()  # days of the in-process table changed since the last roll-up
+        self._copied_shared: dict[str, dict[RowKey, dict[str, float]]] = {}  # the last shared rows copied
         self._task: asyncio.Task[None] | None = None
         self._rollup_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -188,20 +189,23 @@ class UsageRecorder:
                 self._memory[day][fld] += value
                 self._dirty_local.add(day)
 
-    async def rollup(self) -> None:
-        """Copy the day totals into the usage history (see the module docstring). Idempotent: a pass
-        run twice, or by several pods at once, writes the same totals; the days of a failed pass are
-        copied by the next one."""
+    async def rollup(self) -> int:
+        """Copy the day totals into the usage history (see the module docstring); returns the rows written.
+        Idempotent: a pass run twice, or by several pods at once, writes the same totals; the days of a
+        failed pass are copied by the next one. A shared row equal to what this process last copied
+        is not written again (the table holds at least that), so an idle pod writes nothing."""
         if self.history is None:
-            return
+            return 0
         history = self.history
         await self.flush()
+        written = 0
         async with self._rollup_lock:
             local, self._dirty_local = self._dirty_local, set()
             shared, self._dirty_shared = self._dirty_shared, set()
             try:
                 if local:
-                    await history.write(self.source, {day: dict(self._memory[day]) for day in sorted(local)})
+                    written += await history.write(self.source, {day: rows_of(self._memory[day])
+                                                                 for day in sorted(local)})
                 local = set()
                 client = self.redis.client
                 if client is not None:
@@ -217,13 +221,18 @@ class UsageRecorder:
                             raise
                         self.redis.report_failure(e)
                         raise
-                    await history.write(SHARED_SOURCE, {
-                        day: {k.decode(): float(v) for k, v in fields.items()}
-                        for day, fields in zip(days, hashes, strict=True) if fields})
+                    copied = {day: rows_of({k.decode(): float(v) for k, v in fields.items()})
+                              for day, fields in zip(days, hashes, strict=True) if fields}
+                    written += await history.write(SHARED_SOURCE, {
+                        day: {key: metrics for key, metrics in rows.items()
+                              if self._copied_shared.get(day, {}).get(key) != metrics}
+                        for day, rows in copied.items()})
+                    self._copied_shared = copied
                     shared = set()  # (while Redis is unreachable they wait for it)
             finally:
                 self._dirty_local |= local
                 self._dirty_shared |= shared
+        return written
 
     async def query(self, q: UsageQuery) -> dict[str, Any]:
         await self.flush()
