@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from strata_operator.cli import parse_settings
+
 pytestmark = pytest.mark.operator
 
 CHART = str(Path(__file__).resolve().parents[2] / "charts" / "strata")
@@ -45,6 +47,8 @@ def one(documents: list[dict[str, Any]], kind: str, name: str | None = None) -> 
     ("secretAccess.namespaces.team-a=all", "team-a"),  # a list of names or "*"
     ("watchNamespaces={Team_A}", "watchNamespaces"),
     ("image.pullPolicy=Sometimes", "pullPolicy"),
+    ("watchTimeoutSeconds=0", "watchTimeoutSeconds"),
+    ("watchTimeoutSeconds=2.5", "watchTimeoutSeconds"),  # the API server takes whole seconds
 ])
 def test_a_bad_value_is_refused_naming_it(flag: str, named: str) -> None:
     result = template("--set", flag)
@@ -120,3 +124,16 @@ def test_the_base_url_allow_list_reaches_the_operator_as_json() -> None:
     off = one(docs("--set", "baseUrlAllowList.enabled=false"), "Deployment")
     names = {e["name"] for e in off["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "STRATA_BASE_URL_ALLOW_LIST" not in names
+
+
+def test_the_watch_timeout_reaches_the_operator() -> None:
+    def operator_env(*args: str) -> dict[str, str]:
+        container = one(docs(*args), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+    assert operator_env()["STRATA_WATCH_TIMEOUT_SECONDS"] == "300"
+    env = operator_env("--set", "watchTimeoutSeconds=120")
+    assert env["STRATA_WATCH_TIMEOUT_SECONDS"] == "120"
+    settings = parse_settings([], env)  # what the operator makes of the rendered environment
+    assert settings.watch_server_timeout_seconds == 120
+    assert settings.watch_idle_timeout_seconds == 75  # min(120, the 60 s bookmark period) + 15
