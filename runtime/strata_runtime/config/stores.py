@@ -36,6 +36,13 @@ class RedisStoreConfig(ConfigModel):
         "poolTimeoutSeconds for a free one."
     )
     pool_timeout_seconds: float = Field(2.0, gt=0, le=60, description="Longest wait for a free pooled connection.")
+    command_timeout_seconds: float = Field(
+        5.0, gt=0, le=600, description="Longest wait for one Redis command or pipeline, everything included: the "
+        "wait for a pooled connection, connecting, the client's retries and, on a Cluster, its topology refreshes "
+        "and redirections (each attempt has its own socketTimeoutSeconds). Past it the command fails like a "
+        "socket timeout: a request that needed session state gets 503 + Retry-After, the cache is skipped, and "
+        "the connection the command was using is closed, not reused."
+    )
     failure_threshold: int = Field(
         3, ge=1, le=100, description="Consecutive timeouts (a slow PING or command) before Redis counts as "
         "unreachable; a refused or reset connection counts at once."

@@ -13,6 +13,17 @@ The pool heals instead of accumulating damage:
 * after an outage the recovery probe builds a *new* client and closes the old one, so nothing
   the outage left behind (dead sockets, connections stranded by cancelled commands, an old
   Cluster topology) survives into the next period.
+
+Every command and every pipeline has one overall deadline, `commandTimeoutSeconds`, whatever the
+client does inside it: the wait for a pooled connection, connecting, its retries and, on a
+Cluster, its topology refreshes and redirections (each attempt has its own socket timeout, so
+without it a request on a Cluster with a hung master took 8.7 s with a 1 s socket timeout). Past
+it the command fails with `CommandDeadlineExceeded`, a redis TimeoutError, which callers already
+map to 503 `store_unavailable` (session state) or a miss (cache). The deadline cancels the
+command; redis-py closes a connection whose send or read is cancelled (it never goes back to the
+pool with a reply half read), a Cluster node hands its connection back synchronously, and the
+standalone pool's hand-back is shielded so that a cancellation landing there cannot leave the
+connection counted as in use.
 """
 
 from __future__ import annotations
@@ -20,15 +31,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from strata_runtime.config import RedisStoreConfig
@@ -56,6 +69,89 @@ def is_redis_failure(error: BaseException) -> bool:
     return False
 
 log = logging.getLogger("strata.stores")
+
+T = TypeVar("T")
+
+
+class CommandDeadlineExceeded(RedisTimeoutError):
+    """A command or pipeline outlived `stores.redis.commandTimeoutSeconds`: a timeout like a socket
+    timeout (ambiguous for the health hysteresis, a Redis failure for every caller)."""
+
+
+async def within_deadline(seconds: float, what: str, op: Awaitable[T]) -> T:
+    """`op` within `seconds`, else CommandDeadlineExceeded. A TimeoutError that `op` raised itself
+    passes through unchanged."""
+    scope = asyncio.timeout(seconds)
+    try:
+        async with scope:
+            return await op
+    except TimeoutError:
+        if scope.expired():
+            raise CommandDeadlineExceeded(
+                f"redis {what} took longer than commandTimeoutSeconds ({seconds:g} s)") from None
+        raise
+
+
+class _Pool(BlockingConnectionPool):
+    async def release(self, connection: AbstractConnection) -> None:
+        # A deadline may cancel a command while it hands its connection back (waiting for the
+        # pool's lock, which is contended exactly when the pool is exhausted by a hung server).
+        # Interrupted, the hand-back would leave the connection counted as in use for good and
+        # the pool one connection smaller; shielded, it completes anyway.
+        await asyncio.shield(super().release(connection))
+
+
+class _Pipeline(Pipeline):
+    command_timeout = 5.0
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        return await within_deadline(self.command_timeout, "pipeline", super().execute(raise_on_error))
+
+
+class DeadlineRedis(Redis):
+    """A standalone client whose every command and pipeline ends within `command_timeout`."""
+
+    command_timeout = 5.0
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        command = super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        return await within_deadline(self.command_timeout, _name(args), command)
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> _Pipeline:
+        pipe = _Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        pipe.command_timeout = self.command_timeout
+        return pipe
+
+
+class _ClusterPipeline(ClusterPipeline):
+    command_timeout = 5.0
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        execution = super().execute(raise_on_error, allow_redirections)
+        return await within_deadline(self.command_timeout, "pipeline", execution)
+
+
+class DeadlineRedisCluster(RedisCluster):
+    """A Cluster client whose every command and pipeline ends within `command_timeout`, its retries,
+    topology refreshes and redirections included."""
+
+    command_timeout = 5.0
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        return await within_deadline(self.command_timeout, _name(args), super().execute_command(*args, **kwargs))
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> _ClusterPipeline:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        pipe = _ClusterPipeline(self, transaction)  # type: ignore[abstract]  # as RedisCluster.pipeline builds it
+        pipe.command_timeout = self.command_timeout
+        return pipe
+
+
+def _name(args: tuple[Any, ...]) -> str:
+    name = args[0] if args else "command"
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+
 
 RedisClient = Redis | RedisCluster
 
@@ -116,18 +212,23 @@ class RedisConnector:
             # not enough to turn an outage into seconds of waiting per command.
             "retry": Retry(NoBackoff(), 1),
         }
+        client: DeadlineRedis | DeadlineRedisCluster
         if self.config.cluster:
-            return RedisCluster.from_url(self.url, max_connections=self.config.max_connections, **options)
-        pool = BlockingConnectionPool.from_url(self.url, max_connections=self.config.max_connections,
-                                               timeout=self.config.pool_timeout_seconds, **options)
-        return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections
+            client = cast(DeadlineRedisCluster, DeadlineRedisCluster.from_url(
+                self.url, max_connections=self.config.max_connections, **options))
+        else:
+            pool = _Pool.from_url(self.url, max_connections=self.config.max_connections,
+                                  timeout=self.config.pool_timeout_seconds, **options)
+            client = cast(DeadlineRedis, DeadlineRedis.from_pool(pool))  # it owns the pool: aclose() closes it
+        client.command_timeout = self.config.command_timeout_seconds
+        return client
 
     async def _ping(self, client: RedisClient) -> None:
         timeout = self.config.connect_timeout_seconds + 1
         if isinstance(client, RedisCluster):
             # Every master must answer and the cluster must serve all slots: a restarted master
             # answers PING while the cluster still refuses commands (CLUSTERDOWN).
-            await client.initialize()
+            await within_deadline(self.config.command_timeout_seconds, "topology refresh", client.initialize())
             await asyncio.wait_for(client.ping(target_nodes=RedisCluster.PRIMARIES), timeout=timeout)
             info = await asyncio.wait_for(client.cluster_info(), timeout=timeout)
             if str(info.get("cluster_state", "")) != "ok":
@@ -161,8 +262,7 @@ class RedisConnector:
             task.add_done_callback(self._retiring.pop)
 
     async def _close_later(self, client: RedisClient) -> None:
-        await asyncio.sleep(self.config.socket_timeout_seconds + self.config.connect_timeout_seconds
-                            + self.config.pool_timeout_seconds + 1)
+        await asyncio.sleep(self.config.command_timeout_seconds + 1)  # no command outlives its deadline
         await _close(client)
 
     def report_failure(self, error: BaseException) -> None:
