@@ -25,6 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -44,8 +45,8 @@ CLIENTS = 12
 # hung store. Every stall below lasts longer than this, so a request that waits it out is caught.
 REQUEST_DEADLINE_SECONDS = 9.0
 STALL_SECONDS = 12.0
-CLUSTER_DEADLINE_SECONDS = 12.0  # see the Cluster drill
 CLUSTER_STALL_SECONDS = 16.0
+CLUSTER_COMMAND_DEADLINE_SECONDS = 2.0  # stores.redis.commandTimeoutSeconds of the Cluster drill
 EXPECTED_CODES = {"store_unavailable"}
 TAIL_SECONDS = 2.0  # load after a fault ends (a burst with a fault lasts until then, at most `seconds`)
 FAULT_BURST_SECONDS = 45.0
@@ -59,12 +60,11 @@ def _shared_dsn() -> str:
 
 
 async def _burst(runtimes: list[RuntimeProcess], seconds: float, fault: Callable[[], Awaitable[None]] | None = None,
-                 *, think_seconds: float = 0.0, name: str = "burst",
-                 deadline_seconds: float = REQUEST_DEADLINE_SECONDS) -> Outcome:
+                 *, think_seconds: float = 0.0, name: str = "burst") -> Outcome:
     """Load for `seconds`, or with `fault` running beside it until TAIL_SECONDS after the fault ended
     (at most `seconds`); then the checks every drill shares."""
     load = Load([r.base_url for r in runtimes], clients=CLIENTS, think_seconds=think_seconds,
-                deadline_seconds=deadline_seconds)
+                deadline_seconds=REQUEST_DEADLINE_SECONDS)
     async def fault_then_tail() -> None:
         assert fault is not None
         try:
@@ -102,11 +102,13 @@ async def _served_cleanly(runtimes: list[RuntimeProcess], *, name: str, seconds:
     return outcome
 
 
-def _runtimes(tmp_path: Path, upstream: UpstreamServer, redis_url: str, count: int,
-              cluster: bool = False) -> list[RuntimeProcess]:
-    """`count` runtimes on `redis_url` and the shared Postgres; the upstream answers in 4 chunks 30 ms apart."""
+def _runtimes(tmp_path: Path, upstream: UpstreamServer, redis_url: str, count: int, *,
+              cluster: bool = False, redis: dict[str, Any] | None = None) -> list[RuntimeProcess]:
+    """`count` runtimes on `redis_url` (`redis`: more of stores.redis) and the shared Postgres; the
+    upstream answers in 4 chunks 30 ms apart."""
     upstream.control(chunks=4, chunk_delay_ms=30)
     config = drill_config(tmp_path, upstream, redis_url=redis_url, cluster=cluster)
+    config["stores"]["redis"].update(redis or {})
     return start_runtimes(config, tmp_path, count, {"STRATA_TEST_POSTGRES_DSN": _shared_dsn()})
 
 
@@ -401,10 +403,12 @@ async def test_redis_cluster_master_paused_fails_requests_in_time_and_recovers(
     commands until it is back. Answers whose producer stalled are taken over by the other pod (this
     drill lost an acknowledged user turn that way, see test_archive_stale_copy.py). The Cluster client
     retries a failed command once after refreshing the topology from every node (each up to the
-    connect + socket timeouts), so a request may take several seconds more than on a standalone
-    Redis (8.7 s seen): the deadline and the stall are longer here."""
+    connect + socket timeouts): without an overall deadline per command a request took up to 8.7 s
+    here. With `commandTimeoutSeconds` (2 s) requests are held to the same deadline as on a
+    standalone Redis."""
     cluster = await asyncio.to_thread(RedisCluster(tmp_path).start)
-    runtimes = _runtimes(tmp_path, openai_upstream, cluster.url, 2, cluster=True)
+    runtimes = _runtimes(tmp_path, openai_upstream, cluster.url, 2, cluster=True,
+                         redis={"commandTimeoutSeconds": CLUSTER_COMMAND_DEADLINE_SECONDS})
     victim = cluster.nodes[1]
 
     async def stall() -> None:
@@ -417,8 +421,7 @@ async def test_redis_cluster_master_paused_fails_requests_in_time_and_recovers(
         await asyncio.to_thread(cluster.wait_healthy)
 
     try:
-        outcome = await _burst(runtimes, FAULT_BURST_SECONDS, stall, name="cluster master paused",
-                               deadline_seconds=CLUSTER_DEADLINE_SECONDS)
+        outcome = await _burst(runtimes, FAULT_BURST_SECONDS, stall, name="cluster master paused")
         assert outcome.refused + outcome.unacknowledged_breaks + sum(1 for a in outcome.acked if a.resumes) > 0, \
             "the stall was not felt: the drill proved nothing"
         await _served_cleanly(runtimes, name="after SIGCONT (cluster)")
