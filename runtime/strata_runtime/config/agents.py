@@ -7,6 +7,9 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from strata_runtime.config.base import ConfigModel
+from strata_runtime.config.llm import MAX_MODEL_NAME
+
+MAX_TOOL_TARGET = 2048
 
 
 class SkillConfig(ConfigModel):
@@ -44,7 +47,7 @@ class AgentConfig(ConfigModel):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="The chatbot id.")
     tenant: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                         description="The tenant that owns the agent; only that tenant's API keys may use it.")
-    model: str = Field(min_length=1, description="Logical model name from `models`.")
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME, description="Logical model name from `models`.")
     system_prompt: str = Field("", description="System message put before every conversation.")
     skills: list[SkillConfig] = Field([], description="Skills the router can pick for a request.")
     tools: list[str] = Field([], description="Tool ids (from `tools`) the agent may call directly.")
@@ -76,7 +79,8 @@ class ToolConfig(ConfigModel):
     executor: Literal["http", "python", "mcp"] = Field(
         description="http: POST to a URL; python: an allow-listed entry point; mcp: a tool of an MCP server."
     )
-    target: str = Field(min_length=1, description="URL, allow-listed entry point, or mcpServer/tool.")
+    target: str = Field(min_length=1, max_length=MAX_TOOL_TARGET,
+                        description="URL, allow-listed entry point, or mcpServer/tool (at most 2048 characters).")
     allowed_agents: list[str] = Field([], description="Agent ids that may call the tool; empty: none.")
     timeout_seconds: float = Field(10.0, gt=0, le=600, description="Deadline of one tool call.")
     idempotent: bool = Field(False, description="Safe to retry on failure (http: GET, HEAD, PUT, DELETE and "

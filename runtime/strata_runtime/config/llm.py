@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -13,6 +13,12 @@ MIB = 1024 * KIB
 GIB = 1024 * MIB
 
 Provider = Literal["openai", "deepseek", "ollama", "vllm", "anthropic", "demo"]
+
+# Bounds that let the API server check references between models and agents (CRD CEL rules are
+# costed by the longest lists and strings they may walk); generous for any one runtime.
+MAX_MODEL_NAME = 128
+MAX_FALLBACKS = 10
+ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_NAME)]
 
 
 class Pricing(ConfigModel):
@@ -46,13 +52,15 @@ class UpstreamResponseLimits(ConfigModel):
 class ModelConfig(ConfigModel):
     """A logical model: one upstream LLM endpoint with its timeouts, retries and fallbacks."""
 
-    name: str = Field(min_length=1, description="Logical name that agents and clients use.")
+    name: str = Field(min_length=1, max_length=MAX_MODEL_NAME,
+                      description="Logical name that agents and clients use (at most 128 characters).")
     provider: Provider = Field(description="Upstream API dialect; demo answers locally without any upstream.")
     upstream_model: str | None = Field(None, description="Model name sent upstream; defaults to name.")
     base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     api_key_file: str | None = Field(None, description="File (e.g. a mounted Secret) holding the API key.")
-    fallbacks: list[str] = Field([], description="Logical models tried in order when this one fails.")
+    fallbacks: list[ModelName] = Field([], max_length=MAX_FALLBACKS,
+                                      description="Logical models tried in order when this one fails (at most 10).")
     timeout_seconds: float = Field(60.0, gt=0, le=3600, description="Whole-request deadline.")
     connect_timeout_seconds: float = Field(5.0, gt=0, le=120, description="Deadline to open a connection upstream.")
     max_retries: int = Field(2, ge=0, le=10, description="Retries on 429/5xx/timeouts, jittered backoff.")

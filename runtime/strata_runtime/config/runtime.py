@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from strata_runtime.config.agents import AgentConfig, McpServerConfig, MemoryConfig, PythonToolsConfig, ToolConfig
 from strata_runtime.config.base import ConfigModel
 from strata_runtime.config.http import HttpLimitsConfig
-from strata_runtime.config.llm import ModelConfig, RateLimitsConfig, UsageConfig
+from strata_runtime.config.llm import MAX_MODEL_NAME, ModelConfig, RateLimitsConfig, UsageConfig
 from strata_runtime.config.policies import CachePolicySpec, RoutingPolicySpec
 from strata_runtime.config.stores import StoresConfig
 
@@ -114,7 +114,8 @@ class LlmParsingConfig(ConfigModel):
     """The optional LLM pass of the config guard: asks a model to flag risks in an agent's prompts."""
 
     enabled: bool = Field(False, description="Run the LLM pass on every new agent definition (cached by hash).")
-    model: str | None = Field(None, description="Logical model from `models` that reviews the definitions.")
+    model: str | None = Field(None, max_length=MAX_MODEL_NAME,
+                              description="Logical model from `models` that reviews the definitions.")
     timeout_seconds: float = Field(20.0, gt=0, le=300, description="Deadline of one review call.")
 
 
@@ -140,13 +141,26 @@ class AgentManagerConfig(ConfigModel):
     llm_parsing: LlmParsingConfig = Field(LlmParsingConfig(), description="Optional LLM review (off by default).")
 
 
+MAX_MODELS = 100
+MAX_AGENTS = 1000
+MAX_TOOLS = 1000
+MAX_MCP_SERVERS = 100
+
+
 class AgentRuntimeSpec(ConfigModel):
     """The agent-facing part of the runtime config: models, agents, tools, memory, limits."""
 
-    models: list[ModelConfig] = Field([], description="Logical models (LLM upstreams) agents and clients use.")
-    agents: list[AgentConfig] = Field([], description="Agents (chatbots), each owned by a tenant.")
-    tools: list[ToolConfig] = Field([], description="Tools agents may call.")
-    mcp_servers: list[McpServerConfig] = Field([], description="MCP servers whose tools agents may call.")
+    # The list bounds let the API server check an AgentDeployment's references (CRD CEL rules are costed by
+    # the longest lists they may walk); more agents than MAX_AGENTS: split them over runtimes, or use
+    # agentManager.definitionsPath, which has no such bound.
+    models: list[ModelConfig] = Field([], max_length=MAX_MODELS, description="Logical models (LLM upstreams) "
+                                      "agents and clients use; names unique, at most 100.")
+    agents: list[AgentConfig] = Field([], max_length=MAX_AGENTS, description="Agents (chatbots), each owned by a "
+                                      "tenant; tenant and id unique together, at most 1000.")
+    tools: list[ToolConfig] = Field([], max_length=MAX_TOOLS, description="Tools agents may call; ids unique, "
+                                    "at most 1000.")
+    mcp_servers: list[McpServerConfig] = Field([], max_length=MAX_MCP_SERVERS, description="MCP servers whose "
+                                               "tools agents may call; names unique, at most 100.")
     memory: MemoryConfig = Field(MemoryConfig(), description="Session and long-term memory.")
     rate_limits: RateLimitsConfig = Field(RateLimitsConfig(), description="Rate limits per agent and tenant.")
     embedder: EmbedderConfig = Field(EmbedderConfig(), description="Embedding model.")
