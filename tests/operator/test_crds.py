@@ -25,6 +25,22 @@ def test_replicas_min_above_max_is_rejected_by_cel(kubectl: Kubectl, namespace: 
 
 
 @pytest.mark.usefixtures("crds")
+def test_an_agent_naming_an_unknown_model_is_rejected_by_cel(kubectl: Kubectl, namespace: str) -> None:
+    runtime = {"models": [{"name": "m", "provider": "demo"}],
+               "agents": [{"id": "support", "tenant": "acme", "model": "unknown-model"}]}
+    error = rejected(kubectl, namespace, agent_deployment(namespace, runtime=runtime))
+    assert "spec.runtime.agents" in error and "runtime.agents[].model must name a model of runtime.models" in error
+
+
+@pytest.mark.usefixtures("crds")
+def test_a_duplicate_model_name_is_rejected_naming_the_list(kubectl: Kubectl, namespace: str) -> None:
+    runtime = {"models": [{"name": "m", "provider": "demo"}, {"name": "m", "provider": "demo"}],
+               "agents": [{"id": "support", "tenant": "acme", "model": "m"}]}
+    error = rejected(kubectl, namespace, agent_deployment(namespace, runtime=runtime))
+    assert 'spec.runtime.models: duplicate entries for key [name="m"]' in error  # server-side apply's words
+
+
+@pytest.mark.usefixtures("crds")
 def test_an_unknown_session_affinity_is_rejected_naming_the_field(kubectl: Kubectl, namespace: str) -> None:
     error = rejected(kubectl, namespace, agent_deployment(namespace, sessionAffinity="Cookie"))
     assert "spec.sessionAffinity" in error and "Unsupported value" in error

@@ -173,9 +173,9 @@ def test_a_missing_cache_policy_degrades_then_recovers(kubectl: Kubectl, namespa
 
 @pytest.mark.usefixtures("operator")
 def test_a_runtime_config_the_runtime_would_refuse_is_degraded_invalid_spec(kubectl: Kubectl, namespace: str) -> None:
-    bad_runtime = {
+    bad_runtime = {  # admitted by the API server (no CEL rule checks an agent's tools), refused by the runtime
         "models": [{"name": "m", "provider": "demo"}],
-        "agents": [{"id": "support", "tenant": "acme", "model": "unknown-model"}],
+        "agents": [{"id": "support", "tenant": "acme", "model": "m", "tools": ["unknown-tool"]}],
     }
     apply_yaml(
         kubectl,
@@ -191,7 +191,7 @@ def test_a_runtime_config_the_runtime_would_refuse_is_degraded_invalid_spec(kube
         return c if c and c["reason"] == "InvalidSpec" else None
 
     c = wait_until(invalid, 60, "Degraded=True reason InvalidSpec")
-    assert "unknown-model" in c["message"]
+    assert "unknown tool 'unknown-tool'" in c["message"]
     assert get_json(kubectl, "-n", namespace, "deployment", "support") is None
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from strata_operator.crdgen import all_crds
+from strata_operator.crdgen import CEL_RULES, LIST_MAP_KEYS, NOT_IN_CEL, all_crds
+from strata_operator.models import AgentDeploymentSpec, CachePolicySpec, RoutingPolicySpec
 
 pytestmark = pytest.mark.unit
 
@@ -81,3 +84,28 @@ def test_conditions_are_a_map_keyed_by_type() -> None:
         conditions = schema_of(file)["properties"]["status"]["properties"]["conditions"]
         assert conditions["x-kubernetes-list-type"] == "map"
         assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+
+
+def _models_of(annotation: Any, found: dict[str, type[BaseModel]]) -> dict[str, type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation.__name__ not in found:
+        found[annotation.__name__] = annotation
+        for info in annotation.model_fields.values():
+            _models_of(info.annotation, found)
+    for arg in typing.get_args(annotation):
+        _models_of(arg, found)
+    return found
+
+
+def test_every_validated_model_of_the_crds_has_its_api_server_twin_or_a_reason() -> None:
+    """A model validator the API server does not know admits invalid resources that the operator then
+    only reports: each one gets CEL rules or list keys (crdgen.py), or says in NOT_IN_CEL why not."""
+    models = _models_of(AgentDeploymentSpec, {})
+    _models_of(CachePolicySpec, models)
+    _models_of(RoutingPolicySpec, models)
+    validated = {name for name, model in models.items()
+                 if model.__pydantic_decorators__.model_validators or model.__pydantic_decorators__.field_validators}
+    assert {"ToolConfig", "RoutingRule", "ComplexityFeature"} <= validated
+    covered = set(CEL_RULES) | set(LIST_MAP_KEYS) | set(NOT_IN_CEL)
+    assert validated <= covered, sorted(validated - covered)
+    # RuntimeConfig's cross-references are checked on the part of it the CRD holds
+    assert "AgentRuntimeSpec" in CEL_RULES and "AgentRuntimeSpec" in LIST_MAP_KEYS
