@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from strata_operator.models import AgentDeploymentSpec
 from strata_runtime.config import CachePolicySpec, RoutingPolicySpec, RuntimeConfig
-from tests.operator.fixtures_operator import ROOT, Kubectl, apply_yaml
+from tests.operator.fixtures_operator import ROOT, Kubectl, apply_yaml, wait_until
 
 pytestmark = pytest.mark.operator
 
@@ -35,20 +35,30 @@ VERSION = "v1alpha1"
 PLURALS = {"AgentDeployment": "agentdeployments", "CachePolicy": "cachepolicies", "RoutingPolicy": "routingpolicies"}
 
 
+def checked_in_crds(group: str) -> list[dict[str, Any]]:
+    """The CRDs of crds/, renamed into another API group."""
+    crds = []
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text(encoding="utf-8"))
+        crd["metadata"]["name"] = f"{crd['spec']['names']['plural']}.{group}"
+        crd["spec"]["group"] = group
+        crds.append(crd)
+    return crds
+
+
+def install(kubectl: Kubectl, crds: list[dict[str, Any]]) -> None:
+    apply_yaml(kubectl, None, *crds)
+    for crd in crds:
+        kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
+
+
 @pytest.fixture(scope="module")
 def group(kubectl: Kubectl) -> Iterator[str]:
     """The checked-in CRDs, installed under a group of their own for this module."""
     name = f"cel-{uuid.uuid4().hex[:8]}.strata.test"
-    crds = []
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text(encoding="utf-8"))
-        crd["metadata"]["name"] = f"{crd['spec']['names']['plural']}.{name}"
-        crd["spec"]["group"] = name
-        crds.append(crd)
-    apply_yaml(kubectl, None, *crds)
+    crds = checked_in_crds(name)
     try:
-        for crd in crds:
-            kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
+        install(kubectl, crds)
         yield name
     finally:
         kubectl("delete", "crd", "--wait=false", *(c["metadata"]["name"] for c in crds), check=False)
@@ -300,3 +310,56 @@ def test_the_samples_are_accepted_by_both(create: Create) -> None:
             continue
         assert runtime_error(obj["kind"], obj.get("spec") or {}) is None, path
         assert create(obj["kind"], obj.get("spec") or {}) is None, path
+
+
+def _without_the_new_checks(node: Any) -> Any:
+    """A schema as it was before the CEL rules and list keys (the ones older releases had stay out too)."""
+    if isinstance(node, dict):
+        dropped = {"x-kubernetes-validations", "x-kubernetes-list-type", "x-kubernetes-list-map-keys"}
+        return {k: _without_the_new_checks(v) for k, v in node.items() if k not in dropped}
+    if isinstance(node, list):
+        return [_without_the_new_checks(v) for v in node]
+    return node
+
+
+def test_a_resource_stored_before_the_rules_still_takes_status_and_metadata_writes(
+        kubectl: Kubectl, k8s_client: client.ApiClient, cel_namespace: str) -> None:
+    """Upgrading the CRDs does not lock out an invalid AgentDeployment stored earlier: the API server
+    ratchets (an unchanged invalid field is only a warning), so the operator can still add its
+    finalizer and write Stalled/InvalidSpec, and the owner can fix the spec."""
+    name = f"ratchet-{uuid.uuid4().hex[:8]}.strata.test"
+    (crd,) = [c for c in checked_in_crds(name) if c["spec"]["names"]["kind"] == "AgentDeployment"]
+    api = client.CustomObjectsApi(k8s_client)
+    try:
+        install(kubectl, [_without_the_new_checks(crd)])
+        body = {"apiVersion": f"{name}/{VERSION}", "kind": "AgentDeployment", "metadata": {"name": "old"},
+                "spec": deployment(models=models({"name": "m"}, {"name": "m"}),
+                                   agents=[{"id": "a", "tenant": "t", "model": "gpt-x"}])}
+        api.create_namespaced_custom_object(name, VERSION, cel_namespace, "agentdeployments", body)
+        install(kubectl, [crd])
+        wait_until(lambda: create_error(api, name, cel_namespace, {**body, "metadata": {"name": "new"}}), 30,
+                   "the new rules in force (the same spec refused)")
+
+        def patch(change: dict[str, Any], status: bool = False) -> None:
+            if status:
+                api.patch_namespaced_custom_object_status(name, VERSION, cel_namespace, "agentdeployments", "old",
+                                                          change)
+            else:
+                api.patch_namespaced_custom_object(name, VERSION, cel_namespace, "agentdeployments", "old", change)
+
+        patch({"metadata": {"finalizers": ["kopf.zalando.org/KopfFinalizerMarker"]}})
+        patch({"status": {"conditions": [{"type": "Stalled", "status": "True", "reason": "InvalidSpec",
+                                          "message": "agents[a].model names unknown model 'gpt-x'"}]}}, status=True)
+        patch({"metadata": {"finalizers": None}})
+        patch({"spec": {"runtime": {"agents": [{"id": "a", "tenant": "t", "model": "m"}],
+                                    "models": [{"name": "m", "provider": "demo"}]}}})  # fixed
+    finally:
+        kubectl("delete", "crd", "--wait=false", crd["metadata"]["name"], check=False)
+
+
+def create_error(api: client.CustomObjectsApi, group: str, namespace: str, body: dict[str, Any]) -> str | None:
+    try:
+        api.create_namespaced_custom_object(group, VERSION, namespace, "agentdeployments", body, dry_run="All")
+    except client.ApiException as e:
+        return str(e.body)
+    return None
