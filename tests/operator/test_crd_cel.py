@@ -7,8 +7,9 @@ runtime accepts; where the runtime refuses something CEL cannot express (a regul
 blank keyword, the tools an agent names), the API server admits it and the operator reports
 Stalled/InvalidSpec (tests/operator/test_operator_gitops.py).
 
-The CRDs of crds/ are installed under an API group of this module's own (the same schemas, another
-group), so these tests never race the shared strata.dev CRDs other tests apply and replace.
+The CRDs of crds/ are installed under an API group and resource names of this module's own (the same
+schemas), so these tests never race the shared strata.dev CRDs other tests apply and replace, and
+`kubectl get agentdeployments` in other tests never finds these.
 """
 
 from __future__ import annotations
@@ -35,15 +36,40 @@ VERSION = "v1alpha1"
 PLURALS = {"AgentDeployment": "agentdeployments", "CachePolicy": "cachepolicies", "RoutingPolicy": "routingpolicies"}
 
 
-def checked_in_crds(group: str) -> list[dict[str, Any]]:
-    """The CRDs of crds/, renamed into another API group."""
-    crds = []
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text(encoding="utf-8"))
-        crd["metadata"]["name"] = f"{crd['spec']['names']['plural']}.{group}"
-        crd["spec"]["group"] = group
-        crds.append(crd)
-    return crds
+@dataclass(frozen=True)
+class Group:
+    """An API group of a test's own, its resources renamed with a prefix (cel1a2b3c4dagentdeployments)."""
+
+    name: str
+    prefix: str
+
+    @staticmethod
+    def new(what: str) -> Group:
+        prefix = f"{what}{uuid.uuid4().hex[:8]}"
+        return Group(f"{prefix}.strata.test", prefix)
+
+    def kind(self, kind: str) -> str:
+        return f"{self.prefix.capitalize()}{kind}"
+
+    def plural(self, kind: str) -> str:
+        return f"{self.prefix}{PLURALS[kind]}"
+
+    def body(self, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": f"{self.name}/{VERSION}", "kind": self.kind(kind), "metadata": {"name": name},
+                "spec": spec}
+
+    def crds(self) -> list[dict[str, Any]]:
+        """The CRDs of crds/, renamed into this group."""
+        crds = []
+        for path in sorted((ROOT / "crds").glob("*.yaml")):
+            crd = yaml.safe_load(path.read_text(encoding="utf-8"))
+            kind = crd["spec"]["names"]["kind"]
+            crd["spec"]["group"] = self.name
+            crd["spec"]["names"] = {"kind": self.kind(kind), "listKind": f"{self.kind(kind)}List",
+                                    "plural": self.plural(kind), "singular": self.kind(kind).lower()}
+            crd["metadata"]["name"] = f"{self.plural(kind)}.{self.name}"
+            crds.append(crd)
+        return crds
 
 
 def install(kubectl: Kubectl, crds: list[dict[str, Any]]) -> None:
@@ -53,13 +79,13 @@ def install(kubectl: Kubectl, crds: list[dict[str, Any]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def group(kubectl: Kubectl) -> Iterator[str]:
+def group(kubectl: Kubectl) -> Iterator[Group]:
     """The checked-in CRDs, installed under a group of their own for this module."""
-    name = f"cel-{uuid.uuid4().hex[:8]}.strata.test"
-    crds = checked_in_crds(name)
+    group = Group.new("cel")
+    crds = group.crds()
     try:
         install(kubectl, crds)
-        yield name
+        yield group
     finally:
         kubectl("delete", "crd", "--wait=false", *(c["metadata"]["name"] for c in crds), check=False)
 
@@ -79,14 +105,14 @@ Create = Callable[[str, dict[str, Any]], str | None]
 
 
 @pytest.fixture
-def create(k8s_client: client.ApiClient, group: str, cel_namespace: str) -> Create:
+def create(k8s_client: client.ApiClient, group: Group, cel_namespace: str) -> Create:
     """Send a spec to the API server (dry run): None if accepted, else the 422's message."""
     api = client.CustomObjectsApi(k8s_client)
 
     def run(kind: str, spec: dict[str, Any]) -> str | None:
-        body = {"apiVersion": f"{group}/{VERSION}", "kind": kind, "metadata": {"name": "cel"}, "spec": spec}
         try:
-            api.create_namespaced_custom_object(group, VERSION, cel_namespace, PLURALS[kind], body, dry_run="All")
+            api.create_namespaced_custom_object(group.name, VERSION, cel_namespace, group.plural(kind),
+                                                group.body(kind, "cel", spec), dry_run="All")
         except client.ApiException as e:
             assert e.status == 422, f"{e.status}: {e.body}"
             return str(json.loads(e.body)["message"])
@@ -268,12 +294,11 @@ def test_the_api_server_and_the_runtime_agree(case: Case, create: Create) -> Non
         assert case.where in api and case.says in api, api
 
 
-def test_a_duplicate_sent_by_server_side_apply_is_refused_naming_the_list(kubectl: Kubectl, group: str,
+def test_a_duplicate_sent_by_server_side_apply_is_refused_naming_the_list(kubectl: Kubectl, group: Group,
                                                                          cel_namespace: str) -> None:
     """GitOps tools apply server-side: there the list keys refuse a duplicate before validation (the API
     server answers 500 rather than 422, but names the list and the key)."""
-    body = {"apiVersion": f"{group}/{VERSION}", "kind": "AgentDeployment", "metadata": {"name": "dup"},
-            "spec": deployment(models=models({"name": "m"}, {"name": "m"}))}
+    body = group.body(AD, "dup", deployment(models=models({"name": "m"}, {"name": "m"})))
     result = apply_yaml(kubectl, cel_namespace, body, check=False)
     assert result.returncode != 0
     assert '.spec.runtime.models: duplicate entries for key [name="m"]' in result.stderr, result.stderr
@@ -327,39 +352,31 @@ def test_a_resource_stored_before_the_rules_still_takes_status_and_metadata_writ
     """Upgrading the CRDs does not lock out an invalid AgentDeployment stored earlier: the API server
     ratchets (an unchanged invalid field is only a warning), so the operator can still add its
     finalizer and write Stalled/InvalidSpec, and the owner can fix the spec."""
-    name = f"ratchet-{uuid.uuid4().hex[:8]}.strata.test"
-    (crd,) = [c for c in checked_in_crds(name) if c["spec"]["names"]["kind"] == "AgentDeployment"]
+    group = Group.new("ratchet")
+    (crd,) = [c for c in group.crds() if c["spec"]["names"]["kind"] == group.kind(AD)]
     api = client.CustomObjectsApi(k8s_client)
+    where = (group.name, VERSION, cel_namespace, group.plural(AD))
     try:
         install(kubectl, [_without_the_new_checks(crd)])
-        body = {"apiVersion": f"{name}/{VERSION}", "kind": "AgentDeployment", "metadata": {"name": "old"},
-                "spec": deployment(models=models({"name": "m"}, {"name": "m"}),
-                                   agents=[{"id": "a", "tenant": "t", "model": "gpt-x"}])}
-        api.create_namespaced_custom_object(name, VERSION, cel_namespace, "agentdeployments", body)
+        spec = deployment(models=models({"name": "m"}, {"name": "m"}), agents=[{"id": "a", "tenant": "t",
+                                                                               "model": "gpt-x"}])
+        api.create_namespaced_custom_object(*where, group.body(AD, "old", spec))
         install(kubectl, [crd])
-        wait_until(lambda: create_error(api, name, cel_namespace, {**body, "metadata": {"name": "new"}}), 30,
-                   "the new rules in force (the same spec refused)")
 
-        def patch(change: dict[str, Any], status: bool = False) -> None:
-            if status:
-                api.patch_namespaced_custom_object_status(name, VERSION, cel_namespace, "agentdeployments", "old",
-                                                          change)
-            else:
-                api.patch_namespaced_custom_object(name, VERSION, cel_namespace, "agentdeployments", "old", change)
+        def refused() -> bool:
+            try:
+                api.create_namespaced_custom_object(*where, group.body(AD, "new", spec), dry_run="All")
+            except client.ApiException as e:
+                return e.status == 422
+            return False
 
-        patch({"metadata": {"finalizers": ["kopf.zalando.org/KopfFinalizerMarker"]}})
-        patch({"status": {"conditions": [{"type": "Stalled", "status": "True", "reason": "InvalidSpec",
-                                          "message": "agents[a].model names unknown model 'gpt-x'"}]}}, status=True)
-        patch({"metadata": {"finalizers": None}})
-        patch({"spec": {"runtime": {"agents": [{"id": "a", "tenant": "t", "model": "m"}],
-                                    "models": [{"name": "m", "provider": "demo"}]}}})  # fixed
+        wait_until(refused, 30, "the new rules in force (the same spec refused)")
+        api.patch_namespaced_custom_object(*where, "old", {"metadata": {"finalizers": ["strata.dev/test"]}})
+        api.patch_namespaced_custom_object_status(*where, "old", {"status": {"conditions": [
+            {"type": "Stalled", "status": "True", "reason": "InvalidSpec", "message": "unknown model 'gpt-x'"}]}})
+        api.patch_namespaced_custom_object(*where, "old", {"metadata": {"finalizers": None}})
+        fixed = {"runtime": {"agents": [{"id": "a", "tenant": "t", "model": "m"}],
+                             "models": [{"name": "m", "provider": "demo"}]}}
+        api.patch_namespaced_custom_object(*where, "old", {"spec": fixed})
     finally:
         kubectl("delete", "crd", "--wait=false", crd["metadata"]["name"], check=False)
-
-
-def create_error(api: client.CustomObjectsApi, group: str, namespace: str, body: dict[str, Any]) -> str | None:
-    try:
-        api.create_namespaced_custom_object(group, VERSION, namespace, "agentdeployments", body, dry_run="All")
-    except client.ApiException as e:
-        return str(e.body)
-    return None
