@@ -116,6 +116,7 @@ class McpServerSnapshot:
     state: str  # one of MCP_SERVER_STATES
     tools: int
     reconnects_total: int
+    skipped_tools: int = 0  # tools it listed last that are not valid MCP tools (left out)
 
 
 MCP_SERVER_STATES = ("connecting", "connected", "down")
@@ -123,7 +124,7 @@ MCP_SERVER_STATES = ("connecting", "connected", "down")
 
 class _McpServerCollector(Collector):
     """Per MCP server: its state (one series per state, 1 for the current one), whether its tools are
-    unusable now (degraded), its reconnect attempts and its tools."""
+    unusable now (degraded), its reconnect attempts, its tools and the listed tools left out."""
 
     def __init__(self, servers: Callable[[], Iterable[McpServerSnapshot]]):
         self._servers = servers
@@ -137,13 +138,16 @@ class _McpServerCollector(Collector):
         reconnects = CounterMetricFamily(p + "reconnects", "Connection attempts after the first one",
                                          labels=["server"])
         tools = GaugeMetricFamily(p + "tools", "Tools the MCP server listed last", labels=["server"])
+        skipped = GaugeMetricFamily(p + "tools_skipped", "Tools the MCP server listed last that are not valid "
+                                    "MCP tools (left out)", labels=["server"])
         for snap in self._servers():
             for name in MCP_SERVER_STATES:
                 state.add_metric([snap.server, name], 1.0 if snap.state == name else 0.0)
             degraded.add_metric([snap.server], 0.0 if snap.state == "connected" else 1.0)
             reconnects.add_metric([snap.server], float(snap.reconnects_total))
             tools.add_metric([snap.server], float(snap.tools))
-        yield from (state, degraded, reconnects, tools)
+            skipped.add_metric([snap.server], float(snap.skipped_tools))
+        yield from (state, degraded, reconnects, tools, skipped)
 
 
 class DepthSource(Protocol):

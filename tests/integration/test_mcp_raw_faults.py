@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -349,24 +350,49 @@ def _deep_tool(name: str, depth: int) -> bytes:
             + b'{"type": "object"}' + b"}}" * depth + b"}")
 
 
-@pytest.mark.parametrize("bad", [
-    {"name": "no_schema"},
-    {"name": "schema_not_object", "inputSchema": "string"},
-    {"name": 42, "inputSchema": {"type": "object"}},
-    {"inputSchema": {"type": "object"}},
-    tool("schema_type_not_object", {"type": "nonsense"}),
-    tool("required_not_a_list", {"type": "object", "required": "a"}),
-    _deep_tool("deep", 5000),
+@pytest.mark.parametrize(("bad", "key"), [
+    ({"name": "no_schema"}, "no_schema"),
+    ({"name": "schema_not_object", "inputSchema": "string"}, "schema_not_object"),
+    ({"name": 42, "inputSchema": {"type": "object"}}, "#1 (no name)"),
+    ({"inputSchema": {"type": "object"}}, "#1 (no name)"),
+    (tool("schema_type_not_object", {"type": "nonsense"}), "schema_type_not_object"),
+    (tool("required_not_a_list", {"type": "object", "required": "a"}), "required_not_a_list"),
+    (tool("annotations_wrong", annotations={"idempotentHint": "maybe"}), "annotations_wrong"),
+    ("not an object", "#1 (no name)"),
 ], ids=["no_schema", "schema_not_object", "name_not_string", "no_name", "schema_type_not_object",
-        "required_not_a_list", "schema_5000_deep"])
-async def test_a_tool_list_the_sdk_refuses_is_a_server_down_with_its_reason(bad: dict[str, Any] | bytes) -> None:
-    """The SDK validates a tools/list page as a whole: one tool that is not an MCP `Tool` refuses the page.
-    The server is then down for this runtime, saying why, and its calls answer `executor_unavailable`."""
-    server = RawMcpServer([tool("good"), bad, tool("ok")])
+        "required_not_a_list", "annotations_wrong", "not_an_object"])
+async def test_a_listed_tool_the_sdk_refuses_is_left_out_and_the_others_work(
+        bad: dict[str, Any] | str, key: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The SDK validates a tools/list page as a whole: one tool that is not an MCP `Tool` refused the page, and
+    so the server. That tool is left out (logged once, in the server's status and metrics), the others are
+    offered and answer."""
+    server = RawMcpServer([tool("good", {"type": "object", "properties": {"a": {"type": "integer"}}}),
+                           orjson.dumps(bad), tool("ok")])
+    with caplog.at_level(logging.WARNING, logger="strata.tools.mcp"):
+        async with server.upstream() as upstream, _linked({"name": "raw", "url": server.url(upstream)}) as core:
+            assert await core.ready() == {"good", "ok"}
+            assert await core.call("good", {"a": 1}) == ToolOutcome.success("called good")
+            assert _code(await core.call("good", {"a": "one"})) == ErrorCode.INVALID_ARGUMENTS
+            assert await core.call("ok") == ToolOutcome.success("called ok")
+            status = core.link.status()
+            assert status["state"] == "ready" and status["tools"] == 2, status
+            assert list(status["skipped_tools"]) == [key] and status["skipped_tools"][key], status
+            assert [snap.skipped_tools for snap in core.mcp.snapshots()] == [1]
+            listed = server.listings
+            await _until(lambda: server.listings >= listed + 2)  # listed again by the probes: logged once
+            assert core.link.state == "ready" and list(core.link.status()["skipped_tools"]) == [key]
+    skips = [r for r in caplog.records if r.getMessage().startswith("MCP server lists a tool that is not a valid")]
+    assert [(getattr(r, "server", None), getattr(r, "tool", None)) for r in skips] == [("raw", key)]
+
+
+async def test_a_tool_list_the_sdk_cannot_parse_is_a_server_down_with_its_reason() -> None:
+    """A page nested deeper than the JSON parser goes cannot be split into its tools: the server is down for
+    this runtime, saying why, and its calls answer `executor_unavailable`."""
+    server = RawMcpServer([tool("good"), _deep_tool("deep", 5000), tool("ok")])
     async with server.upstream() as upstream, _linked({"name": "raw", "url": server.url(upstream)}) as core:
         await _until(lambda: core.link.last_error is not None)
         assert core.link.state != "ready"
-        assert any(why in core.link.last_error for why in ("ValidationError", "Failed to parse"))
+        assert "Failed to parse" in core.link.last_error
         refused = await core.mcp.call(ToolSpec(id="raw.good", name="good", description="", input_schema={},
                                                executor="mcp", target="raw/good"), {}, ctx())
         assert _code(refused) == ErrorCode.EXECUTOR_UNAVAILABLE

@@ -67,6 +67,7 @@ class RawMcpServer:
         self.answered = asyncio.Event()
         self.session_ids_seen: list[str | None] = []
         self.tool_calls: list[str] = []
+        self.listings = 0  # tools/list requests answered
 
     @staticmethod
     def url(upstream: RawUpstream) -> str:
@@ -114,6 +115,7 @@ class RawMcpServer:
                                       b"mcp-session-id: " + self.session_id.encode()))
             return True
         if rpc == "tools/list":
+            self.listings += 1
             tools = b"[" + b",".join(t if isinstance(t, bytes) else orjson.dumps(t) for t in self.tools) + b"]"
             await conn.send(json_body(b'{"jsonrpc": "2.0", "id": %s, "result": {"tools": %s}}'
                                       % (orjson.dumps(message["id"]), tools)))

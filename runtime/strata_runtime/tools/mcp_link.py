@@ -13,10 +13,14 @@ closed connection): it ran neither, so the call waits for the reconnect (within 
 is sent once more on the new session. When the probe succeeds the error was the call's own.
 
 A tool the server runs only as a task (`execution.taskSupport: required`) is not offered: this
-client calls tools directly. What a stdio server writes on its stderr becomes log lines of the
-runtime (`MCP server stderr`, with the server's name), not free text between the runtime's
-structured log lines; a server that writes faster than 20 lines/s (bursts of 200 pass) has the
-rest counted and reported, not logged.
+client calls tools directly. Nor is a listed tool the SDK refuses (not an MCP `Tool` of the session's
+protocol revision): the SDK validates a `tools/list` page as a whole, so `_ToolListing` checks each
+tool of the answer before the SDK sees it and leaves such a tool out (logged once, counted in the
+server's status and metrics); the server's other tools are offered.
+
+What a stdio server writes on its stderr becomes log lines of the runtime (`MCP server stderr`,
+with the server's name), not free text between the runtime's structured log lines; a server that
+writes faster than 20 lines/s (bursts of 200 pass) has the rest counted and reported, not logged.
 
 A call runs under the earlier of the call's deadline and the server's `timeoutSeconds`, and
 carries the call id as `_meta["strata.dev/idempotency-key"]`. While the server is down its tools
@@ -35,18 +39,24 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from types import TracebackType
+from typing import Any, Literal, Self, cast
 
+import anyio
 import httpx2
 import mcp.client.stdio as sdk_stdio
 from anyio.streams.text import TextReceiveStream
 from mcp import Client, MCPError, StdioServerParameters
+from mcp.client import Transport
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import coerce_request_id
+from mcp.shared.message import SessionMessage
 from mcp.types import CallToolResult, TextContent, Tool
-from mcp_types import RequestParamsMeta
+from mcp_types import JSONRPCError, JSONRPCRequest, JSONRPCResponse, RequestId, RequestParamsMeta
 from mcp_types.jsonrpc import CONNECTION_CLOSED
-from pydantic import ValidationError
+from mcp_types.methods import validate_server_result
+from pydantic import TypeAdapter, ValidationError
 
 from strata_runtime.config import McpServerConfig
 from strata_runtime.metrics import McpServerSnapshot
@@ -117,6 +127,7 @@ class McpServerLink:
         self._probe_now = asyncio.Event()
         self._connected = asyncio.Event()  # set while `_client` serves calls
         self._task: asyncio.Task[None] | None = None
+        self._listing = _ToolListing(config.name)
 
     @property
     def name(self) -> str:
@@ -146,7 +157,7 @@ class McpServerLink:
 
     def snapshot(self) -> McpServerSnapshot:
         return McpServerSnapshot(server=self.name, state=self.health, tools=len(self.tools),
-                                 reconnects_total=self.reconnects)
+                                 reconnects_total=self.reconnects, skipped_tools=len(self._listing.skipped))
 
     async def _supervise(self) -> None:
         attempt = 0
@@ -181,7 +192,7 @@ class McpServerLink:
         async with contextlib.AsyncExitStack() as stack:
             async with asyncio.timeout(self.config.connect_timeout_seconds):
                 client = await stack.enter_async_context(self._open())
-                tools = await _list_all_tools(client)
+                tools = await _list_all_tools(client, self._listing)
             self.tools = self._specs(tools)
             self._lost.clear()
             self._probe_now.clear()
@@ -203,7 +214,7 @@ class McpServerLink:
                 raise ConnectionLost("the connection closed during a call")
             try:  # `tools/list` as the liveness probe (the protocol dropped `ping`); it refreshes the tools
                 async with asyncio.timeout(self.config.timeout_seconds):
-                    tools = await _list_all_tools(client)
+                    tools = await _list_all_tools(client, self._listing)
             except (TimeoutError, MCPError, OSError, httpx2.HTTPError) as e:
                 raise ConnectionLost(f"liveness probe failed: {_describe(e)}") from e
             self.tools = self._specs(tools)
@@ -218,9 +229,10 @@ class McpServerLink:
             relay = asyncio.create_task(_relay_stderr(self.name, read_end), name=f"mcp-stderr-{self.name}")
             try:
                 with os.fdopen(write_end, "w") as errlog:  # the child's stderr
-                    transport = stdio_client(params, errlog=errlog)
+                    transport = self._listing.around(stdio_client(params, errlog=errlog))
                     async with Client(transport, read_timeout_seconds=config.timeout_seconds, cache=None) as client:
                         errlog.close()  # the child has its copy: the relay reads to its end
+                        self._listing.version = client.protocol_version
                         yield client
                 with contextlib.suppress(TimeoutError):  # the child has stopped: its last lines
                     await asyncio.wait_for(asyncio.shield(relay), 1.0)
@@ -236,7 +248,9 @@ class McpServerLink:
         async with httpx2.AsyncClient(headers=headers, timeout=timeout, follow_redirects=False,
                                       transport=capped) as http:
             streams = streamable_http_client(config.url, http_client=http, max_sse_event_size=_MAX_SSE_EVENT_BYTES)
-            async with Client(streams, read_timeout_seconds=config.timeout_seconds, cache=None) as client:
+            async with Client(self._listing.around(streams), read_timeout_seconds=config.timeout_seconds,
+                              cache=None) as client:
+                self._listing.version = client.protocol_version
                 yield client
 
     def _resolve(self, refs: Mapping[str, str], field: str) -> dict[str, str]:
@@ -369,7 +383,8 @@ class McpServerLink:
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "transport": self.config.transport, "state": self.state,
                 "health": self.health, "tools": len(self.tools), "connects": self.connects,
-                "reconnects": self.reconnects, "last_error": self.last_error}
+                "reconnects": self.reconnects, "last_error": self.last_error,
+                "skipped_tools": dict(self._listing.skipped)}
 
 
 class _BodyTooLarge(httpx2.StreamError):
@@ -409,6 +424,170 @@ class _CappedStream(httpx2.AsyncByteStream):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+_MAX_LISTINGS_AWAITED = 64  # tools/list requests whose answers are awaited (one that timed out is forgotten)
+_MAX_SKIPS_LOGGED = 1000  # tool names remembered as logged (a server that renames tools forever is logged again)
+_SDK_DEFAULT_VERSION = "2025-11-25"  # what the SDK's session validates a result against before a handshake
+_TOOLS: TypeAdapter[list[Tool]] = TypeAdapter(list[Tool])
+
+
+class _ToolListing:
+    """Each answer to `tools/list`, between the transport and the SDK's session, without the tools the SDK
+    refuses. The SDK validates a page as a whole (the protocol revision's schema, then `Tool`): one tool
+    that is not an MCP `Tool` (no input schema, a name that is not a string, a schema whose `type` is not
+    `object`, ...) failed the page, and so the server for this runtime. Such a tool is left out here,
+    logged once (per name and reason) and kept in `skipped` (name: reason) until the next listing; a
+    page that is refused for itself (not for one of its tools) is passed on as it is."""
+
+    def __init__(self, server: str):
+        self.server = server
+        self.version: str | None = None  # the session's protocol revision, once negotiated
+        self.skipped: dict[str, str] = {}
+        self._asked: dict[RequestId, None] = {}  # ids of the tools/list requests awaiting their answer
+        self._logged: dict[str, str] = {}
+
+    @asynccontextmanager
+    async def around(self, transport: Transport) -> AsyncIterator[Any]:
+        """The transport's streams, with this check between them and the session."""
+        self._asked.clear()
+        self.version = None
+        async with transport as (read, write):
+            yield _CheckedReads(read, self), _NotedWrites(write, self)
+
+    def sent(self, item: SessionMessage) -> None:
+        message = item.message
+        if isinstance(message, JSONRPCRequest) and message.method == "tools/list":
+            if len(self._asked) >= _MAX_LISTINGS_AWAITED:
+                del self._asked[next(iter(self._asked))]
+            self._asked[coerce_request_id(message.id)] = None
+
+    def received(self, item: SessionMessage | Exception) -> SessionMessage | Exception:
+        if not isinstance(item, SessionMessage):
+            return item
+        message = item.message
+        if not isinstance(message, JSONRPCResponse | JSONRPCError) or message.id is None:
+            return item
+        key = coerce_request_id(message.id)
+        if key not in self._asked:
+            return item
+        del self._asked[key]
+        if not isinstance(message, JSONRPCResponse):
+            return item
+        result = self._checked(message.result)
+        if result is message.result:
+            return item
+        return SessionMessage(message.model_copy(update={"result": result}), metadata=item.metadata)
+
+    def _checked(self, result: dict[str, Any]) -> dict[str, Any]:
+        tools = result.get("tools")
+        if not isinstance(tools, list):
+            return result
+        version = self.version or _SDK_DEFAULT_VERSION
+        try:
+            validate_server_result("tools/list", version, result)
+            _TOOLS.validate_python(tools, by_name=False)
+            return result
+        except ValidationError:
+            pass
+        except (KeyError, ValueError):  # a revision or method this SDK has no schema for: its own check decides
+            return result
+        try:
+            validate_server_result("tools/list", version, {**result, "tools": []})
+        except (KeyError, ValueError):
+            return result  # the page itself is refused, not (only) one of its tools: the SDK says why
+        kept: list[Any] = []
+        for index, tool in enumerate(tools):
+            try:
+                validate_server_result("tools/list", version, {**result, "tools": [tool]})
+                Tool.model_validate(tool, by_name=False)
+            except ValidationError as e:
+                self._skip(tool, index, e)
+            else:
+                kept.append(tool)
+        return {**result, "tools": kept}
+
+    def _skip(self, tool: Any, index: int, error: ValidationError) -> None:
+        name = tool.get("name") if isinstance(tool, dict) else None
+        key = name[:200] if isinstance(name, str) else f"#{index} (no name)"
+        reason = _validation_summary(error)
+        self.skipped[key] = reason
+        if self._logged.get(key) != reason:
+            if len(self._logged) >= _MAX_SKIPS_LOGGED:
+                self._logged.clear()
+            self._logged[key] = reason
+            log.warning("MCP server lists a tool that is not a valid MCP tool; it is left out",
+                        extra={"server": self.server, "tool": key, "error": reason})
+
+
+def _validation_summary(error: ValidationError) -> str:
+    """The first of a tool's validation errors, where in the tool and what (and how many more)."""
+    errors = error.errors(include_url=False)
+    if not errors:
+        return "not a valid MCP tool"
+    first = errors[0]
+    loc = list(first.get("loc", ()))
+    if loc[:2] == ["tools", 0]:
+        loc = loc[2:]
+    where = ".".join(str(part) for part in loc) or "the tool"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"[:_MAX_ERROR_CHARS]
+
+
+class _CheckedReads:
+    """The transport's read stream, each message through `_ToolListing.received`."""
+
+    def __init__(self, inner: Any, listing: _ToolListing):
+        self._inner = inner
+        self._listing = listing
+
+    @property
+    def last_context(self) -> Any:  # the SDK's dispatcher reads the sender's context here (duck-typed)
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> SessionMessage | Exception:
+        return self._listing.received(await self._inner.receive())
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+class _NotedWrites:
+    """The transport's write stream, each message shown to `_ToolListing.sent` first."""
+
+    def __init__(self, inner: Any, listing: _ToolListing):
+        self._inner = inner
+        self._listing = listing
+
+    async def send(self, item: SessionMessage) -> None:
+        self._listing.sent(item)
+        await self._inner.send(item)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
 
 
 class StdoutLineTooLong(ConnectionError):
@@ -518,7 +697,8 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"[:_MAX_ERROR_CHARS]
 
 
-async def _list_all_tools(client: Client) -> list[Tool]:
+async def _list_all_tools(client: Client, listing: _ToolListing) -> list[Tool]:
+    listing.skipped.clear()
     tools: list[Tool] = []
     cursor: str | None = None
     for _ in range(100):  # a server that pages forever is cut off
