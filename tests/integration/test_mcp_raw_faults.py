@@ -126,7 +126,7 @@ OK = text_result("fine")
 
 HTTP_CASES: dict[str, tuple[Behaviour, str | None]] = {
     # name: (what the server does, the error code expected, None: the call succeeds with "fine")
-    "wrong_id_json": (sends(lambda r: json_body(response(_other_id(r), OK))), ErrorCode.TIMEOUT),
+    "wrong_id_json": (sends(lambda r: json_body(response(_other_id(r), OK))), ErrorCode.INVALID_RESULT),
     "wrong_id_sse": (sends(lambda r: sse_answer(sse_event(response(_other_id(r), OK)))), None),
     "duplicate_sse": (sends(lambda r: sse_answer(sse_event(response(_rid(r), OK)),
                                                   sse_event(response(_rid(r), text_result("again"))))), None),
@@ -317,6 +317,77 @@ async def test_an_answer_over_the_cap_fails_that_call_without_reading_it_all(nam
             await core.ready()
             after = await core.call("ok")
         assert after == ToolOutcome.success("called ok")
+
+
+LONG = 30.0  # the timeoutSeconds of the cases below: a call still waiting for its answer would end `timeout`
+
+
+def _notification(request: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "working"}}
+
+
+def _server_ping(request: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": "srv-9", "method": "ping"}
+
+
+NOT_THE_ANSWER: dict[str, tuple[Behaviour, str]] = {
+    # name: (what the server answers instead of the call's response, the error code expected)
+    "wrong_id_json": (sends(lambda r: json_body(response(_other_id(r), OK))), ErrorCode.INVALID_RESULT),
+    "notification_json": (sends(lambda r: json_body(_notification(r))), ErrorCode.INVALID_RESULT),
+    "request_json": (sends(lambda r: json_body(_server_ping(r))), ErrorCode.INVALID_RESULT),
+    # the server's error for a request whose id it could not read: this call's error
+    "null_id_error_json": (sends(lambda r: json_body({"jsonrpc": "2.0", "id": None,
+                                                      "error": {"code": -32600, "message": "no id"}})),
+                           ErrorCode.UPSTREAM_ERROR),
+    # an SSE answer that ends without a response: the answer is lost
+    "sse_nothing_then_end": (sends(lambda r: sse_answer()), ErrorCode.UNREACHABLE),
+    "sse_notification_then_end": (sends(lambda r: sse_answer(sse_event(_notification(r)))), ErrorCode.UNREACHABLE),
+    "sse_request_then_end": (sends(lambda r: sse_answer(sse_event(_server_ping(r)))), ErrorCode.UNREACHABLE),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_THE_ANSWER))
+async def test_an_answer_that_is_not_the_calls_response_fails_the_call_at_once(name: str) -> None:
+    """With a timeout of 30 s: a call left waiting for a response that never comes would answer `timeout`.
+    The call fails with its own code instead, and the same session goes on serving calls."""
+    behaviour, code = NOT_THE_ANSWER[name]
+    server = RawMcpServer([tool(name), tool("ok")], {name: behaviour})
+    async with server.upstream() as upstream, _linked({"name": "raw", "url": server.url(upstream),
+                                                       "timeoutSeconds": LONG}) as core:
+        await core.ready()
+        outcome = await core.call(name)
+        assert _code(outcome) == code, outcome
+        assert await core.call("ok") == ToolOutcome.success("called ok")
+        assert core.link.state == "ready" and core.link.connects == 1 and server.initialized == 1
+
+
+async def test_a_json_answer_with_another_calls_id_does_not_answer_that_call() -> None:
+    """Two calls in flight; the second's JSON answer carries the first's id. It fails the second call, and
+    the first gets its own answer, not the second's."""
+    first_id: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+
+    async def slow(server: RawMcpServer, conn: RawConnection, request: dict[str, Any]) -> bool:
+        first_id.set_result(request["id"])
+        await release.wait()
+        await conn.send(json_body(response(request["id"], text_result("slow done"))))
+        return True
+
+    async def misdirected(server: RawMcpServer, conn: RawConnection, request: dict[str, Any]) -> bool:
+        await conn.send(json_body(response(await first_id, text_result("not yours"))))
+        return True
+
+    server = RawMcpServer([tool("slow"), tool("misdirected")], {"slow": slow, "misdirected": misdirected})
+    async with server.upstream() as upstream, _linked({"name": "raw", "url": server.url(upstream),
+                                                       "timeoutSeconds": LONG}) as core:
+        await core.ready()
+        first = asyncio.create_task(core.call("slow"))
+        try:
+            outcome = await core.call("misdirected")
+            assert _code(outcome) == ErrorCode.INVALID_RESULT and "'not yours'" not in str(outcome), outcome
+        finally:
+            release.set()
+        assert await first == ToolOutcome.success("slow done")
 
 
 async def test_a_huge_tool_list_is_offered_and_its_tools_callable() -> None:

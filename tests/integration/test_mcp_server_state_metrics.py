@@ -56,6 +56,7 @@ def test_state_and_reconnects_follow_the_server_and_each_change_is_logged(
     assert state(up, "down") == 0.0 and state(up, "connecting") == 0.0
     assert sample(up, "strata_mcp_server_degraded", 'server="web"') == 0.0
     assert (sample(up, "strata_mcp_server_tools", 'server="web"') or 0) >= 3
+    assert sample(up, "strata_mcp_server_tools_skipped", 'server="web"') == 0.0
     before = sample(up, "strata_mcp_server_reconnects_total", 'server="web"')
     assert before == 0.0
 

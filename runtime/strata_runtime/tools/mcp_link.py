@@ -45,6 +45,7 @@ from typing import Any, Literal, Self, cast
 import anyio
 import httpx2
 import mcp.client.stdio as sdk_stdio
+import mcp.client.streamable_http as sdk_http
 from anyio.streams.text import TextReceiveStream
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client import Transport
@@ -53,7 +54,16 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.message import SessionMessage
 from mcp.types import CallToolResult, TextContent, Tool
-from mcp_types import JSONRPCError, JSONRPCRequest, JSONRPCResponse, RequestId, RequestParamsMeta
+from mcp_types import (
+    INVALID_REQUEST,
+    ErrorData,
+    JSONRPCError,
+    JSONRPCNotification,
+    JSONRPCRequest,
+    JSONRPCResponse,
+    RequestId,
+    RequestParamsMeta,
+)
 from mcp_types.jsonrpc import CONNECTION_CLOSED
 from mcp_types.methods import validate_server_result
 from pydantic import TypeAdapter, ValidationError
@@ -78,6 +88,7 @@ _MAX_SSE_EVENT_BYTES = 8 * 1024 * 1024
 _MAX_BODY_BYTES = _MAX_SSE_EVENT_BYTES
 _TOO_LARGE = "answer is over the runtime's cap of"  # in the SDK's error for a JSON answer cut at the cap
 _SSE_TOO_LARGE = "SSE stream failed: Server-sent event exceeded the"  # the SDK's, for an SSE event over its cap
+_NOT_ITS_ANSWER = "the MCP server's JSON answer to this request is not its response"  # `_OwnAnswers`
 # Closing a link cancels its task once, then gives the SDK's shielded shutdown of a stdio child this
 # long (stdin closed, 2 s to exit, SIGTERM, 2 s, SIGKILL, 2 s to reap) before cancelling again: a
 # second cancellation inside that shutdown abandons the child alive and the close hangs on its pipe.
@@ -328,6 +339,9 @@ class McpServerLink:
             if _TOO_LARGE in message or message.startswith(_SSE_TOO_LARGE):  # cut at the cap: this call's failure
                 return ToolOutcome.failure(ErrorCode.RESULT_TOO_LARGE, f"MCP server {self.name!r}: the answer "
                                            f"to {tool!r} is larger than {_MAX_BODY_BYTES} bytes"), False
+            if message.startswith(_NOT_ITS_ANSWER):  # the session answered (wrongly): this call's failure
+                return ToolOutcome.failure(ErrorCode.INVALID_RESULT, f"MCP server {self.name!r} answered "
+                                           f"{tool!r} with an invalid result: {message}"), False
             if _connection_gone(e):
                 return self._lost_during_call(client, "closed the connection during the call"), False
             session = await self._probe_session(client, deadline)
@@ -588,6 +602,56 @@ class _NotedWrites:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+class _OwnAnswers(sdk_http.StreamableHTTPTransport):
+    """The SDK's streamable-HTTP transport, with a JSON (not SSE) answer to a request held to be that request's
+    response. The SDK passed on whatever message the body held: one with another id (or a notification, or a
+    request of the server's) answered nothing, and the call waited for its timeout; and an error with a null
+    id (the server's error for a request whose id it could not read) was dropped for the same reason. Now the
+    first is this request's error (`_NOT_ITS_ANSWER`: the call fails with `invalid_result` at once, the
+    session goes on) and the second is the server's error for this request, as the SDK already takes it at
+    an error status. The SDK sets each SSE response's id to the request's itself."""
+
+    async def _handle_json_response(self, response: httpx2.Response, read_stream_writer: Any, *,
+                                    request_id: RequestId) -> None:
+        writer = cast(Any, _AnswerFor(read_stream_writer, request_id, self.url))
+        await super()._handle_json_response(response, writer, request_id=request_id)
+
+
+class _AnswerFor:
+    """A read stream's writer that lets through only the response to `request_id` (see `_OwnAnswers`)."""
+
+    def __init__(self, inner: Any, request_id: RequestId, url: str):
+        self._inner = inner
+        self._request_id = request_id
+        self._url = url
+
+    async def send(self, item: SessionMessage | Exception) -> None:
+        if isinstance(item, SessionMessage):
+            item = self._answer(item)
+        await self._inner.send(item)
+
+    def _answer(self, item: SessionMessage) -> SessionMessage:
+        message, request_id = item.message, self._request_id
+        if isinstance(message, JSONRPCError) and message.id is None:
+            return SessionMessage(JSONRPCError(jsonrpc="2.0", id=request_id, error=message.error),
+                                  metadata=item.metadata)
+        if isinstance(message, JSONRPCResponse | JSONRPCError):
+            if message.id is not None and coerce_request_id(message.id) == coerce_request_id(request_id):
+                return item
+            what = f"it answers the id {str(message.id)[:100]!r}, not {str(request_id)!r}"
+        elif isinstance(message, JSONRPCNotification):
+            what = f"it is a notification ({message.method[:100]})"
+        else:
+            what = f"it is a request of the server's ({message.method[:100]})"
+        log.warning("MCP server answered a request with another message", extra={"url": self._url, "error": what})
+        error = ErrorData(code=INVALID_REQUEST, message=f"{_NOT_ITS_ANSWER}: {what}")
+        return SessionMessage(JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
+
+
+# `streamable_http_client` builds its transport by this name; the SDK has no hook for it
+sdk_http.StreamableHTTPTransport = _OwnAnswers  # type: ignore[misc]
 
 
 class StdoutLineTooLong(ConnectionError):
