@@ -361,6 +361,27 @@ async def test_an_answer_that_is_not_the_calls_response_fails_the_call_at_once(n
         assert core.link.state == "ready" and core.link.connects == 1 and server.initialized == 1
 
 
+async def test_a_tool_list_answered_with_another_id_fails_the_connection_at_once_with_its_reason() -> None:
+    """The listing that connects the server gets an answer with another id: the attempt fails at once, saying
+    so, rather than when a timeout (timeoutSeconds 30, connectTimeoutSeconds 20) ends it."""
+    server = RawMcpServer([tool("ok")])
+    original = server._one
+
+    async def misnumbered(conn: RawConnection) -> bool:
+        message = orjson.loads(conn.body) if conn.body else {}
+        if message.get("method") == "tools/list":
+            await conn.send(json_body(response(_other_id(message), {"tools": [tool("ok")]})))
+            return True
+        return await original(conn)
+
+    server._one = misnumbered  # type: ignore[method-assign]
+    async with server.upstream() as upstream, _linked({"name": "raw", "url": server.url(upstream),
+                                                       "timeoutSeconds": LONG}) as core:
+        await _until(lambda: core.link.last_error is not None)
+        assert "is not its response" in core.link.last_error
+        assert core.link.state != "ready" and server.initialized >= 1
+
+
 async def test_a_json_answer_with_another_calls_id_does_not_answer_that_call() -> None:
     """Two calls in flight; the second's JSON answer carries the first's id. It fails the second call, and
     the first gets its own answer, not the second's."""
