@@ -105,8 +105,9 @@ async def test_a_definition_change_reaches_queries_and_a_started_stream_still_fi
         async with api.stream("POST", "/api/v1/query", headers=ACME,
                               json={**query, "session_id": "s-stream", "stream": True}) as stream:
             lines = stream.aiter_lines()
-            start = await anext(lines)
-            assert start.startswith("event: start")
+            assert await anext(lines) == "id: 1:-1"  # the start event's id (to resume from)
+            assert await anext(lines) == "event: start"
+            start = await anext(lines)  # its data
             (definitions / "acme.yaml").write_text("agents:\n  - {id: helper, tenant: acme, model: demo, "
                                                    "systemPrompt: version two}\n")
             reloaded = (await api.post("/api/v1/config/reload", headers=INTERNAL)).json()
