@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.routing [--banking DIR] [--clinc FILE] [--hwu DIR] [--massive DIR] [--cais DIR]
                                       [--only SETS] [--examples 10|all] [--cross-fit]
                                       [--calibration 20] [--target 0.97] [--queries-per-intent N]
-                                      [--whitening W|none] [--cv] [--cache FILE] [--overhead 1000x10]
+                                      [--whitening W|none] [--confidence C] [--cv] [--cache FILE]
+                                      [--overhead 1000x10]
                                       [--embedder NAME] [--smoke]
 
 Each intent data set is split the way a user would split it: every in-scope intent becomes a
@@ -27,6 +28,8 @@ sharing a skill's term).
 `--cv` instead prints, per data set, the L1.5 top-1 accuracy of each `whitening` shrinkage by 5-fold
 cross-validation over the skills' examples alone (train split; no test query is read): how the
 default was chosen. `--whitening none` routes on raw cosine similarities (the scoring before it).
+`--confidence scoreAndLead` decides the zones on the score and lead (the confidence before the
+classifier's probability); the overhead records also give the index's build time.
 
 Data: banking77 (CC BY 4.0; `text,category` CSVs), CLINC150 `data_full.json` (clinc/oos-eval,
 CC BY 3.0), HWU64 (xliuhw/NLU-Evaluation-Data, CC BY 4.0; `text,category` CSVs, held out: nothing
@@ -343,6 +346,7 @@ async def _extra_rows(embedder: Embedder, model: LocalModel, texts: Sequence[str
 
 
 WHITENING: list[float | None] = [RoutingPolicySpec().semantic.whitening]  # --whitening
+CONFIDENCE: list[str] = [RoutingPolicySpec().semantic.confidence]  # --confidence
 
 
 def policy_with(fitted: dict[str, tuple[float, float]] | None, low: float, high: float, *,
@@ -351,7 +355,8 @@ def policy_with(fitted: dict[str, tuple[float, float]] | None, low: float, high:
     skills = [{"name": n, "low": lo, "high": hi} for n, (lo, hi) in (fitted or {}).items()]
     return RoutingPolicySpec.model_validate({"classifier": {"enabled": False}, "heuristic": {"enabled": heuristic},
                                              "semantic": {"low": low, "high": high, "skills": skills,
-                                                          "whitening": WHITENING[0]}})
+                                                          "whitening": WHITENING[0],
+                                                          "confidence": CONFIDENCE[0]}})
 
 
 CV_SHRINKAGE: tuple[float | None, ...] = (None, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -458,7 +463,7 @@ async def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, object
            "examples_per_skill": "all" if args.examples is None else args.examples, "queries": len(queries),
            "in_scope": len(in_scope),
            "out_of_scope": len(oos), "embedder": embedded.name, "embed_s": round(embed_s, 1),
-           "whitening": WHITENING[0], "fitted_low": fitted.low, "fitted_high": fitted.high,
+           "whitening": WHITENING[0], "confidence": CONFIDENCE[0], "fitted_low": fitted.low, "fitted_high": fitted.high,
            "target_precision": args.target, "cross_fit": args.cross_fit,
            "coverage_no_llm": round(len(no_llm) / len(queries), 4),
            "accuracy_no_llm": round(right / len(no_llm), 4) if no_llm else None,
@@ -524,7 +529,9 @@ async def overhead(skills_n: int, examples: int, queries: int, dim: int, blocks:
     extra = dict(zip(searched, unit_rows(len(searched), blocks[-1], dim)[:, None, :], strict=True)) if blocks else {}
     agent = AgentConfig(id="bench", tenant="bench", model="none", skills=skills)
     router = Router(policy_with(None, 0.6, 0.85), LookupEmbedder("lookup", dim, vectors, extra, blocks), lambda: None)
-    await router.route(agent, asked[0], CTX)  # builds the index (at registration in the runtime)
+    started = time.perf_counter()
+    await router.prepare([agent])  # builds the index (at registration in the runtime), however long it takes
+    build_s = time.perf_counter() - started
     times = []
     for text in asked:
         t = time.perf_counter()
@@ -536,7 +543,8 @@ async def overhead(skills_n: int, examples: int, queries: int, dim: int, blocks:
         d = await router.route(agent, text, CTX)
         short_times["L1" if d.layer == "L1" else "L1.5"].append((time.perf_counter() - t) * 1000)
     rec = {"bench": "routing_overhead", "skills": skills_n, "examples_per_skill": examples, "dim": dim,
-           "queries": queries, "p50_ms": round(float(np.percentile(times, 50)), 4),
+           "confidence": CONFIDENCE[0], "index_build_s": round(build_s, 3), "queries": queries,
+           "p50_ms": round(float(np.percentile(times, 50)), 4),
            "p99_ms": round(float(np.percentile(times, 99)), 4),
            "short_direct_at_l1": {"queries": len(short_times["L1"]),
                                   "p50_ms": round(float(np.percentile(short_times["L1"] or [0.0], 50)), 4)},
@@ -546,7 +554,8 @@ async def overhead(skills_n: int, examples: int, queries: int, dim: int, blocks:
     print(f"overhead   {skills_n} skills x {examples} examples (dim {dim}): p50 {rec['p50_ms']:.3f} ms  "
           f"p99 {rec['p99_ms']:.3f} ms (excluding the embedding); short messages: direct at L1 p50 "
           f"{rec['short_direct_at_l1']['p50_ms']:.3f} ms ({len(short_times['L1'])}), sharing a skill term "
-          f"p50 {rec['short_on_to_l15']['p50_ms']:.3f} ms ({len(short_times['L1.5'])})", file=sys.stderr)
+          f"p50 {rec['short_on_to_l15']['p50_ms']:.3f} ms ({len(short_times['L1.5'])}); index built in "
+          f"{build_s:.2f} s", file=sys.stderr)
     return rec
 
 
@@ -597,6 +606,8 @@ def main() -> None:
                              "massive-en-zh, cais); all when empty")
     parser.add_argument("--whitening", default="default",
                         help="semantic.whitening of the policy: a shrinkage in [0, 1], none, or default")
+    parser.add_argument("--confidence", default="default", choices=["default", "scoreAndProbability", "scoreAndLead"],
+                        help="semantic.confidence of the policy (what the zones compare with high/low)")
     parser.add_argument("--cv", action="store_true",
                         help="print the cross-validated top-1 of each whitening on the skills' examples only")
     parser.add_argument("--examples", type=examples_arg, default=10,
@@ -625,6 +636,8 @@ def main() -> None:
     EMBEDDER[:] = [args.embedder] if args.embedder else []
     if args.whitening != "default":
         WHITENING[:] = [None if args.whitening == "none" else float(args.whitening)]
+    if args.confidence != "default":
+        CONFIDENCE[:] = [args.confidence]
     datasets = [smoke_dataset()] if args.smoke else []
     only = {n.strip() for n in args.only.split(",") if n.strip()}
     loaders = (("banking77", args.banking, load_banking), ("clinc150", args.clinc, load_clinc),

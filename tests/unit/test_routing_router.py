@@ -103,9 +103,10 @@ def make(policy: dict[str, Any] | None = None, gateway: ScriptedGateway | None =
     emb = embedder or TableEmbedder(TABLE)
     metrics = Metrics()
     spec = dict(policy or {})
-    # zones on the similarity alone (the margin's part has its own test) and thresholds for this table's
-    # vectors, unless the test says otherwise
-    spec["semantic"] = {"marginWeight": 0.0, "low": 0.6, "high": 0.85, **spec.get("semantic", {})}
+    # zones on the similarity alone (the margin's and the probability's parts have their own tests) and
+    # thresholds for this table's vectors, unless the test says otherwise
+    spec["semantic"] = {"confidence": "scoreAndLead", "marginWeight": 0.0, "low": 0.6, "high": 0.85,
+                        **spec.get("semantic", {})}
     router = Router(RoutingPolicySpec.model_validate(spec), emb, lambda: gw, metrics)
     return router, gw, emb, metrics
 

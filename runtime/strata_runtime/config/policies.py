@@ -240,9 +240,20 @@ class SemanticRoutingConfig(ConfigModel):
         "text (max) or of its topK best (meanTopK), and of the similarity of its centroid (mean of its texts)."
     )
     top_k: int = Field(3, ge=1, le=100, description="Texts averaged by meanTopK.")
+    confidence: Literal["scoreAndProbability", "scoreAndLead"] = Field(
+        "scoreAndProbability", description="What the zones compare with high/low. scoreAndProbability: the mean "
+        "of the top skill's score and its probability under a logistic regression of the skills' texts, fitted "
+        "when the skills are indexed. scoreAndLead: the top skill's score plus marginWeight times its lead over "
+        "the second skill, capped at 1. The scales differ: refit high/low with `strata-runtime routing fit` "
+        "after changing it."
+    )
     margin_weight: float = Field(
-        1.0, ge=0.0, le=10.0, description="The zones compare high/low with a confidence: the top skill's score "
-        "plus this weight times its lead over the second skill, capped at 1 (0: the top score alone)."
+        1.0, ge=0.0, le=10.0, description="With confidence scoreAndLead, the weight of the top skill's lead over "
+        "the second skill (0: the top score alone)."
+    )
+    classifier_c: float = Field(
+        10.0, gt=0.0, le=1e6, description="With confidence scoreAndProbability, the inverse weight of the "
+        "logistic regression's L2 penalty (as scikit-learn's C): larger fits the skills' texts more closely."
     )
     whitening: float | None = Field(
         0.8, ge=0.0, le=1.0, description="Similarities are taken after whitening the embeddings with the skills' "

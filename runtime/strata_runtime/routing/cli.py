@@ -43,7 +43,7 @@ from strata_runtime.embeddings.factory import build_embedder
 from strata_runtime.routing.calibrate import Fit, Scored, fit, report
 from strata_runtime.routing.index import EMBED_BATCH, Index, build_index
 from strata_runtime.routing.router import MAX_EMBED_CHARS
-from strata_runtime.routing.semantic import SemanticLayer
+from strata_runtime.routing.semantic import SemanticLayer, index_options
 
 INVALID = 2
 
@@ -204,12 +204,12 @@ async def score_with(skills: list[SkillConfig], labelled: list[tuple[str, str | 
         layer = SemanticLayer(policy.semantic)
         vectors = await memo.embed([t.strip()[:MAX_EMBED_CHARS] or " " for t, _ in labelled])  # as the router
         folds = in_sample_folds(skills, labelled)
-        index_of: dict[int, Index] = {-1: await build_index(skills, memo, whitening=policy.semantic.whitening)}
+        index_of: dict[int, Index] = {-1: await build_index(skills, memo, **index_options(policy.semantic))}
         for fold in sorted(set(folds.values())):
             held = {(labelled[n][1], labelled[n][0].strip()) for n, f in folds.items() if f == fold}
             reduced = [s.model_copy(update={"examples": [e for e in s.examples if (s.name, e.strip()) not in held]})
                        for s in skills]
-            index_of[fold] = await build_index(reduced, memo, whitening=policy.semantic.whitening)
+            index_of[fold] = await build_index(reduced, memo, **index_options(policy.semantic))
         scored: list[Scored] = []
         for number, (vector, (_, label)) in enumerate(zip(vectors, labelled, strict=True)):
             zone = layer.zone(index_of[folds.get(number, -1)], vector)

@@ -27,6 +27,14 @@ more than MAX_WHITENED_DIM dimensions: raw cosines.
 An embedder whose vectors each live in one block of columns (the composite: bge's, then e5's) gets
 one such index per block (`BlockedIndex`), each over its block's rows and columns and whitened on
 them alone; a query is scored by its own block's index.
+
+With `classifier_c`, each SkillIndex also fits a multinomial logistic regression on its rows (in the
+index's space; L2 penalty, `classifier_c` the inverse of its weight as in scikit-learn's C), in numpy
+(`fit_classifier`), so that Layer 1.5 can read how probable the top skill is against all the others
+(`SkillIndex.probability`: one skills x dim product per query). The fit costs rows x skills x dim per
+step: it starts from the centroids' softmax at a fitted temperature and takes at most as many steps as
+CLASSIFIER_WORK allows (converged within MAX_CLASSIFIER_STEPS up to a few hundred skills of ten
+examples; at 1,000 such skills a few steps, the probabilities then closer to the centroids' softmax).
 """
 
 from __future__ import annotations
@@ -48,6 +56,10 @@ Aggregation = Literal["max", "meanTopK"]
 EMBED_BATCH = 256
 MIN_RESIDUAL_ROWS = 8  # texts beyond one per skill needed to estimate the within-skill covariance
 MAX_WHITENED_DIM = 1024  # the query's dim x dim product would cost more than the rest of routing
+MAX_CLASSIFIER_STEPS = 300  # gradient steps of the logistic regression, at most
+CLASSIFIER_TOLERANCE = 1e-5  # largest gradient entry (mean loss) at which the fit has converged
+CLASSIFIER_WORK = 1e10  # rows x skills x dim x steps, at most (about 1 s on one core of the bench box)
+TEMPERATURE_SAMPLE = 200_000  # rows x skills read to fit the starting temperature, at most
 
 
 def profile_text(skill: SkillConfig) -> str:
@@ -72,6 +84,8 @@ class SkillIndex:
     centroids: Vectors  # (skills, dim), normalised mean of each skill's rows
     shift: Vectors | None = None  # (dim,): subtracted before `transform`
     transform: Vectors | None = None  # (dim, dim) whitening; None: raw cosines
+    weights: Vectors | None = None  # (skills, dim) logistic regression on the rows; None: not fitted
+    bias: Vectors | None = None  # (skills,)
     _uniform: int = field(init=False, repr=False, compare=False, default=0)  # every skill's rows, if equal
     _blocks: Vectors | None = field(init=False, repr=False, compare=False, default=None)  # (skills, rows, dim)
 
@@ -97,6 +111,15 @@ class SkillIndex:
         moved = (query - self.shift) @ self.transform
         norm = np.sqrt(np.add.reduce(moved * moved))  # as _whiten's row norm, without its 2-D overhead
         return np.asarray(moved / norm if norm > 1e-6 else moved, dtype=np.float32)
+
+    def probability(self, query: Vectors, skill: int) -> float | None:
+        """The classifier's probability of skill number `skill` for a projected query, against every
+        skill of the index (None: no classifier fitted)."""
+        if self.weights is None or self.bias is None:
+            return None
+        logits = self.weights @ query + self.bias
+        logits = np.exp(logits - logits.max())
+        return float(logits[skill] / logits.sum())
 
     def scores(self, query: Vectors, *, aggregation: Aggregation, top_k: int, prefilter: int
                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
@@ -214,10 +237,10 @@ def _check(vectors: Vectors, owners: npt.NDArray[np.intp], texts: int) -> Vector
     return vectors.astype(np.float32, copy=False)
 
 
-async def build_index(skills: Sequence[SkillConfig], embedder: Embedder, *, whitening: float | None = None
-                      ) -> Index:
-    """Embed every skill's texts and fit the whitening (at registration, never per query; the numpy
-    work runs in a worker thread, off the event loop)."""
+async def build_index(skills: Sequence[SkillConfig], embedder: Embedder, *, whitening: float | None = None,
+                      classifier_c: float | None = None) -> Index:
+    """Embed every skill's texts, fit the whitening and, with `classifier_c`, the classifier (at
+    registration, never per query; the numpy work runs in a worker thread, off the event loop)."""
     names: list[str] = []
     unindexed: list[str] = []
     texts: list[str] = []
@@ -240,19 +263,23 @@ async def build_index(skills: Sequence[SkillConfig], embedder: Embedder, *, whit
         skill_of_row.append(skill_of_text[start + owners])
     if not parts:
         return await asyncio.to_thread(index_from_vectors, names, unindexed,
-                                       np.zeros((0, embedder.dimension), np.float32), counts, whitening=whitening)
+                                       np.zeros((0, embedder.dimension), np.float32), counts, whitening=whitening,
+                                       classifier_c=classifier_c)
     owner = np.concatenate(skill_of_row)
     order = np.argsort(owner, kind="stable")  # rows grouped by skill, each skill's texts in their order
     grouped, owner = np.concatenate(parts)[order], owner[order]
     splits = vector_blocks(embedder)
     if not splits:
         rows = np.bincount(owner, minlength=len(names)).tolist()
-        return await asyncio.to_thread(index_from_vectors, names, unindexed, grouped, rows, whitening=whitening)
-    return await asyncio.to_thread(_blocked_index, names, unindexed, grouped, owner, splits, whitening=whitening)
+        return await asyncio.to_thread(index_from_vectors, names, unindexed, grouped, rows, whitening=whitening,
+                                       classifier_c=classifier_c)
+    return await asyncio.to_thread(_blocked_index, names, unindexed, grouped, owner, splits, whitening=whitening,
+                                   classifier_c=classifier_c)
 
 
 def _blocked_index(names: Sequence[str], unindexed: Sequence[str], vectors: Vectors, owner: npt.NDArray[np.intp],
-                   splits: tuple[int, ...], *, whitening: float | None) -> BlockedIndex:
+                   splits: tuple[int, ...], *, whitening: float | None, classifier_c: float | None = None
+                   ) -> BlockedIndex:
     """One index per block of columns, over the rows non-zero in it (a skill without any is not in it)."""
     edges = [0, *splits, vectors.shape[1]]
     parts: list[tuple[int, int, SkillIndex]] = []
@@ -262,7 +289,7 @@ def _blocked_index(names: Sequence[str], unindexed: Sequence[str], vectors: Vect
         counts = np.bincount(owner[mine], minlength=len(names))
         kept = np.flatnonzero(counts)
         index = index_from_vectors([names[int(i)] for i in kept], (), np.ascontiguousarray(part[mine]),
-                                   counts[kept].tolist(), whitening=whitening)
+                                   counts[kept].tolist(), whitening=whitening, classifier_c=classifier_c)
         parts.append((first, end, index))
     return BlockedIndex(names=tuple(names), unindexed=tuple(unindexed), parts=tuple(parts))
 
@@ -295,8 +322,89 @@ def _whiten(vectors: Vectors, shift: Vectors, transform: Vectors) -> Vectors:
     return np.asarray(np.where(norms > 1e-6, moved / np.maximum(norms, 1e-6), moved), dtype=np.float32)
 
 
+def fit_classifier(vectors: Vectors, counts: npt.NDArray[np.int64], centroids: Vectors, c: float, *,
+                   max_steps: int = MAX_CLASSIFIER_STEPS, tolerance: float = CLASSIFIER_TOLERANCE,
+                   work: float = CLASSIFIER_WORK) -> tuple[Vectors, Vectors] | None:
+    """(weights (skills, dim), bias (skills,)) of a multinomial logistic regression of each row's skill,
+    minimising the mean cross-entropy + |weights|^2 / (2 c rows) (scikit-learn's C = c; bias not
+    penalised). Deterministic: it starts from the centroids' softmax, `centroids` times the temperature
+    that fits the rows best (a golden-section search), then takes accelerated gradient steps (Nesterov's,
+    restarted when they stop descending) of 1 / the gradient's Lipschitz bound, until no gradient entry
+    exceeds `tolerance` or `max_steps`, or `work` (rows x skills x dim x steps) is spent. None if the
+    result is not finite (the index then has no classifier)."""
+    rows, dim = vectors.shape
+    skills = len(counts)
+    weights = np.zeros((dim, skills), np.float32)
+    bias = np.zeros(skills, np.float32)
+    if skills < 2 or rows == 0:  # one skill: probability 1, nothing to fit
+        return np.ascontiguousarray(weights.T), bias
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    labels = np.repeat(np.arange(skills), counts)
+    picked = (np.arange(rows), labels)
+    penalty = 1.0 / (c * rows)
+    squared = float((centroids * centroids).sum())
+
+    def loss_of(scale: float, sims: Vectors) -> float:
+        z = scale * sims
+        top = z.max(axis=1)
+        lse = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+        return float((lse - z[picked_sample]).mean()) + float(0.5 * penalty * scale * scale * squared)
+
+    every = max(1, rows * skills // TEMPERATURE_SAMPLE)  # the temperature is read on every `every`-th row
+    sims = x[::every] @ centroids.T
+    picked_sample = (np.arange(len(sims)), labels[::every])
+    lo, hi = 0.0, 100.0  # the temperature: golden-section search of the (convex in it) loss
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = loss_of(a, sims), loss_of(b, sims)
+    for _ in range(16):  # the bracket shrinks to 100 * 0.618^17 < 0.03
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = loss_of(a, sims)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = loss_of(b, sims)
+    del sims
+    weights = np.ascontiguousarray((0.5 * (lo + hi)) * centroids.T, dtype=np.float32)
+    # the Hessian is at most E[(diag p - p p^T) (x,1)(x,1)^T] <= 1/2 * 2 blockdiag(E[x x^T], 1)
+    largest = float(np.linalg.eigvalsh((x.T.astype(np.float64) @ x) / rows)[-1])
+    step_w, step_b = 1.0 / (largest + penalty), 1.0
+    steps = int(min(max_steps, work // max(1, rows * skills * dim)))
+
+    def gradient(w: Vectors, b: Vectors) -> tuple[Vectors, Vectors]:
+        z = x @ w
+        z += b
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        z[picked] -= 1.0
+        z /= rows
+        return x.T @ z + np.float32(penalty) * w, z.sum(axis=0)
+
+    ahead_w, ahead_b, momentum = weights, bias, 1.0
+    for _ in range(steps):
+        grad_w, grad_b = gradient(ahead_w, ahead_b)
+        if max(float(np.abs(grad_w).max()), float(np.abs(grad_b).max())) <= tolerance:
+            weights, bias = ahead_w, ahead_b
+            break
+        next_w = ahead_w - np.float32(step_w) * grad_w
+        next_b = ahead_b - np.float32(step_b) * grad_b
+        if float(np.vdot(grad_w, next_w - weights)) + float(np.vdot(grad_b, next_b - bias)) > 0.0:
+            momentum = 1.0  # the momentum points uphill: restart it
+        following = (1.0 + np.sqrt(1.0 + 4.0 * momentum * momentum)) / 2.0
+        pull = np.float32((momentum - 1.0) / following)
+        ahead_w, ahead_b = next_w + pull * (next_w - weights), next_b + pull * (next_b - bias)
+        weights, bias, momentum = next_w, next_b, following
+    if not (np.isfinite(weights).all() and np.isfinite(bias).all()):
+        return None
+    return np.ascontiguousarray(weights.T, dtype=np.float32), np.asarray(bias, dtype=np.float32)
+
+
 def index_from_vectors(names: Sequence[str], unindexed: Sequence[str], vectors: Vectors,
-                       counts: Sequence[int], *, whitening: float | None = None) -> SkillIndex:
+                       counts: Sequence[int], *, whitening: float | None = None,
+                       classifier_c: float | None = None) -> SkillIndex:
     count_array = np.asarray(counts, dtype=np.int64)
     starts = np.cumsum(count_array) - count_array
     dim = vectors.shape[1] if vectors.ndim == 2 else 0
@@ -308,7 +416,11 @@ def index_from_vectors(names: Sequence[str], unindexed: Sequence[str], vectors: 
         sums = np.add.reduceat(vectors.astype(np.float32), starts, axis=0)
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
         centroids = np.where(norms > 1e-6, sums / np.maximum(norms, 1e-6), 0.0).astype(np.float32)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    classifier = (fit_classifier(vectors, count_array, centroids, classifier_c)
+                  if classifier_c is not None and len(names) else None)
     return SkillIndex(names=tuple(names), unindexed=tuple(unindexed),
                       vectors=np.ascontiguousarray(vectors, dtype=np.float32), starts=starts, counts=count_array,
                       centroids=np.ascontiguousarray(centroids), shift=fitted[0] if fitted else None,
-                      transform=fitted[1] if fitted else None)
+                      transform=fitted[1] if fitted else None, weights=classifier[0] if classifier else None,
+                      bias=classifier[1] if classifier else None)

@@ -33,7 +33,7 @@ from strata_runtime.routing.decision import RouteDecision
 from strata_runtime.routing.heuristic import Complexity
 from strata_runtime.routing.index import Index, Vectors, build_index
 from strata_runtime.routing.rules import CompiledRule, compile_rules, match_rules
-from strata_runtime.routing.semantic import SemanticLayer, Zone
+from strata_runtime.routing.semantic import SemanticLayer, Zone, index_options
 from strata_runtime.routing.terms import SkillTerms, Vocabulary
 
 log = logging.getLogger("strata.routing")
@@ -124,7 +124,7 @@ class Router:
     def _start_build(self, plan: SkillPlan) -> asyncio.Task[Index]:
         assert self.embedder is not None
         plan.building = asyncio.create_task(
-            build_index(plan.skills, self.embedder, whitening=self.policy.semantic.whitening), name="skill-index")
+            build_index(plan.skills, self.embedder, **index_options(self.policy.semantic)), name="skill-index")
         return plan.building
 
     async def _index(self, plan: SkillPlan, *, wait: float | None) -> Index:

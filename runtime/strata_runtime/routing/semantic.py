@@ -1,9 +1,14 @@
 """Layer 1.5's decision: the best-scoring skill and its zone.
 
-The zone is decided on a confidence: the top skill's score plus `marginWeight` times its lead
-over the runner-up (capped at 1). A query close to two skills is not sure of either, however
-similar it is to both; on intent data (banking77, CLINC150) the lead ranks right and wrong
-top skills apart better than the score alone. confidence > high → that skill, no LLM call;
+The zone is decided on a confidence. `confidence: scoreAndProbability` (the default): the mean of the
+top skill's score and its probability under the index's logistic regression (fitted on the skills'
+texts when they are indexed: `index.fit_classifier`), the probability taken against every skill of
+the index, prefiltered or not. `scoreAndLead`: the top skill's score plus `marginWeight` times its
+lead over the runner-up (capped at 1); an index without a classifier (none of the skills' texts in a
+block) falls back to it. A query close to two skills is not sure of either, however similar it is to
+both: the lead and the probability both say so, and on the benchmark's intent sets the probability
+ranks right and wrong top skills apart better (bench/README.md, "Skill routing").
+confidence > high → that skill, no LLM call;
 low ≤ confidence ≤ high → the skill is passed to Layer 2 as a hint; below low → Layer 2
 unchanged. `high`/`low` are the policy's, or the skill's own where `routing fit` calibrated them.
 """
@@ -29,6 +34,13 @@ class Zone:
     candidates: tuple[Candidate, ...]  # with their own scores, best first
 
 
+def index_options(config: SemanticRoutingConfig) -> dict[str, float | None]:
+    """The keywords `build_index` takes from the policy: the whitening, and the classifier's C when the
+    confidence uses its probability (no classifier is fitted otherwise)."""
+    return {"whitening": config.whitening,
+            "classifier_c": config.classifier_c if config.confidence == "scoreAndProbability" else None}
+
+
 class SemanticLayer:
     def __init__(self, config: SemanticRoutingConfig):
         self.config = config
@@ -48,8 +60,13 @@ class SemanticLayer:
         best = best[np.argsort(-scores[best], kind="stable")]
         candidates = tuple(Candidate(scored.names[int(ids[i])], float(scores[i])) for i in best)
         top = candidates[0]
-        lead = top.score - candidates[1].score if len(candidates) > 1 else 0.0
-        confidence = min(1.0, top.score + self.config.margin_weight * lead)
+        probability = (scored.probability(projected, int(ids[best[0]]))
+                       if self.config.confidence == "scoreAndProbability" else None)
+        if probability is not None:
+            confidence = 0.5 * (top.score + probability)
+        else:
+            lead = top.score - candidates[1].score if len(candidates) > 1 else 0.0
+            confidence = min(1.0, top.score + self.config.margin_weight * lead)
         low, high = self.thresholds(top.skill)
         if confidence > high:
             return Zone("high", top.skill, confidence, candidates)
