@@ -126,7 +126,8 @@ def test_the_zone_is_decided_on_the_mean_of_score_and_probability(prefilter: int
     vectors, counts = clusters(20, 5, 24, noise=0.6)
     names = [f"s{i}" for i in range(20)]
     index = index_from_vectors(names, [], vectors, counts, whitening=0.8, classifier_c=10.0)
-    config = SemanticRoutingConfig.model_validate({"low": 0.3, "high": 0.45, "prefilterSkills": prefilter})
+    config = SemanticRoutingConfig.model_validate({"confidence": "scoreAndProbability", "low": 0.3, "high": 0.45,
+                                                   "prefilterSkills": prefilter})
     layer = SemanticLayer(config)
     rng = np.random.default_rng(11)
     zones = set()
@@ -147,7 +148,7 @@ def test_a_query_between_two_skills_is_less_sure_than_one_near_a_single_skill() 
     vectors = unit_rows(np.array([[1.0, 0.05, 0.0], [1.0, -0.05, 0.0], [0.05, 1.0, 0.0], [-0.05, 1.0, 0.0],
                                   [0.0, 0.05, 1.0], [0.0, -0.05, 1.0]]))
     index = index_from_vectors(["a", "b", "c"], [], vectors, [2, 2, 2], classifier_c=10.0)
-    layer = SemanticLayer(SemanticRoutingConfig())
+    layer = SemanticLayer(SemanticRoutingConfig(confidence="scoreAndProbability"))
     near = layer.zone(index, unit_rows(np.array([[1.0, 0.2, 0.0]]))[0])
     between = layer.zone(index, unit_rows(np.array([[1.0, 0.9, 0.0]]))[0])
     assert near.skill == "a" and near.score > between.score
@@ -158,8 +159,8 @@ def test_score_and_lead_ignores_the_classifier_and_an_index_without_one_falls_ba
     vectors, counts = clusters(3, 3, 6, noise=0.3)
     fitted = index_from_vectors(["a", "b", "c"], [], vectors, counts, classifier_c=10.0)
     plain = index_from_vectors(["a", "b", "c"], [], vectors, counts)
-    lead = SemanticLayer(SemanticRoutingConfig(confidence="scoreAndLead"))
-    probability = SemanticLayer(SemanticRoutingConfig())
+    lead = SemanticLayer(SemanticRoutingConfig())
+    probability = SemanticLayer(SemanticRoutingConfig(confidence="scoreAndProbability"))
     query = unit_rows(vectors[:1] + 0.2)[0]
     expected = lead.zone(plain, query).score
     ranked = sorted(c.score for c in lead.zone(plain, query).candidates)
@@ -167,8 +168,9 @@ def test_score_and_lead_ignores_the_classifier_and_an_index_without_one_falls_ba
     assert lead.zone(fitted, query).score == expected
     assert probability.zone(plain, query).score == expected  # no classifier: the lead
     assert probability.zone(fitted, query).score != expected
-    assert index_options(SemanticRoutingConfig(confidence="scoreAndLead"))["classifier_c"] is None
-    assert index_options(SemanticRoutingConfig(classifier_c=3.0)) == {"whitening": 0.8, "classifier_c": 3.0}
+    assert index_options(SemanticRoutingConfig())["classifier_c"] is None  # the default fits no classifier
+    assert index_options(SemanticRoutingConfig(confidence="scoreAndProbability", classifier_c=3.0)) == {
+        "whitening": 0.8, "classifier_c": 3.0}
 
 
 def routing_spec_schema() -> dict[str, Any]:
@@ -178,10 +180,10 @@ def routing_spec_schema() -> dict[str, Any]:
 
 def test_the_confidence_fields_round_trip_through_the_crd_into_the_router() -> None:
     semantic = routing_spec_schema()["properties"]["semantic"]["properties"]
-    assert semantic["confidence"]["enum"] == ["scoreAndProbability", "scoreAndLead"]
-    assert semantic["confidence"]["default"] == SemanticRoutingConfig().confidence == "scoreAndProbability"
+    assert semantic["confidence"]["enum"] == ["scoreAndLead", "scoreAndProbability"]
+    assert semantic["confidence"]["default"] == SemanticRoutingConfig().confidence == "scoreAndLead"
     assert semantic["classifierC"]["default"] == SemanticRoutingConfig().classifier_c
-    document = {"semantic": {"confidence": "scoreAndLead", "classifierC": 2.5, "low": 0.4, "high": 0.9}}
+    document = {"semantic": {"confidence": "scoreAndProbability", "classifierC": 2.5, "low": 0.4, "high": 0.9}}
     schema = jsonschema.Draft4Validator(routing_spec_schema())  # OpenAPI v3's draft: what the apiserver checks
     schema.validate(document)
     for bad in ({"confidence": "lead"}, {"classifierC": 0}):
@@ -195,5 +197,5 @@ def test_the_confidence_fields_round_trip_through_the_crd_into_the_router() -> N
                                           api_key_tenants=("acme",),
                                           routing_policy=RoutingPolicySpec.model_validate(document)))
     router = Router(config.routing, None, lambda: None)
-    assert router.policy.semantic.confidence == "scoreAndLead" and router.policy.semantic.classifier_c == 2.5
+    assert router.policy.semantic.confidence == "scoreAndProbability" and router.policy.semantic.classifier_c == 2.5
     assert router.policy.model_dump(mode="json", by_alias=True)["semantic"]["classifierC"] == 2.5

@@ -254,6 +254,26 @@ async def test_a_lead_over_the_second_skill_raises_the_confidence_and_a_tie_lowe
     assert gateway.bodies[0]["messages"][0]["content"].count("similarity search suggests") == 1
 
 
+async def test_score_and_probability_fits_a_classifier_at_index_time_and_decides_on_it() -> None:
+    lead, _, _, _ = make(policy={"classifier": {"enabled": False}})
+    await lead.prepare([AGENT])
+    plain = lead.plan(AGENT.skills).index
+    assert plain is not None and getattr(plain, "weights", None) is None  # scoreAndLead: nothing fitted
+    router, gateway, _, _ = make(policy={"semantic": {"confidence": "scoreAndProbability", "low": 0.4, "high": 0.8}})
+    await router.prepare([AGENT])
+    index = router.plan(AGENT.skills).index
+    assert index is not None and getattr(index, "weights", None) is not None
+    for message, skill in (("I would like a refund for my order", "refund"), ("写一篇关于机器学习的文章", "writer")):
+        decision = await router.route(AGENT, message, CTX)
+        assert (decision.route, decision.layer, decision.skill) == ("skill", "L1.5", skill)
+        scored, projected = index.select(TABLE[message])
+        probability = scored.probability(projected, scored.names.index(skill))
+        assert probability is not None and probability > 0.5
+        assert decision.confidence == pytest.approx(0.5 * (decision.candidates[0].score + probability), abs=1e-6)
+    unsure = await router.route(AGENT, "maybe something about money and writing", CTX)
+    assert unsure.layer == "L2" and unsure.hint == "refund" and len(gateway.bodies) == 1
+
+
 def test_the_chosen_skill_adds_its_instructions_and_tools_to_the_system_prompt() -> None:
     from strata_runtime.routing.decision import RouteDecision
 

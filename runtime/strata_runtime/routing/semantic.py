@@ -1,13 +1,14 @@
 """Layer 1.5's decision: the best-scoring skill and its zone.
 
-The zone is decided on a confidence. `confidence: scoreAndProbability` (the default): the mean of the
-top skill's score and its probability under the index's logistic regression (fitted on the skills'
-texts when they are indexed: `index.fit_classifier`), the probability taken against every skill of
-the index, prefiltered or not. `scoreAndLead`: the top skill's score plus `marginWeight` times its
-lead over the runner-up (capped at 1); an index without a classifier (none of the skills' texts in a
-block) falls back to it. A query close to two skills is not sure of either, however similar it is to
-both: the lead and the probability both say so, and on the benchmark's intent sets the probability
-ranks right and wrong top skills apart better (bench/README.md, "Skill routing").
+The zone is decided on a confidence. `confidence: scoreAndLead` (the default): the top skill's score
+plus `marginWeight` times its lead over the runner-up (capped at 1). `scoreAndProbability`: the mean
+of the top skill's score and its probability under the index's logistic regression (fitted on the
+skills' texts when they are indexed: `index.fit_classifier`), the probability taken against every
+skill of the index, prefiltered or not; an index without a classifier falls back to the lead. A query
+close to two skills is not sure of either, however similar it is to both: the lead and the
+probability both say so. The probability ranks right and wrong top skills apart better on most of
+the benchmark's intent sets, but with `routing fit`'s thresholds it routes less Chinese without an
+LLM call, so it is not the default (bench/README.md, "Skill routing").
 confidence > high → that skill, no LLM call;
 low ≤ confidence ≤ high → the skill is passed to Layer 2 as a hint; below low → Layer 2
 unchanged. `high`/`low` are the policy's, or the skill's own where `routing fit` calibrated them.
