@@ -328,9 +328,11 @@ async def _extra_rows(embedder: Embedder, model: LocalModel, texts: Sequence[str
     known: dict[str, npt.NDArray[np.float32]] = {}
     if path is not None and path.exists():
         with np.load(path, allow_pickle=False) as data:
-            if str(data["embedder"]) == model.vectors_key:
-                owners = data["owners"]
-                known = {str(t): data["vectors"][owners == n] for n, t in enumerate(data["asked"])}
+            if str(data["embedder"]) == model.vectors_key:  # each array read once (not once per text)
+                owners, vectors, asked = data["owners"], data["vectors"], data["asked"]
+                order = np.argsort(owners, kind="stable")
+                cuts = np.searchsorted(owners[order], np.arange(1, len(asked)))
+                known = {str(t): rows for t, rows in zip(asked, np.split(vectors[order], cuts), strict=True)}
     missing = [t for t in dict.fromkeys(texts) if t not in known]
     for start in range(0, len(missing), 64):
         chunk = missing[start:start + 64]
