@@ -472,9 +472,35 @@ async def test_a_listed_tool_the_sdk_refuses_is_left_out_and_the_others_work(
             assert [snap.skipped_tools for snap in core.mcp.snapshots()] == [1]
             listed = server.listings
             await _until(lambda: server.listings >= listed + 2)  # listed again by the probes: logged once
-            assert core.link.state == "ready" and list(core.link.status()["skipped_tools"]) == [key]
+            assert list(core.link.status()["skipped_tools"]) == [key]
     skips = [r for r in caplog.records if r.getMessage().startswith("MCP server lists a tool that is not a valid")]
     assert [(getattr(r, "server", None), getattr(r, "tool", None)) for r in skips] == [("raw", key)]
+
+
+async def test_the_tools_left_out_stay_reported_while_the_server_is_listed_again() -> None:
+    server = RawMcpServer([tool("ok"), {"name": "no_schema"}])
+    original = server._one
+    held, gate = asyncio.Event(), asyncio.Event()
+    gate.set()
+
+    async def gated(conn: RawConnection) -> bool:  # a tools/list waits for the gate while it is closed
+        if b'"tools/list"' in conn.body and not gate.is_set():
+            held.set()
+            await gate.wait()
+        return await original(conn)
+
+    server._one = gated  # type: ignore[method-assign]
+    async with server.upstream() as upstream, _linked({"name": "raw", "url": server.url(upstream)}) as core:
+        await core.ready()
+        assert list(core.link.status()["skipped_tools"]) == ["no_schema"]
+        gate.clear()
+        try:
+            async with asyncio.timeout(LIMIT):
+                await held.wait()  # the next probe's listing is under way
+            assert list(core.link.status()["skipped_tools"]) == ["no_schema"]
+            assert [snap.skipped_tools for snap in core.mcp.snapshots()] == [1]
+        finally:
+            gate.set()
 
 
 async def test_a_tool_list_the_sdk_cannot_parse_is_a_server_down_with_its_reason() -> None:

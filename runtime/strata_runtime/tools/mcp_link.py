@@ -457,7 +457,8 @@ class _ToolListing:
     def __init__(self, server: str):
         self.server = server
         self.version: str | None = None  # the session's protocol revision, once negotiated
-        self.skipped: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}  # of the last whole listing
+        self._collecting = self.skipped  # of the listing under way (`begin`, `end`)
         self._asked: dict[RequestId, None] = {}  # ids of the tools/list requests awaiting their answer
         self._logged: dict[str, str] = {}
 
@@ -468,6 +469,12 @@ class _ToolListing:
         self.version = None
         async with transport as (read, write):
             yield _CheckedReads(read, self), _NotedWrites(write, self)
+
+    def begin(self) -> None:
+        self._collecting = {}
+
+    def end(self) -> None:
+        self.skipped = self._collecting
 
     def sent(self, item: SessionMessage) -> None:
         message = item.message
@@ -525,7 +532,7 @@ class _ToolListing:
         name = tool.get("name") if isinstance(tool, dict) else None
         key = name[:200] if isinstance(name, str) else f"#{index} (no name)"
         reason = _validation_summary(error)
-        self.skipped[key] = reason
+        self._collecting[key] = reason
         if self._logged.get(key) != reason:
             if len(self._logged) >= _MAX_SKIPS_LOGGED:
                 self._logged.clear()
@@ -762,7 +769,7 @@ def _describe(error: BaseException) -> str:
 
 
 async def _list_all_tools(client: Client, listing: _ToolListing) -> list[Tool]:
-    listing.skipped.clear()
+    listing.begin()
     tools: list[Tool] = []
     cursor: str | None = None
     for _ in range(100):  # a server that pages forever is cut off
@@ -771,6 +778,7 @@ async def _list_all_tools(client: Client, listing: _ToolListing) -> list[Tool]:
         cursor = page.next_cursor
         if not cursor:
             break
+    listing.end()
     return tools
 
 
