@@ -411,6 +411,35 @@ async def test_a_json_answer_with_another_calls_id_does_not_answer_that_call() -
         assert await first == ToolOutcome.success("slow done")
 
 
+async def test_closing_a_link_while_an_answer_arrives_closes_it_without_connecting_again() -> None:
+    """The answer comes as the link closes: the SDK's teardown then fails (it writes the answer to a stream it
+    closed), and that failure is not a connection attempt that failed: no new session is started (nor, for
+    stdio, a new child), and the close does not wait out its grace period for a second cancellation."""
+    held, gate = asyncio.Event(), asyncio.Event()
+
+    async def slow(server: RawMcpServer, conn: RawConnection, request: dict[str, Any]) -> bool:
+        held.set()
+        await gate.wait()
+        await conn.send(json_body(response(request["id"], text_result("late"))))
+        return True
+
+    server = RawMcpServer([tool("slow")], {"slow": slow})
+    async with server.upstream() as upstream:
+        core = Core({"name": "raw", "url": server.url(upstream), "timeoutSeconds": LONG})
+        await core.mcp.start()
+        try:
+            await core.ready()
+            call = asyncio.create_task(core.call("slow"))
+            async with asyncio.timeout(LIMIT):
+                await held.wait()
+            gate.set()
+        finally:
+            async with asyncio.timeout(LIMIT):
+                await core.mcp.close()
+        await asyncio.gather(call, return_exceptions=True)
+        assert server.initialized == 1 and core.link.reconnects == 0 and core.link.state == "stopped"
+
+
 async def test_a_huge_tool_list_is_offered_and_its_tools_callable() -> None:
     many = [tool(f"t{i}", {"type": "object", "properties": {"x": {"type": "integer"}}}) for i in range(3000)]
     server = RawMcpServer([*many, tool("ok")])

@@ -171,6 +171,7 @@ class McpServerLink:
                                  reconnects_total=self.reconnects, skipped_tools=len(self._listing.skipped))
 
     async def _supervise(self) -> None:
+        me = asyncio.current_task()
         attempt = 0
         first = True
         while True:
@@ -184,6 +185,10 @@ class McpServerLink:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # any failure of a server degrades only its own tools
+                if me is not None and me.cancelling():
+                    # `close` cancelled the session and its teardown failed instead (an answer arriving as
+                    # the SDK closes its streams ends its task group with BrokenResourceError): still closing
+                    raise asyncio.CancelledError from e
                 self.last_error = _describe(e)
                 log.info("MCP server connection attempt failed", extra={"server": self.name,
                                                                         "error": self.last_error, "attempt": attempt})
