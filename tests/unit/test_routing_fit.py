@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from strata_runtime.config.policies import RoutingPolicySpec
-from strata_runtime.routing.calibrate import Scored, fit, report
+from strata_runtime.routing.calibrate import Scored, fit, min_lines, report
 from strata_runtime.routing.cli import main as routing_main
 
 pytestmark = pytest.mark.unit
@@ -17,14 +17,47 @@ pytestmark = pytest.mark.unit
 
 def test_high_is_where_the_target_precision_holds_and_low_keeps_most_right_answers() -> None:
     right = [Scored("a", 0.80 + i * 0.01, "a") for i in range(15)]  # 0.80 .. 0.94, all right
-    wrong = [Scored("a", 0.70 + i * 0.01, "b") for i in range(6)]  # 0.70 .. 0.75, all wrong
+    wrong = [Scored("a", 0.70 + i * 0.01, "b") for i in range(6)] * 2  # 0.70 .. 0.75, two wrong at each
     oos = [Scored("a", 0.72, None), Scored("b", 0.5, None)]
     fitted = fit(right + wrong + oos, target=0.97)
     assert 0.75 <= fitted.high < 0.80
     assert fitted.low <= fitted.high
     result = report(right + wrong + oos, fitted)
-    assert result.accuracy == 1.0 and result.coverage == pytest.approx(15 / 23)
+    assert result.accuracy == 1.0 and result.coverage == pytest.approx(15 / 29)
     assert result.oos_high == 0.0
+
+
+def test_one_error_among_fewer_lines_than_the_target_can_tell_is_tolerated_two_are_not() -> None:
+    right = [Scored("a", 0.80 + i * 0.01, "a") for i in range(15)]
+    one_wrong = right + [Scored("a", 0.75, "b")] + [Scored("a", 0.60 + i * 0.001, "b") for i in range(20)]
+    assert min_lines(0.97) == 34 and min_lines(0.98) == 50 and min_lines(0.9) == 10
+    # 16 lines above 0.7475 with one error: fewer than 34, within 0.97's tolerance
+    assert 0.60 < fit(one_wrong, target=0.97).high <= 0.7475
+    two_wrong = [*one_wrong, Scored("a", 0.755, "b")]  # two errors above 0.7475: high passes one at most
+    assert 0.75 <= fit(two_wrong, target=0.97).high < 0.80
+
+
+def test_a_few_wrong_lines_among_the_most_confident_do_not_push_high_to_one() -> None:
+    """One miss among the top ~30 lines used to push high above every line (precision 29/30 < 0.97)."""
+    items = [Scored(f"s{i % 10}", 0.50 + i * 0.0025, f"s{i % 10}") for i in range(200)]  # 0.50 .. 0.9975
+    items[-5] = Scored(items[-5].top, items[-5].score, "other")  # a miss among the top 5
+    items += [Scored(f"s{i % 10}", 0.30 + i * 0.002, None) for i in range(50)]  # out of scope, < 0.40
+    fitted = fit(items, target=0.97)
+    assert fitted.high < 0.45
+    assert fitted.skills["s0"][1] < 0.45  # the skills without the miss keep a low threshold too
+    assert sum(1 for _, high in fitted.skills.values() if high < 0.45) >= 9
+    result = report(items, fitted)
+    assert result.accuracy >= 0.97 and result.coverage > 0.7
+
+
+def test_a_skill_with_few_lines_falls_back_to_the_global_threshold() -> None:
+    many = [Scored("a", 0.60 + i * 0.002, "a") for i in range(150)]  # 0.60 .. 0.898, right
+    many += [Scored("a", 0.40 + i * 0.004, None) for i in range(50)]  # out of scope below 0.60
+    few = [Scored("b", 0.50, "b"), Scored("b", 0.70, "b")]
+    fitted = fit(many + few, target=0.97)
+    assert fitted.skills["b"][1] == pytest.approx(fitted.high, abs=0.03)
+    noisy = [Scored("b", 0.85, "c"), Scored("b", 0.86, "c"), Scored("b", 0.70, "b")]
+    assert fit(many + noisy, target=0.97).skills["b"][1] >= 0.85  # its own two misses count (one passes at most)
 
 
 def test_a_lone_miss_at_the_very_top_does_not_push_high_to_one() -> None:
@@ -44,6 +77,14 @@ def test_a_skill_with_many_labelled_misses_gets_its_own_higher_threshold() -> No
 def test_nothing_scored_is_refused() -> None:
     with pytest.raises(ValueError, match="no labelled message"):
         fit([Scored(None, 0.0, "a")])
+
+
+def test_a_target_of_one_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        fit([Scored("a", 0.5, "a")], target=1.0)
+    assert routing_main(["fit", "--policy", str(tmp_path / "p.yaml"), "--labelled", str(tmp_path / "l.jsonl"),
+                         "--target", "1"]) != 0
+    assert "--target is a precision between 0 and 1" in capsys.readouterr().err
 
 
 def write_config(path: Path) -> None:

@@ -8,10 +8,23 @@ own counts plus `prior` pseudo-observations at the global precision, so a skill 
 labelled messages stays near the global threshold and one with many gets its own. `low` is
 the score that `hint_recall` of correctly-ranked messages reach, so L2 gets the right hint for
 most of them.
+
+Minimum support. A precision measured on few lines cannot tell the target from a single error:
+with target 0.97, one wrong line among the 33 most confident already reads 0.9697, and since
+`high` must hold at every higher threshold, that one line would push `high` above nearly every
+message. So a set above a threshold is judged as holding at least `m = ceil(1 / (1 - target))`
+lines (34 for 0.97, 50 for 0.98; `min_lines`), the lines it lacks counted as right: precision is
+`1 - errors / max(lines, m)`. Fewer than m lines can therefore hold one error and pass, never
+two; from m lines on this is the plain ratio, and a set that grows past m with its errors keeps
+failing. This global precision is also the per-skill prior, so a miss among the most confident
+lines no longer drags every skill's threshold up with it; a skill's own counts are taken as they
+are (its `prior` pseudo-observations already keep a skill of few lines near the global estimate,
+and a miss at the top of a skill still raises that skill's `high` above it).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,6 +66,19 @@ def _monotone_threshold(ok: npt.NDArray[np.bool_]) -> float:
     return float(GRID[bad[-1] + 1]) if bad[-1] + 1 < len(GRID) else 1.0
 
 
+def min_lines(target: float) -> int:
+    """The fewest lines whose precision can hold one error and still reach `target`."""
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target precision must be between 0 and 1 (exclusive), not {target}")
+    return math.ceil(round(1.0 / (1.0 - target), 6))
+
+
+def _precision(lines: npt.NDArray[np.float64], errors: npt.NDArray[np.float64], support: int
+               ) -> npt.NDArray[np.float64]:
+    """Precision of each set, judged as holding at least `support` lines (the missing ones right)."""
+    return np.asarray(1.0 - errors / np.maximum(lines, float(support)), dtype=np.float64)
+
+
 def _counts(scores: npt.NDArray[np.float64], right: npt.NDArray[np.bool_]
             ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     above = scores[None, :] > GRID[:, None]
@@ -66,12 +92,10 @@ def fit(items: Sequence[Scored], *, target: float = 0.97, prior: float = 30.0, h
         raise ValueError("no labelled message could be scored (are any skills indexed?)")
     scores = np.array([i.score for i in scored], dtype=np.float64)
     right = np.array([i.top == i.label for i in scored])
+    support = min_lines(target)
     n, c = _counts(scores, right)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        global_precision = np.where(n > 0, c / n, 1.0)
-    # too few messages above a threshold say nothing about its precision: one early miss would push
-    # `high` to 1.0; the per-skill estimates below use the global precision as their prior anyway
-    high = _monotone_threshold((global_precision >= target) | (n < min_support * 2))
+    global_precision = _precision(n, n - c, support)
+    high = _monotone_threshold(global_precision >= target)
     low = min(high, _hint_floor(scores[right], hint_recall, default=high))
     skills: dict[str, tuple[float, float]] = {}
     tops = np.array([i.top for i in scored])
