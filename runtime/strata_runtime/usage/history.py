@@ -30,12 +30,11 @@ from typing import Any, TypeVar
 
 from strata_runtime.stores.health import StoreUnavailable
 from strata_runtime.stores.sql import CONNECTION_FAILURES, SqlConnector, SqlDatabase
+from strata_runtime.usage.fields import FLOAT_METRICS, METRICS, split_field
 
 T = TypeVar("T")
 
-METRICS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cache_hits", "saved_prompt_tokens",
-           "saved_completion_tokens", "cost", "saved_cost", "latency_ms_sum")
-_FLOAT_METRICS = frozenset(("cost", "saved_cost", "latency_ms_sum"))
+_FLOAT_METRICS = frozenset(FLOAT_METRICS)
 SHARED_SOURCE = "redis"
 
 _SCHEMA = (
@@ -79,11 +78,10 @@ def rows_of(fields: Mapping[str, float]) -> dict[RowKey, dict[str, float]]:
     """The counters of one day hash (or in-process day table), per (tenant, agent, model)."""
     out: dict[RowKey, dict[str, float]] = {}
     for fld, value in fields.items():
-        head, _, metric = fld.rpartition(":")
-        tenant, _, rest = head.partition(":")
-        agent, _, model = rest.partition(":")
-        if metric not in METRICS or not model:
+        parts = split_field(fld)
+        if parts is None:
             continue
+        tenant, agent, model, metric = parts
         out.setdefault((tenant, agent, model), dict.fromkeys(METRICS, 0.0))[metric] += value
     return out
 

@@ -14,8 +14,7 @@ takes, per field, the larger of Redis' value and the `redis` row (the hash only 
 lives, so the larger one is the newer; the row alone answers once the hash expired), plus the rows
 of every other process and this process' in-process table (its own rows are older copies of it).
 
-Tenant and agent ids cannot contain ':' (callers validate them), and the metric is the
-last segment, so a field splits unambiguously even when a model name has ':' in it.
+Fields are named `{tenant}:{agent}:{model}:{metric}` (usage/fields.py).
 """
 
 from __future__ import annotations
@@ -29,15 +28,13 @@ from typing import Any
 
 from strata_runtime.stores.redis import RedisConnector, is_redis_failure
 from strata_runtime.tasks import cancel_and_wait
+from strata_runtime.usage.fields import FLOAT_METRICS, INT_METRICS, split_field
 from strata_runtime.usage.history import SHARED_SOURCE, RowKey, UsageHistory, local_source, merge_days, rows_of
 
 log = logging.getLogger("strata.usage")
 
 FLUSH_SECONDS = 1.0
 NO_AGENT = "-"
-INT_METRICS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cache_hits",
-               "saved_prompt_tokens", "saved_completion_tokens")
-FLOAT_METRICS = ("cost", "saved_cost", "latency_ms_sum")
 MAX_RANGE_DAYS = 366
 FINAL_ROLLUP_SECONDS = 10.0  # the roll-up at close: bounded, so a hung database never holds the shutdown
 
@@ -270,11 +267,10 @@ def _aggregate(raw: dict[str, dict[str, float]], q: UsageQuery) -> dict[str, Any
     totals: dict[str, float] = dict.fromkeys((*INT_METRICS, *FLOAT_METRICS), 0.0)
     for day, fields in sorted(raw.items()):
         for fld, value in fields.items():
-            head, _, metric = fld.rpartition(":")
-            tenant, _, rest = head.partition(":")
-            agent, _, model = rest.partition(":")
-            if metric not in totals or not model:
+            parts = split_field(fld)
+            if parts is None:
                 continue
+            tenant, agent, model, metric = parts
             if (q.tenant and tenant != q.tenant) or (q.agent and agent != q.agent) or (q.model and model != q.model):
                 continue
             values = {"date": day, "tenant": tenant, "agent": agent, "model": model}
