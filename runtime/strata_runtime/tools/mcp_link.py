@@ -14,7 +14,7 @@ is sent once more on the new session. When the probe succeeds the error was the 
 
 A tool the server runs only as a task (`execution.taskSupport: required`) is not offered: this
 client calls tools directly. Nor is a listed tool the SDK refuses (not an MCP `Tool` of the session's
-protocol revision): the SDK validates a `tools/list` page as a whole, so `_ToolListing` checks each
+protocol revision): the SDK validates a `tools/list` page as a whole, so `mcp_wire.ToolListing` checks each
 tool of the answer before the SDK sees it and leaves such a tool out (logged once, counted in the
 server's status and metrics); the server's other tools are offered.
 
@@ -38,40 +38,30 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Literal, Self, cast
+from typing import Any, Literal, cast
 
-import anyio
 import httpx2
-import mcp.client.stdio as sdk_stdio
-import mcp.client.streamable_http as sdk_http
-from anyio.streams.text import TextReceiveStream
 from mcp import Client, MCPError, StdioServerParameters
-from mcp.client import Transport
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.dispatcher import coerce_request_id
-from mcp.shared.message import SessionMessage
 from mcp.types import CallToolResult, TextContent, Tool
-from mcp_types import (
-    INVALID_REQUEST,
-    ErrorData,
-    JSONRPCError,
-    JSONRPCNotification,
-    JSONRPCRequest,
-    JSONRPCResponse,
-    RequestId,
-    RequestParamsMeta,
-)
+from mcp_types import RequestParamsMeta
 from mcp_types.jsonrpc import CONNECTION_CLOSED
-from mcp_types.methods import validate_server_result
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from strata_runtime.config import McpServerConfig
 from strata_runtime.metrics import McpServerSnapshot
 from strata_runtime.tasks import cancel_and_wait
 from strata_runtime.tools.contract import ErrorCode, ToolOutcome, ToolSpec
+from strata_runtime.tools.mcp_wire import (
+    MAX_BODY_BYTES,
+    MAX_ERROR_CHARS,
+    MAX_SSE_EVENT_BYTES,
+    NOT_ITS_ANSWER,
+    TOO_LARGE,
+    CappedBodies,
+    ToolListing,
+)
 
 log = logging.getLogger("strata.tools.mcp")
 
@@ -79,25 +69,12 @@ LinkState = Literal["connecting", "ready", "down", "stopped"]
 Health = Literal["connecting", "connected", "down"]  # what metrics and logs report (see `McpServerLink.health`)
 IDEMPOTENCY_META_KEY = "strata.dev/idempotency-key"
 _BACKOFF_FIRST_SECONDS = 0.5
-_MAX_ERROR_CHARS = 500
-# One SSE event of a streamable-HTTP answer: a result (capped at the tool's maxResultBytes, 1 MB, once
-# it has arrived) travels in it up to twice (text and structured content) and JSON-escaped; the SDK's
-# default cap (1 MiB) failed results well under the tool's own cap.
-_MAX_SSE_EVENT_BYTES = 8 * 1024 * 1024
-# A JSON (not SSE) answer is one message too, with the same cap; the SDK reads it whole otherwise.
-_MAX_BODY_BYTES = _MAX_SSE_EVENT_BYTES
-_TOO_LARGE = "answer is over the runtime's cap of"  # in the SDK's error for a JSON answer cut at the cap
 _SSE_TOO_LARGE = "SSE stream failed: Server-sent event exceeded the"  # the SDK's, for an SSE event over its cap
-_NOT_ITS_ANSWER = "the MCP server's JSON answer to this request is not its response"  # `_OwnAnswers`
 # Closing a link cancels its task once, then gives the SDK's shielded shutdown of a stdio child this
 # long (stdin closed, 2 s to exit, SIGTERM, 2 s, SIGKILL, 2 s to reap) before cancelling again: a
 # second cancellation inside that shutdown abandons the child alive and the close hangs on its pipe.
 _CLOSE_GRACE_SECONDS = 10.0
 _MAX_STDERR_LINE = 4000
-# One line of a stdio server's stdout is one message: the SDK gathers a line however long it grows (a
-# server writing without a newline filled the runtime's memory); past this many characters the line
-# ends the connection (`_BoundedLines`).
-_MAX_STDOUT_LINE = _MAX_SSE_EVENT_BYTES
 _STDERR_LINES_PER_SECOND = 20.0
 _STDERR_BURST_LINES = 200
 
@@ -138,7 +115,7 @@ class McpServerLink:
         self._probe_now = asyncio.Event()
         self._connected = asyncio.Event()  # set while `_client` serves calls
         self._task: asyncio.Task[None] | None = None
-        self._listing = _ToolListing(config.name)
+        self._listing = ToolListing(config.name)
 
     @property
     def name(self) -> str:
@@ -260,10 +237,10 @@ class McpServerLink:
         # reads wait long: the server may hold a stream open; each call has its own deadline anyway
         timeout = httpx2.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds,
                                  read=max(300.0, config.timeout_seconds))
-        capped = _CappedBodies(httpx2.AsyncHTTPTransport(), _MAX_BODY_BYTES)
+        capped = CappedBodies(httpx2.AsyncHTTPTransport(), MAX_BODY_BYTES)
         async with httpx2.AsyncClient(headers=headers, timeout=timeout, follow_redirects=False,
                                       transport=capped) as http:
-            streams = streamable_http_client(config.url, http_client=http, max_sse_event_size=_MAX_SSE_EVENT_BYTES)
+            streams = streamable_http_client(config.url, http_client=http, max_sse_event_size=MAX_SSE_EVENT_BYTES)
             async with Client(self._listing.around(streams), read_timeout_seconds=config.timeout_seconds,
                               cache=None) as client:
                 self._listing.version = client.protocol_version
@@ -340,11 +317,11 @@ class McpServerLink:
             return ToolOutcome.failure(ErrorCode.INVALID_RESULT, f"MCP server {self.name!r} answered "
                                        f"{tool!r} with an invalid result: {_describe(e)}"), False
         except MCPError as e:
-            message = str(e.message)[:_MAX_ERROR_CHARS]
-            if _TOO_LARGE in message or message.startswith(_SSE_TOO_LARGE):  # cut at the cap: this call's failure
+            message = str(e.message)[:MAX_ERROR_CHARS]
+            if TOO_LARGE in message or message.startswith(_SSE_TOO_LARGE):  # cut at the cap: this call's failure
                 return ToolOutcome.failure(ErrorCode.RESULT_TOO_LARGE, f"MCP server {self.name!r}: the answer "
-                                           f"to {tool!r} is larger than {_MAX_BODY_BYTES} bytes"), False
-            if message.startswith(_NOT_ITS_ANSWER):  # the session answered (wrongly): this call's failure
+                                           f"to {tool!r} is larger than {MAX_BODY_BYTES} bytes"), False
+            if message.startswith(NOT_ITS_ANSWER):  # the session answered (wrongly): this call's failure
                 return ToolOutcome.failure(ErrorCode.INVALID_RESULT, f"MCP server {self.name!r} answered "
                                            f"{tool!r} with an invalid result: {message}"), False
             if _connection_gone(e):
@@ -404,292 +381,6 @@ class McpServerLink:
                 "health": self.health, "tools": len(self.tools), "connects": self.connects,
                 "reconnects": self.reconnects, "last_error": self.last_error,
                 "skipped_tools": dict(self._listing.skipped)}
-
-
-class _BodyTooLarge(httpx2.StreamError):
-    """A JSON answer over the cap (a StreamError: the SDK fails that one request with it, not the session)."""
-
-
-class _CappedBodies(httpx2.AsyncBaseTransport):
-    """Reads of a non-SSE answer stop at `cap` bytes (the SDK caps SSE events itself, JSON bodies not)."""
-
-    def __init__(self, inner: httpx2.AsyncBaseTransport, cap: int):
-        self._inner = inner
-        self._cap = cap
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await self._inner.handle_async_request(request)
-        if response.headers.get("content-type", "").lower().startswith("text/event-stream"):
-            return response
-        return httpx2.Response(status_code=response.status_code, headers=response.headers,
-                               stream=_CappedStream(response.stream, self._cap), extensions=response.extensions)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _CappedStream(httpx2.AsyncByteStream):
-    def __init__(self, inner: Any, cap: int):
-        self._inner = inner
-        self._cap = cap
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        size = 0
-        async for piece in self._inner:
-            size += len(piece)
-            if size > self._cap:
-                raise _BodyTooLarge(f"the MCP server's {_TOO_LARGE} {self._cap} bytes")
-            yield piece
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-_MAX_LISTINGS_AWAITED = 64  # tools/list requests whose answers are awaited (one that timed out is forgotten)
-_MAX_SKIPS_LOGGED = 1000  # tool names remembered as logged (a server that renames tools forever is logged again)
-_SDK_DEFAULT_VERSION = "2025-11-25"  # what the SDK's session validates a result against before a handshake
-_TOOLS: TypeAdapter[list[Tool]] = TypeAdapter(list[Tool])
-
-
-class _ToolListing:
-    """Each answer to `tools/list`, between the transport and the SDK's session, without the tools the SDK
-    refuses. The SDK validates a page as a whole (the protocol revision's schema, then `Tool`): one tool
-    that is not an MCP `Tool` (no input schema, a name that is not a string, a schema whose `type` is not
-    `object`, ...) failed the page, and so the server for this runtime. Such a tool is left out here,
-    logged once (per name and reason) and kept in `skipped` (name: reason) until the next listing; a
-    page that is refused for itself (not for one of its tools) is passed on as it is."""
-
-    def __init__(self, server: str):
-        self.server = server
-        self.version: str | None = None  # the session's protocol revision, once negotiated
-        self.skipped: dict[str, str] = {}  # of the last whole listing
-        self._collecting = self.skipped  # of the listing under way (`begin`, `end`)
-        self._asked: dict[RequestId, None] = {}  # ids of the tools/list requests awaiting their answer
-        self._logged: dict[str, str] = {}
-
-    @asynccontextmanager
-    async def around(self, transport: Transport) -> AsyncIterator[Any]:
-        """The transport's streams, with this check between them and the session."""
-        self._asked.clear()
-        self.version = None
-        async with transport as (read, write):
-            yield _CheckedReads(read, self), _NotedWrites(write, self)
-
-    def begin(self) -> None:
-        self._collecting = {}
-
-    def end(self) -> None:
-        self.skipped = self._collecting
-
-    def sent(self, item: SessionMessage) -> None:
-        message = item.message
-        if isinstance(message, JSONRPCRequest) and message.method == "tools/list":
-            if len(self._asked) >= _MAX_LISTINGS_AWAITED:
-                del self._asked[next(iter(self._asked))]
-            self._asked[coerce_request_id(message.id)] = None
-
-    def received(self, item: SessionMessage | Exception) -> SessionMessage | Exception:
-        if not isinstance(item, SessionMessage):
-            return item
-        message = item.message
-        if not isinstance(message, JSONRPCResponse | JSONRPCError) or message.id is None:
-            return item
-        key = coerce_request_id(message.id)
-        if key not in self._asked:
-            return item
-        del self._asked[key]
-        if not isinstance(message, JSONRPCResponse):
-            return item
-        result = self._checked(message.result)
-        if result is message.result:
-            return item
-        return SessionMessage(message.model_copy(update={"result": result}), metadata=item.metadata)
-
-    def _checked(self, result: dict[str, Any]) -> dict[str, Any]:
-        tools = result.get("tools")
-        if not isinstance(tools, list):
-            return result
-        version = self.version or _SDK_DEFAULT_VERSION
-        try:
-            validate_server_result("tools/list", version, result)
-            _TOOLS.validate_python(tools, by_name=False)
-            return result
-        except ValidationError:
-            pass
-        except (KeyError, ValueError):  # a revision or method this SDK has no schema for: its own check decides
-            return result
-        try:
-            validate_server_result("tools/list", version, {**result, "tools": []})
-        except (KeyError, ValueError):
-            return result  # the page itself is refused, not (only) one of its tools: the SDK says why
-        kept: list[Any] = []
-        for index, tool in enumerate(tools):
-            try:
-                validate_server_result("tools/list", version, {**result, "tools": [tool]})
-                Tool.model_validate(tool, by_name=False)
-            except ValidationError as e:
-                self._skip(tool, index, e)
-            else:
-                kept.append(tool)
-        return {**result, "tools": kept}
-
-    def _skip(self, tool: Any, index: int, error: ValidationError) -> None:
-        name = tool.get("name") if isinstance(tool, dict) else None
-        key = name[:200] if isinstance(name, str) else f"#{index} (no name)"
-        reason = _validation_summary(error)
-        self._collecting[key] = reason
-        if self._logged.get(key) != reason:
-            if len(self._logged) >= _MAX_SKIPS_LOGGED:
-                self._logged.clear()
-            self._logged[key] = reason
-            log.warning("MCP server lists a tool that is not a valid MCP tool; it is left out",
-                        extra={"server": self.server, "tool": key, "error": reason})
-
-
-def _validation_summary(error: ValidationError) -> str:
-    """The first of a tool's validation errors, where in the tool and what (and how many more)."""
-    errors = error.errors(include_url=False)
-    if not errors:
-        return "not a valid MCP tool"
-    first = errors[0]
-    loc = list(first.get("loc", ()))
-    if loc[:2] == ["tools", 0]:
-        loc = loc[2:]
-    where = ".".join(str(part) for part in loc) or "the tool"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {first.get('msg', 'invalid')}{more}"[:_MAX_ERROR_CHARS]
-
-
-class _CheckedReads:
-    """The transport's read stream, each message through `_ToolListing.received`."""
-
-    def __init__(self, inner: Any, listing: _ToolListing):
-        self._inner = inner
-        self._listing = listing
-
-    @property
-    def last_context(self) -> Any:  # the SDK's dispatcher reads the sender's context here (duck-typed)
-        return getattr(self._inner, "last_context", None)
-
-    async def receive(self) -> SessionMessage | Exception:
-        return self._listing.received(await self._inner.receive())
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
-
-
-class _NotedWrites:
-    """The transport's write stream, each message shown to `_ToolListing.sent` first."""
-
-    def __init__(self, inner: Any, listing: _ToolListing):
-        self._inner = inner
-        self._listing = listing
-
-    async def send(self, item: SessionMessage) -> None:
-        self._listing.sent(item)
-        await self._inner.send(item)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
-
-
-class _OwnAnswers(sdk_http.StreamableHTTPTransport):
-    """The SDK's streamable-HTTP transport, with a JSON (not SSE) answer to a request held to be that request's
-    response. The SDK passed on whatever message the body held: one with another id (or a notification, or a
-    request of the server's) answered nothing, and the call waited for its timeout; and an error with a null
-    id (the server's error for a request whose id it could not read) was dropped for the same reason. Now the
-    first is this request's error (`_NOT_ITS_ANSWER`: the call fails with `invalid_result` at once, the
-    session goes on) and the second is the server's error for this request, as the SDK already takes it at
-    an error status. The SDK sets each SSE response's id to the request's itself."""
-
-    async def _handle_json_response(self, response: httpx2.Response, read_stream_writer: Any, *,
-                                    request_id: RequestId) -> None:
-        writer = cast(Any, _AnswerFor(read_stream_writer, request_id, self.url))
-        await super()._handle_json_response(response, writer, request_id=request_id)
-
-
-class _AnswerFor:
-    """A read stream's writer that lets through only the response to `request_id` (see `_OwnAnswers`)."""
-
-    def __init__(self, inner: Any, request_id: RequestId, url: str):
-        self._inner = inner
-        self._request_id = request_id
-        self._url = url
-
-    async def send(self, item: SessionMessage | Exception) -> None:
-        if isinstance(item, SessionMessage):
-            item = self._answer(item)
-        await self._inner.send(item)
-
-    def _answer(self, item: SessionMessage) -> SessionMessage:
-        message, request_id = item.message, self._request_id
-        if isinstance(message, JSONRPCError) and message.id is None:
-            return SessionMessage(JSONRPCError(jsonrpc="2.0", id=request_id, error=message.error),
-                                  metadata=item.metadata)
-        if isinstance(message, JSONRPCResponse | JSONRPCError):
-            if message.id is not None and coerce_request_id(message.id) == coerce_request_id(request_id):
-                return item
-            what = f"it answers the id {str(message.id)[:100]!r}, not {str(request_id)!r}"
-        elif isinstance(message, JSONRPCNotification):
-            what = f"it is a notification ({message.method[:100]})"
-        else:
-            what = f"it is a request of the server's ({message.method[:100]})"
-        log.warning("MCP server answered a request with another message", extra={"url": self._url, "error": what})
-        error = ErrorData(code=INVALID_REQUEST, message=f"{_NOT_ITS_ANSWER}: {what}")
-        return SessionMessage(JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
-
-
-# `streamable_http_client` builds its transport by this name; the SDK has no hook for it
-sdk_http.StreamableHTTPTransport = _OwnAnswers  # type: ignore[misc]
-
-
-class StdoutLineTooLong(ConnectionError):
-    """A stdio server wrote a line over `_MAX_STDOUT_LINE` characters (a ConnectionError: the SDK's reader
-    ends the session on it, as on a broken pipe; the link then starts a new child)."""
-
-
-@dataclass(eq=False)
-class _BoundedLines(TextReceiveStream):
-    """The SDK's stdout reader (`mcp.client.stdio` reads through `TextReceiveStream`) with a bound on the
-    characters since the last newline."""
-
-    _since_newline: int = field(default=0, init=False)
-
-    async def receive(self) -> str:
-        text = await super().receive()
-        newline = text.rfind("\n")
-        self._since_newline = len(text) - newline - 1 if newline >= 0 else self._since_newline + len(text)
-        if self._since_newline > _MAX_STDOUT_LINE:
-            # closed first: the SDK's reader drains stdout before it ends the session, which would never end
-            await self.transport_stream.aclose()
-            raise StdoutLineTooLong(f"the MCP server wrote a line over {_MAX_STDOUT_LINE} characters on stdout")
-        return text
-
-
-sdk_stdio.TextReceiveStream = _BoundedLines  # type: ignore[attr-defined]  # the SDK has no hook for it
 
 
 def _connection_gone(error: MCPError) -> bool:
@@ -770,10 +461,10 @@ def _describe(error: BaseException) -> str:
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
         error = error.exceptions[0]
     text = str(error) or type(error).__name__
-    return f"{type(error).__name__}: {text}"[:_MAX_ERROR_CHARS]
+    return f"{type(error).__name__}: {text}"[:MAX_ERROR_CHARS]
 
 
-async def _list_all_tools(client: Client, listing: _ToolListing) -> list[Tool]:
+async def _list_all_tools(client: Client, listing: ToolListing) -> list[Tool]:
     listing.begin()
     tools: list[Tool] = []
     cursor: str | None = None
@@ -791,7 +482,7 @@ def outcome_of(result: CallToolResult) -> ToolOutcome:
     """A tool's answer as `{ok, result, error}`: structured content if any, else its text."""
     texts = [block.text for block in result.content if isinstance(block, TextContent)]
     if result.is_error:
-        message = "\n".join(texts)[:_MAX_ERROR_CHARS] or "the MCP tool reported an error"
+        message = "\n".join(texts)[:MAX_ERROR_CHARS] or "the MCP tool reported an error"
         return ToolOutcome.failure(ErrorCode.UPSTREAM_ERROR, message)
     if result.structured_content is not None:
         return ToolOutcome.success(result.structured_content)
