@@ -344,15 +344,16 @@ def fit_classifier(vectors: Vectors, counts: npt.NDArray[np.int64], centroids: V
     penalty = 1.0 / (c * rows)
     squared = float((centroids * centroids).sum())
 
+    every = max(1, rows * skills // TEMPERATURE_SAMPLE)  # the temperature is read on every `every`-th row
+    sims = x[::every] @ centroids.T
+    picked_sample = (np.arange(len(sims)), labels[::every])
+
     def loss_of(scale: float, sims: Vectors) -> float:
         z = scale * sims
         top = z.max(axis=1)
         lse = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
         return float((lse - z[picked_sample]).mean()) + float(0.5 * penalty * scale * scale * squared)
 
-    every = max(1, rows * skills // TEMPERATURE_SAMPLE)  # the temperature is read on every `every`-th row
-    sims = x[::every] @ centroids.T
-    picked_sample = (np.arange(len(sims)), labels[::every])
     lo, hi = 0.0, 100.0  # the temperature: golden-section search of the (convex in it) loss
     ratio = (np.sqrt(5.0) - 1.0) / 2.0
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
