@@ -20,19 +20,15 @@ operations raise ``StoreUnavailable`` (503 + Retry-After for a request that need
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
 from strata_runtime.memory.state import SessionState, Turn
-from strata_runtime.stores.health import StoreUnavailable
-from strata_runtime.stores.sql import CONNECTION_FAILURES, SqlConnector
-
-T = TypeVar("T")
+from strata_runtime.stores.sql import DurableTables, SqlConnector
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS strata_session_spill (
@@ -79,31 +75,12 @@ class ParkedBatch:
 
 class SpillStore:
     def __init__(self, sql: SqlConnector):
-        self.sql = sql
-        self._ready: set[int] = set()
-        self._schema_lock = asyncio.Lock()
-
-    async def _db(self) -> Any:
-        db = self.sql.durable_db
-        if id(db) not in self._ready:
-            async with self._schema_lock:  # a new pod's first requests arrive together
-                if id(db) not in self._ready:
-                    await db.apply_schema(_SCHEMA)
-                    self._ready.add(id(db))
-        return db
-
-    async def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
-        try:
-            return await op(await self._db())
-        except CONNECTION_FAILURES as e:
-            self.sql.report_failure(e)
-            raise StoreUnavailable("session history store (SQL) unreachable; retry shortly",
-                                   retry_after_seconds=self.sql.config.recover_interval_seconds) from e
+        self._tables = DurableTables(sql, _SCHEMA, "session history")
 
     async def spill(self, state: SessionState) -> None:
         """Write the session as it is now (`state` may change while the write waits for a connection)."""
         args = (state.tenant, state.session_id, state.agent_id, state.next_seq, state.to_spill().decode(), time.time())
-        await self._run(lambda db: db.execute(
+        await self._tables.run(lambda db: db.execute(
             "INSERT INTO strata_session_spill (tenant, session_id, agent_id, next_seq, payload, updated_at) "
             "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant, session_id) DO UPDATE SET "
             "agent_id = excluded.agent_id, next_seq = excluded.next_seq, payload = excluded.payload, "
@@ -111,13 +88,13 @@ class SpillStore:
             *args))
 
     async def load(self, tenant: str, session_id: str) -> SessionState | None:
-        rows = await self._run(lambda db: db.fetch(
+        rows = await self._tables.run(lambda db: db.fetch(
             "SELECT payload FROM strata_session_spill WHERE tenant = $1 AND session_id = $2", tenant, session_id))
         return SessionState.from_spill(tenant, session_id, rows[0]["payload"]) if rows else None
 
     async def record_batch(self, state: SessionState, batch_id: str, turns: list[Turn]) -> None:
         payload = orjson.dumps([t.public() for t in turns]).decode()
-        await self._run(lambda db: db.execute(
+        await self._tables.run(lambda db: db.execute(
             "INSERT INTO strata_session_history (tenant, session_id, batch_id, agent_id, first_seq, last_seq, "
             "turns, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
             "ON CONFLICT (tenant, session_id, batch_id) DO NOTHING",
@@ -125,7 +102,7 @@ class SpillStore:
             time.time()))
 
     async def archived_turns(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
-        rows = await self._run(lambda db: db.fetch(
+        rows = await self._tables.run(lambda db: db.fetch(
             "SELECT turns FROM strata_session_history WHERE tenant = $1 AND session_id = $2 ORDER BY first_seq",
             tenant, session_id))
         out: list[dict[str, Any]] = []
@@ -147,7 +124,7 @@ class SpillStore:
                              tenant, session_id)
             return bool(found)
 
-        return await self._run(run)
+        return await self._tables.run(run)
 
     # ----------------------------------------------------------------------------- parked archives
 
@@ -156,7 +133,7 @@ class SpillStore:
         """Park a batch whose summary did not reach the vector store (idempotent: parking it again keeps
         the first row, but a summary made meanwhile is kept)."""
         now = time.time()
-        await self._run(lambda db: db.execute(
+        await self._tables.run(lambda db: db.execute(
             "INSERT INTO strata_archive_parked (tenant, session_id, batch_id, agent_id, channel, first_seq, "
             "last_seq, summary, reason, attempts, next_attempt_at, parked_at) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $10) ON CONFLICT (tenant, session_id, batch_id) "
@@ -169,7 +146,7 @@ class SpillStore:
         attempt moves `lease_seconds` ahead, so another pod's pass skips them meanwhile (and a pod that
         dies holding them only delays them by the lease)."""
         now = time.time()
-        rows = await self._run(lambda db: db.fetch(
+        rows = await self._tables.run(lambda db: db.fetch(
             "UPDATE strata_archive_parked SET next_attempt_at = $2 WHERE (tenant, session_id, batch_id) IN "
             "(SELECT tenant, session_id, batch_id FROM strata_archive_parked WHERE summary IS NOT NULL "
             "AND next_attempt_at <= $1 ORDER BY next_attempt_at, parked_at LIMIT $3) AND next_attempt_at <= $1 "
@@ -178,34 +155,34 @@ class SpillStore:
 
     async def parked_unsummarised(self, tenant: str, session_id: str, limit: int) -> list[ParkedBatch]:
         """A session's parked batches that still need their summary made (an LLM call), oldest first."""
-        rows = await self._run(lambda db: db.fetch(
+        rows = await self._tables.run(lambda db: db.fetch(
             f"SELECT {_PARKED_COLUMNS} FROM strata_archive_parked WHERE tenant = $1 AND session_id = $2 "
             "AND summary IS NULL AND next_attempt_at <= $3 ORDER BY first_seq LIMIT $4",
             tenant, session_id, time.time(), limit))
         return [ParkedBatch.from_row(r) for r in rows]
 
     async def parked_count(self) -> int:
-        rows = await self._run(lambda db: db.fetch("SELECT COUNT(*) AS n FROM strata_archive_parked"))
+        rows = await self._tables.run(lambda db: db.fetch("SELECT COUNT(*) AS n FROM strata_archive_parked"))
         return int(rows[0]["n"])
 
     async def batch_turns(self, tenant: str, session_id: str, batch_id: str) -> list[dict[str, Any]]:
-        rows = await self._run(lambda db: db.fetch(
+        rows = await self._tables.run(lambda db: db.fetch(
             "SELECT turns FROM strata_session_history WHERE tenant = $1 AND session_id = $2 AND batch_id = $3",
             tenant, session_id, batch_id))
         return list(orjson.loads(rows[0]["turns"])) if rows else []
 
     async def keep_summary(self, batch: ParkedBatch, summary: str) -> None:
-        await self._run(lambda db: db.execute(
+        await self._tables.run(lambda db: db.execute(
             "UPDATE strata_archive_parked SET summary = $4 WHERE tenant = $1 AND session_id = $2 AND batch_id = $3",
             batch.tenant, batch.session_id, batch.batch_id, summary))
 
     async def unpark(self, batch: ParkedBatch) -> None:
-        await self._run(lambda db: db.execute(
+        await self._tables.run(lambda db: db.execute(
             "DELETE FROM strata_archive_parked WHERE tenant = $1 AND session_id = $2 AND batch_id = $3",
             batch.tenant, batch.session_id, batch.batch_id))
 
     async def back_off(self, batch: ParkedBatch, delay_seconds: float, *, count: bool = True) -> None:
-        await self._run(lambda db: db.execute(
+        await self._tables.run(lambda db: db.execute(
             "UPDATE strata_archive_parked SET attempts = attempts + $5, next_attempt_at = $4 "
             "WHERE tenant = $1 AND session_id = $2 AND batch_id = $3",
             batch.tenant, batch.session_id, batch.batch_id, time.time() + delay_seconds, 1 if count else 0))

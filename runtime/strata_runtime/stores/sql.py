@@ -268,3 +268,35 @@ class SqlConnector:
             if db is not None:
                 with contextlib.suppress(Exception):
                     await db.close()
+
+
+class DurableTables:
+    """Tables that live only in the configured database (`SqlConnector.durable_db`, never the SQLite
+    fallback of `auto`), e.g. the session spill and the usage history: created on first use in each
+    database (under a lock: a new pod's first requests arrive together), and every operation's
+    connection failure reported to the connector's health and raised as StoreUnavailable (503 +
+    Retry-After) naming `what`."""
+
+    def __init__(self, sql: SqlConnector, schema: Sequence[str], what: str):
+        self.sql = sql
+        self.schema = schema
+        self.what = what
+        self._ready: dict[int, SqlDatabase] = {}  # id -> the database itself (an id may be reused)
+        self._schema_lock = asyncio.Lock()
+
+    async def _db(self) -> SqlDatabase:
+        db = self.sql.durable_db
+        if self._ready.get(id(db)) is not db:
+            async with self._schema_lock:
+                if self._ready.get(id(db)) is not db:
+                    await db.apply_schema(self.schema)
+                    self._ready[id(db)] = db
+        return db
+
+    async def run(self, op: Callable[[SqlDatabase], Awaitable[T]]) -> T:
+        try:
+            return await op(await self._db())
+        except CONNECTION_FAILURES as e:
+            self.sql.report_failure(e)
+            raise StoreUnavailable(f"{self.what} store (SQL) unreachable; retry shortly",
+                                   retry_after_seconds=self.sql.config.recover_interval_seconds) from e

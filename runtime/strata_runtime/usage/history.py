@@ -19,20 +19,16 @@ of ``auto`` (a pod-local file other pods never read): while Postgres is unreacha
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from strata_runtime.stores.health import StoreUnavailable
-from strata_runtime.stores.sql import CONNECTION_FAILURES, SqlConnector, SqlDatabase
+from strata_runtime.stores.sql import DurableTables, SqlConnector
 from strata_runtime.usage.fields import FLOAT_METRICS, METRICS, split_field
-
-T = TypeVar("T")
 
 _FLOAT_METRICS = frozenset(FLOAT_METRICS)
 SHARED_SOURCE = "redis"
@@ -88,27 +84,8 @@ def rows_of(fields: Mapping[str, float]) -> dict[RowKey, dict[str, float]]:
 
 class UsageHistory:
     def __init__(self, sql: SqlConnector, scope: str):
-        self.sql = sql
         self.scope = scope
-        self._ready: dict[int, SqlDatabase] = {}
-        self._schema_lock = asyncio.Lock()
-
-    async def _db(self) -> SqlDatabase:
-        db = self.sql.durable_db
-        if self._ready.get(id(db)) is not db:
-            async with self._schema_lock:
-                if self._ready.get(id(db)) is not db:
-                    await db.apply_schema(_SCHEMA)
-                    self._ready[id(db)] = db
-        return db
-
-    async def _run(self, op: Callable[[SqlDatabase], Awaitable[T]]) -> T:
-        try:
-            return await op(await self._db())
-        except CONNECTION_FAILURES as e:
-            self.sql.report_failure(e)
-            raise StoreUnavailable("usage history store (SQL) unreachable; retry shortly",
-                                   retry_after_seconds=self.sql.config.recover_interval_seconds) from e
+        self._tables = DurableTables(sql, _SCHEMA, "usage history")
 
     async def write(self, source: str, days: Mapping[str, Mapping[RowKey, Mapping[str, float]]]) -> int:
         """Store the day totals of `source` (`{day: {(tenant, agent, model): {metric: value}}}`, see
@@ -120,7 +97,7 @@ class UsageHistory:
                 rows.append((day, self.scope, source, tenant, agent, model,
                              *(metrics[m] if m in _FLOAT_METRICS else int(metrics[m]) for m in METRICS), now))
         if rows:
-            await self._run(lambda db: db.executemany(_upsert(db.dialect), rows))
+            await self._tables.run(lambda db: db.executemany(_upsert(db.dialect), rows))
         return len(rows)
 
     async def read(self, start: dt.date, end: dt.date, *, tenant: str | None = None, agent: str | None = None,
@@ -133,7 +110,7 @@ class UsageHistory:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
         query = f"SELECT {_COLUMNS} FROM strata_usage_daily WHERE {' AND '.join(where)}"
-        found = await self._run(lambda db: db.fetch(query, *args))
+        found = await self._tables.run(lambda db: db.fetch(query, *args))
         return [HistoryRow(r["day"], r["source"], _fields(r)) for r in found]
 
 
