@@ -166,6 +166,42 @@ async def test_a_roll_up_rewrites_only_the_rows_that_changed_since_the_last_one(
         await redis.close()
 
 
+async def test_a_roll_up_deletes_its_scopes_days_past_the_retention_once_a_day(
+        make_sql: MakeSql, key_prefix: str) -> None:
+    prefix = key_prefix.rstrip(":")
+
+    async def pod(scope: str, retention_days: int) -> UsageRecorder:
+        redis = await _redis(None, scope)  # no Redis: each pod's counts are its own rows
+        recorder = UsageRecorder(redis, 90, history=UsageHistory(await make_sql(), scope),
+                                 rollup_interval_seconds=3600, history_retention_days=retention_days)
+        await recorder.start()
+        return recorder
+
+    keeper, other_scope = await pod(prefix, 400), await pod(f"{prefix}-other", 400)
+    pruner, reader = await pod(prefix, 30), await pod(prefix, 400)
+    expired, kept, today = _days_ago(31), _days_ago(30), _days_ago(0)
+    everything = UsageQuery(start=expired, end=today)
+    try:
+        for recorder in (keeper, other_scope):
+            for day in (expired, kept, today):
+                recorder.record(_events("acme", day, 1)[0])
+            await recorder.rollup()
+        await pruner.rollup()  # nothing of its own to write: it prunes its scope all the same
+        by_day = {item["date"]: item["requests"] for item in
+                  (await reader.query(UsageQuery(start=expired, end=today, group_by=("date",))))["items"]}
+        assert by_day == {kept.isoformat(): 1, today.isoformat(): 1}
+        assert _totals(await other_scope.query(everything))["requests"] == 3  # another scope's rows stay
+
+        keeper.record(_events("acme", expired, 1)[0])  # an old row written after today's prune
+        await keeper.rollup()
+        await pruner.rollup()
+        assert _totals(await reader.query(everything))["requests"] == 4  # pruned once a day, not at every pass
+    finally:
+        for recorder in (keeper, other_scope, pruner, reader):
+            await recorder.close()
+            await recorder.redis.close()
+
+
 async def test_pods_without_redis_keep_their_own_counts_and_see_each_others_after_a_roll_up(
         make_sql: MakeSql) -> None:
     redis = await _redis(None, "strata")

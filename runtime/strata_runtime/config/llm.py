@@ -117,3 +117,8 @@ class UsageConfig(ConfigModel):
         "in-process usage across restarts; a final copy is made at shutdown. Up to this long of usage is lost "
         "when a pod without Redis is killed."
     )
+    history_retention_days: int = Field(
+        400, ge=1, le=36500, description="Days of usage history kept in strata_usage_daily: the roll-up deletes "
+        "older rows of this runtime's scope, at most once a day per process. Days older than both this and "
+        "ttlDays read as zero."
+    )

@@ -111,7 +111,8 @@ class Gateway:
         self.limiter = RateLimiter(config.rate_limits, redis,
                                    on_limited=lambda scope: metrics.rate_limited.labels(scope).inc())
         self.usage = UsageRecorder(redis, config.usage.ttl_days, history=usage_history,
-                                   rollup_interval_seconds=config.usage.rollup_interval_seconds)
+                                   rollup_interval_seconds=config.usage.rollup_interval_seconds,
+                                   history_retention_days=config.usage.history_retention_days)
         self.cache = cache
         self.embedder = embedder
         self.embedding_queue = EmbeddingQueue(embedder, config.server.limits.embeddings) if embedder else None

@@ -100,6 +100,11 @@ class UsageHistory:
             await self._tables.run(lambda db: db.executemany(_upsert(db.dialect), rows))
         return len(rows)
 
+    async def prune(self, before: dt.date) -> None:
+        """Delete this scope's rows of the days before `before`."""
+        await self._tables.run(lambda db: db.execute(
+            "DELETE FROM strata_usage_daily WHERE scope = $1 AND day < $2", self.scope, before.isoformat()))
+
     async def read(self, start: dt.date, end: dt.date, *, tenant: str | None = None, agent: str | None = None,
                    model: str | None = None) -> list[HistoryRow]:
         """The rows of [start, end] (ISO dates compare as text), narrowed by the filters given."""

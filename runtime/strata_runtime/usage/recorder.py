@@ -13,6 +13,7 @@ by another pod) as source `redis`, and the in-process table as this process' own
 takes, per field, the larger of Redis' value and the `redis` row (the hash only grows while it
 lives, so the larger one is the newer; the row alone answers once the hash expired), plus the rows
 of every other process and this process' in-process table (its own rows are older copies of it).
+Once a UTC day a roll-up also deletes the history's rows older than `usage.historyRetentionDays`.
 
 Fields are named `{tenant}:{agent}:{model}:{metric}` (usage/fields.py).
 """
@@ -84,11 +85,13 @@ def today() -> str:
 
 class UsageRecorder:
     def __init__(self, redis: RedisConnector, ttl_days: int, *, history: UsageHistory | None = None,
-                 rollup_interval_seconds: float = 60.0):
+                 rollup_interval_seconds: float = 60.0, history_retention_days: int = 400):
         self.redis = redis
         self.ttl_seconds = ttl_days * 86400
         self.history = history
         self.rollup_interval_seconds = rollup_interval_seconds
+        self.history_retention_days = history_retention_days
+        self._pruned_on: dt.date | None = None  # the UTC day this process last pruned the history
         self.source = local_source()
         self._pending: dict[tuple[str, str], float] = defaultdict(float)
         self._memory: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -226,10 +229,19 @@ class UsageRecorder:
                         for day, rows in copied.items()})
                     self._copied_shared = copied
                     shared = set()  # (while Redis is unreachable they wait for it)
+                await self._prune_history(history)
             finally:
                 self._dirty_local |= local
                 self._dirty_shared |= shared
         return written
+
+    async def _prune_history(self, history: UsageHistory) -> None:
+        """Drop the history's days past `history_retention_days`, once per UTC day (a failed prune is
+        tried again at the next roll-up)."""
+        now = dt.datetime.now(dt.UTC).date()
+        if self._pruned_on != now:
+            await history.prune(now - dt.timedelta(days=self.history_retention_days))
+            self._pruned_on = now
 
     async def query(self, q: UsageQuery) -> dict[str, Any]:
         await self.flush()
