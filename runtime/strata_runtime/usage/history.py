@@ -30,7 +30,6 @@ from typing import Any
 from strata_runtime.stores.sql import DurableTables, SqlConnector
 from strata_runtime.usage.fields import FLOAT_METRICS, METRICS, split_field
 
-_FLOAT_METRICS = frozenset(FLOAT_METRICS)
 SHARED_SOURCE = "redis"
 
 _SCHEMA = (
@@ -95,7 +94,7 @@ class UsageHistory:
         for day, day_rows in days.items():
             for (tenant, agent, model), metrics in day_rows.items():
                 rows.append((day, self.scope, source, tenant, agent, model,
-                             *(metrics[m] if m in _FLOAT_METRICS else int(metrics[m]) for m in METRICS), now))
+                             *(metrics[m] if m in FLOAT_METRICS else int(metrics[m]) for m in METRICS), now))
         if rows:
             await self._tables.run(lambda db: db.executemany(_upsert(db.dialect), rows))
         return len(rows)

@@ -29,7 +29,7 @@ from typing import Any
 
 from strata_runtime.stores.redis import RedisConnector, is_redis_failure
 from strata_runtime.tasks import cancel_and_wait
-from strata_runtime.usage.fields import FLOAT_METRICS, INT_METRICS, split_field
+from strata_runtime.usage.fields import FLOAT_METRICS, INT_METRICS, METRICS, split_field
 from strata_runtime.usage.history import SHARED_SOURCE, RowKey, UsageHistory, local_source, merge_days, rows_of
 
 log = logging.getLogger("strata.usage")
@@ -202,14 +202,15 @@ class UsageRecorder:
         async with self._rollup_lock:
             local, self._dirty_local = self._dirty_local, set()
             shared, self._dirty_shared = self._dirty_shared, set()
+            now = dt.datetime.now(dt.UTC).date()
             try:
                 if local:
                     written += await history.write(self.source, {day: rows_of(self._memory[day])
                                                                  for day in sorted(local)})
                 local = set()
+                await self._prune_history(history, now)  # before the Redis copy, which an outage fails
                 client = self.redis.client
                 if client is not None:
-                    now = dt.datetime.now(dt.UTC).date()
                     days = sorted(shared | {now.isoformat(), (now - dt.timedelta(days=1)).isoformat()})
                     try:
                         pipe = client.pipeline(transaction=False)
@@ -229,16 +230,14 @@ class UsageRecorder:
                         for day, rows in copied.items()})
                     self._copied_shared = copied
                     shared = set()  # (while Redis is unreachable they wait for it)
-                await self._prune_history(history)
             finally:
                 self._dirty_local |= local
                 self._dirty_shared |= shared
         return written
 
-    async def _prune_history(self, history: UsageHistory) -> None:
+    async def _prune_history(self, history: UsageHistory, now: dt.date) -> None:
         """Drop the history's days past `history_retention_days`, once per UTC day (a failed prune is
         tried again at the next roll-up)."""
-        now = dt.datetime.now(dt.UTC).date()
         if self._pruned_on != now:
             await history.prune(now - dt.timedelta(days=self.history_retention_days))
             self._pruned_on = now
@@ -276,7 +275,7 @@ class UsageRecorder:
 
 def _aggregate(raw: dict[str, dict[str, float]], q: UsageQuery) -> dict[str, Any]:
     groups: dict[tuple[str, ...], dict[str, float]] = {}
-    totals: dict[str, float] = dict.fromkeys((*INT_METRICS, *FLOAT_METRICS), 0.0)
+    totals: dict[str, float] = dict.fromkeys(METRICS, 0.0)
     for day, fields in sorted(raw.items()):
         for fld, value in fields.items():
             parts = split_field(fld)
